@@ -1,0 +1,27 @@
+"""Typed application keys. Imports nothing from ``server`` so handlers never depend on it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import asyncpg
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+
+from handlers.config import HandlersConfig
+from handlers.metrics import HttpMetrics
+from handlers.outbox_relay import OutboxRelay
+from handlers.tokens import TokenService
+from handlers.ws_registry import ConnectionRegistry
+from pubsub.hub import Hub
+
+config = web.AppKey("config", HandlersConfig)
+pool = web.AppKey("pool", asyncpg.Pool)
+hub = web.AppKey("hub", Hub)
+registry = web.AppKey("registry", CollectorRegistry)
+http_metrics = web.AppKey("http_metrics", HttpMetrics)
+connections = web.AppKey("connections", ConnectionRegistry)
+relay = web.AppKey("relay", OutboxRelay)
+tokens = web.AppKey("tokens", TokenService)
+#: what is in use, for logs and /ready: {"database": "embedded"|"postgres", "broker": ...}
+backends = web.AppKey("backends", dict[str, Any])

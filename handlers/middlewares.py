@@ -1,0 +1,126 @@
+"""Middlewares: request id, error envelope, metrics and access log, security headers."""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from handlers import keys
+from handlers.context import request_id_var
+from handlers.errors import ApiError, error_response
+from pubsub.broker import BrokerError
+from pubsub.namespaces import InvalidChannel
+from storage.errors import UNAVAILABLE, Conflict, NotFound, StaleVersion
+
+log = logging.getLogger("arena.http")
+
+_REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+
+
+def route_label(request: web.Request) -> str:
+    """The route template (``/webhooks/tv/{secret}``), never the concrete path, so that secrets
+    in URLs stay out of metrics and logs."""
+    route = request.match_info.route
+    resource = route.resource
+    if resource is None:
+        return "unmatched"
+    return resource.canonical
+
+
+@web.middleware
+async def request_context(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Accept a sane ``X-Request-ID`` or make one; log one JSON line per request; count it."""
+    supplied = request.headers.get("X-Request-ID", "")
+    request_id = supplied if _REQUEST_ID_RE.match(supplied) else uuid.uuid4().hex
+    token = request_id_var.set(request_id)
+    started = time.perf_counter()
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        if not response.prepared:
+            response.headers["X-Request-ID"] = request_id
+        return response
+    except web.HTTPException as exc:
+        status = exc.status
+        raise
+    finally:
+        elapsed = time.perf_counter() - started
+        route = route_label(request)
+        metrics = request.app.get(keys.http_metrics)
+        if metrics is not None:
+            metrics.requests.labels(request.method, route, str(status)).inc()
+            metrics.latency.labels(request.method, route).observe(elapsed)
+        log.info(
+            "request",
+            extra={
+                "method": request.method,
+                "route": route,
+                "status": status,
+                "duration_ms": round(elapsed * 1000, 2),
+            },
+        )
+        request_id_var.reset(token)
+
+
+def _is_error(exc: web.HTTPException) -> bool:
+    return exc.status >= 400
+
+
+@web.middleware
+async def error_envelope(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Turn every failure into the JSON error envelope; never leak a traceback."""
+    try:
+        return await handler(request)
+    except ApiError as exc:
+        return error_response(exc.status, exc.message, exc.errors, exc.headers)
+    except web.HTTPException as exc:
+        if not _is_error(exc):
+            raise
+        headers = {
+            name: value
+            for name, value in exc.headers.items()
+            if name in {"Allow", "Retry-After", "WWW-Authenticate"}
+        }
+        message = exc.reason
+        if exc.status == 413:
+            message = "request body too large"
+        return error_response(exc.status, message, headers=headers)
+    except NotFound:
+        return error_response(404, "not found")
+    except StaleVersion:
+        return error_response(412, "the resource changed since you read it")
+    except Conflict as exc:
+        return error_response(409, str(exc) or "conflict")
+    except InvalidChannel as exc:
+        return error_response(400, str(exc))
+    except BrokerError:
+        log.warning("broker unavailable", exc_info=True)
+        return error_response(503, "message broker unavailable", headers={"Retry-After": "1"})
+    except UNAVAILABLE:
+        log.warning("database unavailable", exc_info=True)
+        return error_response(503, "database unavailable", headers={"Retry-After": "1"})
+    except Exception:
+        log.exception("unhandled error")
+        return error_response(500, "internal server error")
+
+
+async def security_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """``on_response_prepare`` hook: the same security headers on every response."""
+    headers = response.headers
+    headers.setdefault("X-Frame-Options", "DENY")
+    headers.setdefault("X-Content-Type-Options", "nosniff")
+    headers.setdefault("Referrer-Policy", "no-referrer")
+    headers.setdefault("Content-Security-Policy", "default-src 'self'")
+    if "X-Request-ID" not in headers:
+        request_id = request_id_var.get()
+        if request_id:
+            headers["X-Request-ID"] = request_id
+    config = request.app[keys.config]
+    if config.http.hsts:
+        headers.setdefault("Strict-Transport-Security", "max-age=31536000; includeSubDomains")

@@ -1,0 +1,62 @@
+"""Operational endpoints: liveness, readiness and Prometheus metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from handlers import keys
+from handlers.errors import json_response
+
+log = logging.getLogger(__name__)
+
+READY_TIMEOUT = 2.0
+
+
+async def health(request: web.Request) -> web.Response:
+    """Liveness: the process serves requests."""
+    return json_response({"status": "ok"})
+
+
+async def _check(coro: Any) -> dict[str, Any]:
+    try:
+        await asyncio.wait_for(coro, READY_TIMEOUT)
+    except Exception as exc:
+        return {"ok": False, "error": type(exc).__name__}
+    return {"ok": True}
+
+
+async def _db_ping(request: web.Request) -> None:
+    async with request.app[keys.pool].acquire() as conn:
+        await conn.fetchval("SELECT 1")
+
+
+async def ready(request: web.Request) -> web.Response:
+    """Readiness: database and broker answer. 503 with details when either does not."""
+    backends = request.app[keys.backends]
+    database, broker = await asyncio.gather(
+        _check(_db_ping(request)), _check(request.app[keys.hub].broker.ping())
+    )
+    database["backend"] = backends.get("database")
+    broker["backend"] = backends.get("broker")
+    ok = database["ok"] and broker["ok"]
+    body = {"status": "ready" if ok else "unavailable", "database": database, "broker": broker}
+    return json_response(body, status=200 if ok else 503)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    """Prometheus text exposition of this process's metrics."""
+    body = generate_latest(request.app[keys.registry])
+    response = web.Response(body=body)
+    response.headers["Content-Type"] = CONTENT_TYPE_LATEST
+    return response
+
+
+def setup_routes(app: web.Application) -> None:
+    app.router.add_get("/health", health)
+    app.router.add_get("/ready", ready)
+    app.router.add_get("/metrics", metrics)

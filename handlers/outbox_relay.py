@@ -1,0 +1,114 @@
+"""Publishes transactional-outbox events to channels, in order, at least once.
+
+Exactly one relay publishes at a time across all instances (a PostgreSQL advisory lock held
+on a dedicated connection), so events of one channel go out in id order. Each publication
+uses the idempotency key ``outbox:{id}``: if the relay dies between publishing and marking,
+the next one re-publishes and the broker drops the repeat. Events carry ``event_id`` so
+clients can drop duplicates that outlive the idempotency window.
+
+If the broker is down, the relay stops at the first event it cannot publish and retries
+later: nothing is skipped and order is kept.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+import asyncpg
+
+from pubsub.broker import BrokerError
+from pubsub.hub import Hub
+from pubsub.namespaces import InvalidChannel
+from storage import outbox
+
+log = logging.getLogger(__name__)
+
+
+class OutboxRelay:
+    """Background task body; run :meth:`run` as a task and cancel it to stop."""
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        hub: Hub,
+        *,
+        poll_interval: float = 1.0,
+        batch_size: int = 500,
+        retry_delay: float = 0.5,
+    ) -> None:
+        self._pool = pool
+        self._hub = hub
+        self._poll_interval = poll_interval
+        self._batch_size = batch_size
+        self._retry_delay = retry_delay
+        self._wakeup = asyncio.Event()
+        self.published = 0
+
+    def kick(self) -> None:
+        """Wake the relay now (called after a commit that wrote events)."""
+        self._wakeup.set()
+
+    def _on_notify(self, *_: Any) -> None:
+        self._wakeup.set()
+
+    async def run(self) -> None:
+        """Relay forever: take the lock, listen for new events, publish; retry on any failure."""
+        while True:
+            try:
+                async with self._pool.acquire() as conn:
+                    if await conn.fetchval("SELECT pg_try_advisory_lock($1)", outbox.RELAY_LOCK_ID):
+                        try:
+                            await self._lead(conn)
+                        finally:
+                            with contextlib.suppress(Exception):
+                                await conn.execute(
+                                    "SELECT pg_advisory_unlock($1)", outbox.RELAY_LOCK_ID
+                                )
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.warning("outbox relay failed; retrying", exc_info=True)
+            await self._wait(self._poll_interval)
+
+    async def _lead(self, conn: asyncpg.Connection) -> None:
+        await conn.add_listener(outbox.NOTIFY_CHANNEL, self._on_notify)
+        try:
+            while True:
+                self._wakeup.clear()
+                count, complete = await self.relay_once(conn)
+                if complete and count == self._batch_size:
+                    continue
+                await self._wait(self._poll_interval if complete else self._retry_delay)
+        finally:
+            with contextlib.suppress(Exception):
+                await conn.remove_listener(outbox.NOTIFY_CHANNEL, self._on_notify)
+
+    async def _wait(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wakeup.wait(), seconds)
+
+    async def relay_once(self, conn: asyncpg.Connection) -> tuple[int, bool]:
+        """Publish one batch; returns (events published, whether no broker error stopped it)."""
+        events = await outbox.fetch_unpublished(conn, self._batch_size)
+        done: list[int] = []
+        complete = True
+        for event in events:
+            message = {**event.payload, "event_id": event.id}
+            try:
+                for channel in event.channels:
+                    await self._hub.publish(channel, message, idempotency_key=f"outbox:{event.id}")
+            except BrokerError:
+                log.warning("broker unavailable; outbox events wait", extra={"event_id": event.id})
+                complete = False
+                break
+            except InvalidChannel:
+                # A bad channel name is a bug in the writer; retrying cannot fix it.
+                log.error("outbox event names an invalid channel", extra={"event_id": event.id})
+            done.append(event.id)
+        if done:
+            await outbox.mark_published(conn, done)
+            self.published += len(done)
+        return len(done), complete

@@ -1,0 +1,173 @@
+"""One WebSocket client's outgoing side: a bounded queue flushed with one write per loop tick.
+
+A naive broadcast calls ``send_str`` once per message per socket, so each delivery costs a
+coroutine and a socket write. Here a delivery only appends pre-built frame bytes to the
+connection's queue; :class:`Flusher` then writes every dirty connection's queue with a single
+``transport.writelines`` in the next loop iteration. Under load many frames share one write.
+
+A client that stops reading makes its transport's buffer grow. When queue plus transport buffer
+exceed ``max_queue_bytes`` (or the queue exceeds ``max_queue_messages``) the connection is closed
+with :data:`CLOSE_SLOW_CONSUMER`; the broadcast never waits for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+from aiohttp import web
+
+from handlers import ws_frames
+from pubsub.broker import StreamPosition
+
+log = logging.getLogger(__name__)
+
+CLOSE_GOING_AWAY = 1001
+CLOSE_UNSUPPORTED = 1003
+CLOSE_TOO_BIG = 1009
+CLOSE_PROTOCOL = 4000
+CLOSE_UNAUTHENTICATED = 4001
+CLOSE_FORBIDDEN = 4003
+CLOSE_SLOW_CONSUMER = 4004
+CLOSE_TOO_MANY_SUBSCRIPTIONS = 4005
+CLOSE_TOO_MANY_CONNECTIONS = 4006
+CLOSE_RATE_LIMITED = 4029
+
+CLOSE_TIMEOUT = 5.0
+
+
+class Flusher:
+    """Writes the queues of all connections that got frames during this loop iteration."""
+
+    def __init__(self) -> None:
+        self._dirty: list[Connection] = []
+        self._scheduled = False
+        self.writes = 0
+
+    def mark(self, conn: Connection) -> None:
+        self._dirty.append(conn)
+        if not self._scheduled:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._scheduled = False
+        dirty, self._dirty = self._dirty, []
+        for conn in dirty:
+            conn.flush()
+        self.writes += len(dirty)
+
+
+class Connection:
+    """The per-connection state the hub delivers into (implements ``pubsub.hub.Subscriber``)."""
+
+    __slots__ = (
+        "_bytes",
+        "_flusher",
+        "_queue",
+        "_transport",
+        "closed",
+        "conn_id",
+        "info",
+        "max_bytes",
+        "max_messages",
+        "principal",
+        "subscriptions",
+        "ws",
+    )
+
+    def __init__(
+        self,
+        conn_id: str,
+        ws: web.WebSocketResponse,
+        transport: asyncio.Transport,
+        flusher: Flusher,
+        *,
+        max_messages: int,
+        max_bytes: int,
+    ) -> None:
+        self.conn_id = conn_id
+        self.ws = ws
+        self._transport = transport
+        self._flusher = flusher
+        self._queue: list[bytes] = []
+        self._bytes = 0
+        self.max_messages = max_messages
+        self.max_bytes = max_bytes
+        self.closed = False
+        self.principal: Any = None
+        self.subscriptions: set[str] = set()
+        self.info: dict[str, Any] = {}
+
+    # -- Subscriber ------------------------------------------------------------------------
+
+    def deliver(self, frame: bytes) -> None:
+        if self.closed:
+            return
+        queue = self._queue
+        if not queue:
+            self._flusher.mark(self)
+        queue.append(frame)
+        self._bytes += len(frame)
+        if len(queue) > self.max_messages or self._bytes > self.max_bytes:
+            self.close_soon(CLOSE_SLOW_CONSUMER, "slow consumer")
+
+    def lost(self, channel: str, position: StreamPosition) -> None:
+        self.deliver(ws_frames.resync(channel, position))
+
+    # -- writing ---------------------------------------------------------------------------
+
+    def send(self, frame: bytes) -> None:
+        """Queue a reply or push frame; it goes out in order with publications."""
+        self.deliver(frame)
+
+    def flush(self) -> None:
+        queue = self._queue
+        if not queue or self.closed:
+            return
+        self._queue = []
+        self._bytes = 0
+        transport = self._transport
+        if transport.is_closing():
+            return
+        if len(queue) == 1:
+            transport.write(queue[0])
+        else:
+            transport.writelines(queue)
+        if transport.get_write_buffer_size() > self.max_bytes:
+            self.close_soon(CLOSE_SLOW_CONSUMER, "slow consumer")
+
+    def buffered_bytes(self) -> int:
+        """Bytes queued here plus bytes the transport has not sent yet."""
+        return self._bytes + self._transport.get_write_buffer_size()
+
+    # -- closing ---------------------------------------------------------------------------
+
+    def close_soon(self, code: int, reason: str, *, flush: bool = False) -> None:
+        """Stop delivering and close with ``code`` now, without awaiting anything.
+
+        The close frame is written behind whatever the transport still buffers and the
+        transport is closed gracefully, so a client that catches up reads every frame and then
+        the close code. One that never does is aborted after :data:`CLOSE_TIMEOUT` seconds.
+        ``flush`` first writes what is queued (otherwise the queue is dropped).
+        """
+        if self.closed:
+            return
+        if flush:
+            self.flush()
+        self.closed = True
+        self._queue = []
+        self._bytes = 0
+        transport = self._transport
+        if transport.is_closing():
+            return
+        payload = code.to_bytes(2, "big") + reason.encode()[:120]
+        transport.write(bytes((0x88, len(payload))) + payload)
+        transport.close()
+        asyncio.get_running_loop().call_later(CLOSE_TIMEOUT, self._abort)
+
+    def _abort(self) -> None:
+        with contextlib.suppress(Exception):
+            self._transport.abort()  # no-op when the graceful close already finished

@@ -1,0 +1,90 @@
+"""All WebSocket connections of this process, by id and by user, and cluster-wide control.
+
+``disconnect_user`` goes through the broker's control channel, so a logout closes the user's
+connections on every node, not only this one.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import orjson
+
+from handlers.ws_connection import CLOSE_GOING_AWAY, Connection, Flusher
+from pubsub.hub import Hub
+
+log = logging.getLogger(__name__)
+
+
+class ConnectionRegistry:
+    """Index of local connections; receives control messages from the hub."""
+
+    def __init__(self, hub: Hub) -> None:
+        self.hub = hub
+        self.flusher = Flusher()
+        self._by_id: dict[str, Connection] = {}
+        self._by_user: dict[str, set[Connection]] = {}
+        self.accepting = True
+        hub.add_control_handler(self._on_control)
+
+    def __len__(self) -> int:
+        return len(self._by_id)
+
+    def add(self, conn: Connection) -> None:
+        self._by_id[conn.conn_id] = conn
+
+    def bind_user(self, conn: Connection, user_id: str) -> int:
+        """Attach an authenticated connection to its user; returns that user's local count."""
+        conns = self._by_user.setdefault(user_id, set())
+        conns.add(conn)
+        return len(conns)
+
+    def user_connections(self, user_id: str) -> int:
+        return len(self._by_user.get(user_id, ()))
+
+    def remove(self, conn: Connection) -> None:
+        self._by_id.pop(conn.conn_id, None)
+        if conn.principal is not None:
+            conns = self._by_user.get(conn.principal.user_id)
+            if conns is not None:
+                conns.discard(conn)
+                if not conns:
+                    del self._by_user[conn.principal.user_id]
+        for channel in list(conn.subscriptions):
+            self.hub.unsubscribe(conn, channel)
+        conn.subscriptions.clear()
+
+    def connections(self) -> list[Connection]:
+        return list(self._by_id.values())
+
+    async def disconnect_user(self, user_id: str, code: int, reason: str) -> None:
+        """Close every connection of ``user_id`` on every node."""
+        message = {"op": "disconnect_user", "user_id": user_id, "code": code, "reason": reason}
+        await self.hub.publish_control(orjson.dumps(message))
+
+    def close_user_local(self, user_id: str, code: int, reason: str) -> int:
+        conns = list(self._by_user.get(user_id, ()))
+        for conn in conns:
+            conn.close_soon(code, reason, flush=True)
+        return len(conns)
+
+    def _on_control(self, data: bytes) -> None:
+        try:
+            message = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            log.warning("malformed control message ignored")
+            return
+        if message.get("op") == "disconnect_user":
+            self.close_user_local(
+                str(message.get("user_id")),
+                int(message.get("code", 4003)),
+                str(message.get("reason", "")),
+            )
+
+    def close_all(self, code: int = CLOSE_GOING_AWAY, reason: str = "server shutting down") -> int:
+        """Stop accepting and close every connection (graceful shutdown)."""
+        self.accepting = False
+        conns = self.connections()
+        for conn in conns:
+            conn.close_soon(code, reason, flush=True)
+        return len(conns)

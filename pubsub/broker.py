@@ -1,0 +1,160 @@
+"""The broker contract shared by every backend (memory, Redis).
+
+A broker assigns offsets, keeps history and carries publications between processes. The hub
+(:mod:`pubsub.hub`) is its only user: it subscribes upstream once per channel per process and
+fans out locally. Every backend passes the same contract tests
+(``tests/pubsub/test_broker_contract.py``).
+
+Exceptions::
+
+    BrokerError             the backend could not do what was asked (connection lost, timeout)
+    └── BrokerUnavailable   the backend is down right now; the caller may retry later
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+from typing import Protocol
+
+from pubsub.namespaces import NamespaceOptions
+
+
+class BrokerError(Exception):
+    """The broker failed to carry out a call."""
+
+
+class BrokerUnavailable(BrokerError):
+    """The broker cannot be reached right now."""
+
+
+@dataclass(frozen=True, slots=True)
+class Publication:
+    """One message in one channel.
+
+    ``data`` is the publication's payload as JSON bytes, serialised once by the publisher and
+    never parsed again on the way to subscribers. ``time`` is the publisher's wall clock in
+    seconds, used for latency metrics.
+    """
+
+    channel: str
+    offset: int
+    epoch: str
+    data: bytes
+    time: float
+
+
+@dataclass(frozen=True, slots=True)
+class StreamPosition:
+    """The newest offset of a channel and the epoch it belongs to.
+
+    The epoch changes whenever the channel's history is lost (a new stream), so an offset is only
+    meaningful together with its epoch.
+    """
+
+    offset: int
+    epoch: str
+
+
+@dataclass(frozen=True, slots=True)
+class PublishResult:
+    """Where a publication landed. ``duplicate`` is true when an idempotency key matched an earlier
+    publication: ``offset`` is then that publication's offset and nothing was published."""
+
+    offset: int
+    epoch: str
+    duplicate: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryResult:
+    """Publications with offsets after ``since`` (ascending) and the channel's current position."""
+
+    publications: list[Publication]
+    position: StreamPosition
+
+
+class BrokerEventHandler(Protocol):
+    """What a broker calls back into; implemented by the hub.
+
+    Calls arrive on the event loop, in the order the broker received them, and must not block.
+    """
+
+    def on_publication(self, publication: Publication) -> None:
+        """A publication arrived on a channel this process subscribed to. Per channel, calls
+        arrive in offset order unless the broker lost messages (the hub checks offsets)."""
+
+    def on_control(self, data: bytes) -> None:
+        """A control message published by some node with :meth:`Broker.publish_control`."""
+
+    def on_reconnected(self) -> None:
+        """The upstream connection was lost and is back; publications may have been missed and
+        the hub should refill every channel from history."""
+
+
+class Broker(abc.ABC):
+    """Offsets, history and cross-process delivery for channels."""
+
+    #: ``memory`` or ``redis``, reported in logs and ``/ready``.
+    name: str
+
+    @abc.abstractmethod
+    async def start(self, handler: BrokerEventHandler) -> None:
+        """Connect and begin delivering publications of subscribed channels to ``handler``."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Stop delivering and release connections. Idempotent."""
+
+    @abc.abstractmethod
+    async def subscribe(self, channel: str) -> None:
+        """Start receiving publications of ``channel``. When this returns, every publication
+        published afterwards is delivered. Raises :class:`BrokerError` on failure."""
+
+    @abc.abstractmethod
+    async def unsubscribe(self, channel: str) -> None:
+        """Stop receiving publications of ``channel``."""
+
+    @abc.abstractmethod
+    async def publish(
+        self,
+        channel: str,
+        data: bytes,
+        options: NamespaceOptions,
+        *,
+        idempotency_key: str | None = None,
+        idempotency_ttl: int = 300,
+    ) -> PublishResult:
+        """Assign the next offset, append to history and deliver to subscribers, atomically.
+
+        With ``idempotency_key``, a repeat within ``idempotency_ttl`` seconds returns the first
+        result with ``duplicate=True`` and publishes nothing.
+        Raises :class:`BrokerUnavailable` when the backend is down.
+        """
+
+    @abc.abstractmethod
+    async def history(
+        self,
+        channel: str,
+        options: NamespaceOptions,
+        *,
+        since: int | None = None,
+        limit: int | None = None,
+    ) -> HistoryResult:
+        """Publications still in history, ascending by offset.
+
+        With ``since``, those with offset greater than ``since`` (the first ``limit`` of them);
+        without it, the newest ``limit`` (all when ``limit`` is None).
+        """
+
+    @abc.abstractmethod
+    async def position(self, channel: str, options: NamespaceOptions) -> StreamPosition:
+        """The channel's newest offset and epoch (offset 0 and a fresh epoch for a new channel)."""
+
+    @abc.abstractmethod
+    async def publish_control(self, data: bytes) -> None:
+        """Send ``data`` to :meth:`BrokerEventHandler.on_control` of every node, this one too."""
+
+    @abc.abstractmethod
+    async def ping(self) -> None:
+        """Raise :class:`BrokerError` unless the backend answers (used by ``/ready``)."""

@@ -1,0 +1,1 @@
+"""App factory, settings, CLI, lifecycle and metrics registry. Nothing imports this package."""

@@ -1,0 +1,36 @@
+"""The application factory: wires settings, resources, middlewares and routes."""
+
+from __future__ import annotations
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+
+from handlers import keys, ops, publish_api, ws_handler
+from handlers.metrics import HttpMetrics
+from handlers.middlewares import error_envelope, request_context, security_headers
+from handlers.tokens import TokenService
+from server import lifecycle
+from server.settings import Settings
+
+
+def create_app(settings: Settings) -> web.Application:
+    """Build the service for ``settings``; resources open when the app starts."""
+    app = web.Application(
+        middlewares=[request_context, error_envelope],
+        client_max_size=settings.handlers.http.max_body_bytes,
+    )
+    app[lifecycle.settings_key] = settings
+    app[keys.config] = settings.handlers
+    registry = CollectorRegistry()
+    app[keys.registry] = registry
+    app[keys.http_metrics] = HttpMetrics.create(registry)
+    app[keys.tokens] = TokenService(settings.handlers.auth)
+    app[keys.backends] = {}
+    app.on_response_prepare.append(security_headers)
+    app.cleanup_ctx.append(lifecycle.database)
+    app.cleanup_ctx.append(lifecycle.channels)
+    app.cleanup_ctx.append(lifecycle.outbox_relay)
+    app.on_shutdown.append(lifecycle.close_websockets)
+    for module in (ops, ws_handler, publish_api):
+        module.setup_routes(app)
+    return app

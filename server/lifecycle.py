@@ -1,0 +1,105 @@
+"""Resources created at startup and disposed at shutdown (aiohttp cleanup contexts)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from handlers import keys
+from handlers.outbox_relay import OutboxRelay
+from handlers.ws_frames import publication_frame
+from handlers.ws_registry import ConnectionRegistry
+from pubsub.broker import Broker
+from pubsub.hub import Hub
+from pubsub.memory import MemoryBroker
+from pubsub.metrics import HubMetrics
+from server.settings import Settings
+from storage.db import create_pool
+from storage.embedded import start_embedded
+from storage.migrate import migrate
+
+log = logging.getLogger("arena.lifecycle")
+
+settings_key = web.AppKey("settings", Settings)
+
+
+async def database(app: web.Application) -> AsyncIterator[None]:
+    """PostgreSQL: ``DATABASE_URL`` or an embedded server in ``DATA_DIR``; migrations applied."""
+    settings = app[settings_key]
+    embedded = None
+    url = settings.database_url
+    kind = "postgres"
+    if url is None:
+        embedded = await asyncio.to_thread(start_embedded, settings.data_dir)
+        url, kind = embedded.url, "embedded"
+    try:
+        pool = await create_pool(url, min_size=settings.db_pool_min, max_size=settings.db_pool_max)
+        if settings.migrate_on_start:
+            async with pool.acquire() as conn:
+                applied = await migrate(conn)
+            log.info("migrations applied", extra={"applied": applied})
+        app[keys.pool] = pool
+        app[keys.backends]["database"] = kind
+        log.info("database ready", extra={"backend": kind})
+        try:
+            yield
+        finally:
+            await pool.close()
+    finally:
+        if embedded is not None:
+            await asyncio.to_thread(embedded.stop)
+
+
+def make_broker(settings: Settings) -> Broker:
+    """The Redis broker when ``REDIS_URL`` is set, the in-process one otherwise."""
+    if settings.redis_url:
+        from pubsub.redis_broker import RedisBroker
+
+        return RedisBroker(settings.redis_url, prefix=settings.redis_prefix)
+    return MemoryBroker()
+
+
+async def channels(app: web.Application) -> AsyncIterator[None]:
+    """Broker, hub and the connection registry."""
+    settings = app[settings_key]
+    broker = make_broker(settings)
+    hub = Hub(
+        broker,
+        settings.namespaces,
+        publication_frame,
+        metrics=HubMetrics.create(app[keys.registry]),
+    )
+    await hub.start()
+    app[keys.hub] = hub
+    app[keys.connections] = ConnectionRegistry(hub)
+    app[keys.backends]["broker"] = broker.name
+    log.info("broker ready", extra={"backend": broker.name})
+    try:
+        yield
+    finally:
+        await hub.close()
+
+
+async def outbox_relay(app: web.Application) -> AsyncIterator[None]:
+    """The background task that publishes outbox events."""
+    relay = OutboxRelay(app[keys.pool], app[keys.hub])
+    app[keys.relay] = relay
+    task = asyncio.create_task(relay.run(), name="outbox-relay")
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def close_websockets(app: web.Application) -> None:
+    """``on_shutdown``: close every WebSocket with 1001 before connections are torn down."""
+    registry = app.get(keys.connections)
+    if registry is not None:
+        closed = registry.close_all()
+        log.info("websockets closed for shutdown", extra={"count": closed})

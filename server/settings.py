@@ -1,0 +1,280 @@
+"""Settings read from environment variables.
+
+Every variable is documented in ``docs/configuration.md``; a test checks that the two agree.
+In production (``ENV=production``) a missing secret is a startup error, never a silent default;
+in development missing secrets are generated once and kept in ``DATA_DIR/secrets.json`` so that
+tokens survive a restart.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from handlers.config import (
+    AnalysisConfig,
+    AuthConfig,
+    EmailConfig,
+    HandlersConfig,
+    HttpConfig,
+    WebhookConfig,
+    WsConfig,
+)
+from pubsub.namespaces import NamespaceOptions, default_namespaces
+
+
+class SettingsError(ValueError):
+    """A setting is missing or malformed; the message names the variable."""
+
+
+#: Variables that must be set explicitly in production.
+PRODUCTION_SECRETS = ("JWT_SECRET", "SERVICE_SECRET")
+
+MIN_SECRET_BYTES = 32
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything the service needs to start, grouped by the layer that uses it."""
+
+    env: str = "development"
+    host: str = "127.0.0.1"
+    port: int = 8080
+    database_url: str | None = None
+    redis_url: str | None = None
+    redis_prefix: str = "arena"
+    data_dir: Path = Path(".data")
+    log_level: str = "INFO"
+    db_pool_min: int = 1
+    db_pool_max: int = 10
+    shutdown_timeout: float = 10.0
+    uvloop: bool = True
+    migrate_on_start: bool = True
+    namespaces: dict[str, NamespaceOptions] = field(default_factory=default_namespaces)
+    handlers: HandlersConfig = field(default_factory=HandlersConfig)
+
+    @property
+    def production(self) -> bool:
+        return self.env == "production"
+
+    def with_handlers(self, **changes: Any) -> Settings:
+        """Copy with some handler config sections replaced (used by tests)."""
+        return replace(self, handlers=replace(self.handlers, **changes))
+
+
+def _str(env: Mapping[str, str], name: str, default: str) -> str:
+    value = env.get(name, "").strip()
+    return value or default
+
+
+def _opt(env: Mapping[str, str], name: str) -> str | None:
+    value = env.get(name, "").strip()
+    return value or None
+
+
+def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be an integer, got {raw!r}") from None
+    if value < minimum:
+        raise SettingsError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
+def _float(env: Mapping[str, str], name: str, default: float, minimum: float = 0.0) -> float:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be a number, got {raw!r}") from None
+    if value < minimum:
+        raise SettingsError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
+def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw in {"1", "true", "yes", "on"}:
+        return True
+    if raw in {"0", "false", "no", "off"}:
+        return False
+    raise SettingsError(f"{name} must be true or false, got {raw!r}")
+
+
+def _list(env: Mapping[str, str], name: str, default: tuple[str, ...]) -> tuple[str, ...]:
+    raw = env.get(name)
+    if raw is None or not raw.strip():
+        return default
+    return tuple(item.strip() for item in raw.split(",") if item.strip())
+
+
+def _dev_secrets(data_dir: Path) -> dict[str, str]:
+    """Load or create the development secrets file so restarts keep tokens valid."""
+    path = data_dir / "secrets.json"
+    stored: dict[str, str] = {}
+    if path.exists():
+        stored = json.loads(path.read_text())
+    changed = False
+    for name in PRODUCTION_SECRETS:
+        if name not in stored:
+            stored[name] = secrets.token_urlsafe(48)
+            changed = True
+    if changed:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(stored, indent=2))
+        path.chmod(0o600)
+    return stored
+
+
+def _secret(env: Mapping[str, str], name: str, production: bool, data_dir: Path) -> str:
+    value = _opt(env, name)
+    if value is None:
+        if production:
+            raise SettingsError(
+                f"{name} is required when ENV=production "
+                f"(generate one with: python -c 'import secrets; print(secrets.token_urlsafe(48))')"
+            )
+        value = _dev_secrets(data_dir)[name]
+    if len(value.encode()) < MIN_SECRET_BYTES:
+        raise SettingsError(f"{name} must be at least {MIN_SECRET_BYTES} bytes long")
+    return value
+
+
+def _jwt_keys(env: Mapping[str, str], primary: str) -> dict[str, str]:
+    """``JWT_SECRET`` is the signing key (kid ``k1`` unless ``JWT_KID``); ``JWT_OLD_SECRETS``
+    holds ``kid=secret`` pairs still accepted for verification during a rotation."""
+    kid = _str(env, "JWT_KID", "k1")
+    keys = {kid: primary}
+    for item in _list(env, "JWT_OLD_SECRETS", ()):
+        old_kid, sep, secret = item.partition("=")
+        if not sep or not old_kid or not secret:
+            raise SettingsError("JWT_OLD_SECRETS must be a comma-separated list of kid=secret")
+        if len(secret.encode()) < MIN_SECRET_BYTES:
+            raise SettingsError(f"JWT_OLD_SECRETS key {old_kid!r} is shorter than 32 bytes")
+        keys[old_kid] = secret
+    return keys
+
+
+def load_settings(env: Mapping[str, str] | None = None) -> Settings:
+    """Build :class:`Settings` from ``env`` (default ``os.environ``).
+
+    Raises :class:`SettingsError` with the variable's name when a value is malformed, or when
+    a secret is missing in production.
+    """
+    env = os.environ if env is None else env
+    mode = _str(env, "ENV", "development").lower()
+    if mode not in {"development", "production"}:
+        raise SettingsError(f"ENV must be development or production, got {mode!r}")
+    production = mode == "production"
+    data_dir = Path(_str(env, "DATA_DIR", ".data")).expanduser().resolve()
+    port = _int(env, "PORT", 8080, minimum=0)
+    public_base_url = _str(env, "PUBLIC_BASE_URL", f"http://127.0.0.1:{port}").rstrip("/")
+    if production and not _opt(env, "PUBLIC_BASE_URL"):
+        raise SettingsError("PUBLIC_BASE_URL is required when ENV=production (magic links use it)")
+    default_origins = () if production else (public_base_url, f"http://localhost:{port}")
+    jwt_secret = _secret(env, "JWT_SECRET", production, data_dir)
+    service_secret = _secret(env, "SERVICE_SECRET", production, data_dir)
+    email_backend = _str(env, "EMAIL_BACKEND", "smtp" if production else "console")
+    if email_backend not in {"console", "smtp"}:
+        raise SettingsError(f"EMAIL_BACKEND must be console or smtp, got {email_backend!r}")
+    if production and email_backend == "console":
+        raise SettingsError("EMAIL_BACKEND=console is not allowed when ENV=production")
+    jwt_algorithm = _str(env, "JWT_ALGORITHM", "HS256")
+    if jwt_algorithm not in {"HS256", "RS256", "EdDSA"}:
+        raise SettingsError(f"JWT_ALGORITHM must be HS256, RS256 or EdDSA, got {jwt_algorithm!r}")
+
+    handlers = HandlersConfig(
+        production=production,
+        http=HttpConfig(
+            allowed_origins=_list(env, "ALLOWED_ORIGINS", default_origins),
+            public_base_url=public_base_url,
+            hsts=_bool(env, "HSTS", production),
+            trusted_proxies=_list(env, "TRUSTED_PROXIES", ()),
+            max_body_bytes=_int(env, "MAX_BODY_BYTES", 1024 * 1024, minimum=1024),
+        ),
+        auth=AuthConfig(
+            jwt_algorithm=jwt_algorithm,
+            jwt_keys=_jwt_keys(env, jwt_secret),
+            jwt_private_key_file=_opt(env, "JWT_PRIVATE_KEY_FILE"),
+            jwt_public_keys_dir=_opt(env, "JWT_PUBLIC_KEYS_DIR"),
+            jwt_issuer=_str(env, "JWT_ISSUER", "arena-realtime"),
+            jwt_audience=_str(env, "JWT_AUDIENCE", "arena-realtime"),
+            access_ttl=_int(env, "ACCESS_TOKEN_TTL", 15 * 60, minimum=30),
+            refresh_ttl=_int(env, "REFRESH_TOKEN_TTL", 7 * 24 * 3600, minimum=60),
+            magic_link_ttl=_int(env, "MAGIC_LINK_TTL", 15 * 60, minimum=60),
+            leeway=_int(env, "JWT_LEEWAY", 10),
+            service_secret=service_secret,
+            login_rate_per_email=_int(env, "LOGIN_RATE_PER_EMAIL", 5, minimum=1),
+            login_rate_per_ip=_int(env, "LOGIN_RATE_PER_IP", 20, minimum=1),
+            login_rate_window=_int(env, "LOGIN_RATE_WINDOW", 900, minimum=1),
+        ),
+        email=EmailConfig(
+            backend=email_backend,
+            smtp_host=_str(env, "SMTP_HOST", "localhost"),
+            smtp_port=_int(env, "SMTP_PORT", 587, minimum=1),
+            smtp_username=_opt(env, "SMTP_USERNAME"),
+            smtp_password=_opt(env, "SMTP_PASSWORD"),
+            smtp_starttls=_bool(env, "SMTP_STARTTLS", True),
+            sender=_str(env, "EMAIL_FROM", "Arena Realtime <no-reply@localhost>"),
+        ),
+        ws=WsConfig(
+            auth_timeout=_float(env, "WS_AUTH_TIMEOUT", 10.0, minimum=0.1),
+            heartbeat=_float(env, "WS_HEARTBEAT", 25.0, minimum=1.0),
+            max_frame_bytes=_int(env, "WS_MAX_FRAME_BYTES", 64 * 1024, minimum=1024),
+            max_subscriptions=_int(env, "WS_MAX_SUBSCRIPTIONS", 256, minimum=1),
+            max_queue_messages=_int(env, "WS_MAX_QUEUE_MESSAGES", 10_000, minimum=10),
+            max_queue_bytes=_int(env, "WS_MAX_QUEUE_BYTES", 4 * 1024 * 1024, minimum=64 * 1024),
+            command_rate=_float(env, "WS_COMMAND_RATE", 50.0, minimum=1.0),
+            command_burst=_int(env, "WS_COMMAND_BURST", 100, minimum=1),
+            max_connections_per_user=_int(env, "WS_MAX_CONNECTIONS_PER_USER", 20, minimum=1),
+        ),
+        webhook=WebhookConfig(
+            max_body_bytes=_int(env, "WEBHOOK_MAX_BODY_BYTES", 64 * 1024, minimum=1024),
+            dedup_window=_int(env, "WEBHOOK_DEDUP_WINDOW", 60),
+            timestamp_tolerance=_int(env, "WEBHOOK_TIMESTAMP_TOLERANCE", 300, minimum=1),
+            rotation_grace=_int(env, "WEBHOOK_ROTATION_GRACE", 24 * 3600),
+            rate_per_ip=_int(env, "WEBHOOK_RATE_PER_IP", 600, minimum=1),
+        ),
+        analysis=AnalysisConfig(
+            anthropic_api_key=_opt(env, "ANTHROPIC_API_KEY"),
+            anthropic_base_url=_opt(env, "ANTHROPIC_BASE_URL"),
+            model=_str(env, "ANTHROPIC_MODEL", "claude-sonnet-4-5"),
+            max_tokens=_int(env, "ANTHROPIC_MAX_TOKENS", 2048, minimum=1),
+            timeout=_float(env, "ANTHROPIC_TIMEOUT", 120.0, minimum=1.0),
+            concurrency=_int(env, "ANALYSIS_CONCURRENCY", 4, minimum=1),
+            queue_size=_int(env, "ANALYSIS_QUEUE_SIZE", 16),
+            per_user=_int(env, "ANALYSIS_PER_USER", 2, minimum=1),
+            flush_interval=_float(env, "ANALYSIS_FLUSH_MS", 40.0, minimum=1.0) / 1000,
+            offline_tokens_per_second=_float(env, "ANALYSIS_OFFLINE_TPS", 60.0, minimum=1.0),
+        ),
+    )
+    return Settings(
+        env=mode,
+        host=_str(env, "HOST", "127.0.0.1"),
+        port=port,
+        database_url=_opt(env, "DATABASE_URL"),
+        redis_url=_opt(env, "REDIS_URL"),
+        redis_prefix=_str(env, "REDIS_PREFIX", "arena"),
+        data_dir=data_dir,
+        log_level=_str(env, "LOG_LEVEL", "INFO").upper(),
+        db_pool_min=_int(env, "DB_POOL_MIN", 1),
+        db_pool_max=_int(env, "DB_POOL_MAX", 10, minimum=1),
+        shutdown_timeout=_float(env, "SHUTDOWN_TIMEOUT", 10.0),
+        uvloop=_bool(env, "UVLOOP", True),
+        migrate_on_start=_bool(env, "MIGRATE_ON_START", True),
+        namespaces=default_namespaces(),
+        handlers=handlers,
+    )
