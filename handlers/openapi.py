@@ -1,0 +1,278 @@
+"""OpenAPI 3.1 generated from the routes and the pydantic models the handlers validate with.
+
+Usage — describe a handler where it is defined, register its route as usual::
+
+    from handlers.openapi import describe
+
+    @describe(summary="Create a request", tags=("requests",), body=RequestCreate,
+              responses={201: RequestOut}, errors=(403,))
+    async def create_request(request: web.Request) -> web.Response: ...
+
+    app.router.add_post("/api/v1/requests", create_request)
+
+``query=Model`` documents query parameters, ``headers={"If-Match": "..."}`` request headers,
+``responses={204: None}`` an empty body, ``auth=False`` a public endpoint. 400 (when there is a
+body or query), 401 (with ``auth``), 500 and 503 are added to ``errors`` automatically; every
+error answers with the :class:`ErrorEnvelope`. ``GET /api/openapi.json`` walks ``app.router``,
+so a route is documented exactly when it is registered and described — nothing to keep in sync.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+from aiohttp import web
+from pydantic import BaseModel, Field
+from pydantic.json_schema import JsonSchemaMode, models_json_schema
+
+from handlers.errors import json_response
+
+REF_TEMPLATE = "#/components/schemas/{model}"
+OPENAPI_ATTR = "__openapi__"
+DOCS_HTML = Path(__file__).resolve().parent / "static" / "api-docs" / "index.html"
+
+_PATH_PARAM_RE = re.compile(r"\{([^}:]+)(?::[^}]*)?\}")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+H = TypeVar("H", bound=Callable[..., Any])
+
+
+class ErrorEnvelope(BaseModel):
+    """The body of every 4xx and 5xx response."""
+
+    error: Literal[True]
+    status_code: int = Field(ge=400, le=599)
+    message: str
+    request_id: str | None
+    timestamp: str = Field(description="ISO 8601, UTC, milliseconds")
+    errors: dict[str, list[str]] = Field(
+        description="Per-field problems: dotted field path -> messages"
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Operation:
+    """What :func:`describe` records about one handler."""
+
+    summary: str
+    description: str | None = None
+    tags: tuple[str, ...] = ()
+    body: type[BaseModel] | None = None
+    query: type[BaseModel] | None = None
+    responses: Mapping[int, type[BaseModel] | None] = field(default_factory=dict)
+    errors: tuple[int, ...] = ()
+    headers: Mapping[str, str] = field(default_factory=dict)
+    path_formats: Mapping[str, str] = field(default_factory=dict)
+    auth: bool = True
+    operation_id: str | None = None
+
+
+def describe(
+    *,
+    summary: str,
+    tags: Iterable[str] = (),
+    body: type[BaseModel] | None = None,
+    query: type[BaseModel] | None = None,
+    responses: Mapping[int, type[BaseModel] | None] | None = None,
+    errors: Iterable[int] = (),
+    headers: Mapping[str, str] | None = None,
+    path_formats: Mapping[str, str] | None = None,
+    auth: bool = True,
+    operation_id: str | None = None,
+) -> Callable[[H], H]:
+    """Decorator attaching an :class:`Operation` to a handler; the handler is unchanged.
+
+    ``responses`` maps success status codes to their body model (``None``: no body) and
+    defaults to ``{200: None}``; ``path_formats`` gives a JSON-schema ``format`` to path
+    parameters (``{"id": "uuid"}``). The handler's docstring becomes the description.
+    """
+
+    def decorate(handler: H) -> H:
+        operation = Operation(
+            summary=summary,
+            description=(handler.__doc__ or "").strip() or None,
+            tags=tuple(tags),
+            body=body,
+            query=query,
+            responses=dict(responses or {200: None}),
+            errors=tuple(errors),
+            headers=dict(headers or {}),
+            path_formats=dict(path_formats or {}),
+            auth=auth,
+            operation_id=operation_id,
+        )
+        setattr(handler, OPENAPI_ATTR, operation)
+        return handler
+
+    return decorate
+
+
+def operation_of(handler: Any) -> Operation | None:
+    """The :class:`Operation` attached to ``handler``, if any."""
+    found = getattr(handler, OPENAPI_ATTR, None)
+    return found if isinstance(found, Operation) else None
+
+
+def _error_codes(op: Operation) -> list[int]:
+    codes = set(op.errors) | {500, 503}
+    if op.body is not None or op.query is not None or op.path_formats:
+        codes.add(400)
+    if op.auth:
+        codes.add(401)
+    return sorted(codes)
+
+
+def _collect_models(
+    operations: Iterable[Operation],
+) -> list[tuple[type[BaseModel], JsonSchemaMode]]:
+    wanted: dict[tuple[type[BaseModel], JsonSchemaMode], None] = {
+        (ErrorEnvelope, "serialization"): None
+    }
+    for op in operations:
+        for model in (op.body, op.query):
+            if model is not None:
+                wanted[(model, "validation")] = None
+        for model in op.responses.values():
+            if model is not None:
+                wanted[(model, "serialization")] = None
+    return list(wanted)
+
+
+def _query_parameters(schema: dict[str, Any]) -> list[dict[str, Any]]:
+    required = set(schema.get("required", []))
+    params = []
+    for name, prop in schema.get("properties", {}).items():
+        prop = dict(prop)
+        description = prop.pop("description", None)
+        param: dict[str, Any] = {
+            "name": name,
+            "in": "query",
+            "required": name in required,
+            "schema": prop,
+        }
+        if description:
+            param["description"] = description
+        params.append(param)
+    return params
+
+
+def _operation_object(
+    op: Operation,
+    path_params: list[str],
+    refs: Mapping[tuple[Any, JsonSchemaMode], dict[str, Any]],
+    defs: Mapping[str, Any],
+) -> dict[str, Any]:
+    parameters: list[dict[str, Any]] = []
+    for name in path_params:
+        schema: dict[str, Any] = {"type": "string"}
+        if name in op.path_formats:
+            schema["format"] = op.path_formats[name]
+        parameters.append({"name": name, "in": "path", "required": True, "schema": schema})
+    if op.query is not None:
+        ref = refs[(op.query, "validation")]["$ref"].rsplit("/", 1)[-1]
+        parameters.extend(_query_parameters(defs[ref]))
+    for name, description in op.headers.items():
+        parameters.append(
+            {
+                "name": name,
+                "in": "header",
+                "required": False,
+                "description": description,
+                "schema": {"type": "string"},
+            }
+        )
+    responses: dict[str, Any] = {}
+    for status, model in sorted(op.responses.items()):
+        response: dict[str, Any] = {"description": HTTPStatus(status).phrase}
+        if model is not None:
+            response["content"] = {"application/json": {"schema": refs[(model, "serialization")]}}
+        responses[str(status)] = response
+    for status in _error_codes(op):
+        responses[str(status)] = {
+            "description": HTTPStatus(status).phrase,
+            "content": {"application/json": {"schema": {"$ref": _ref("ErrorEnvelope")}}},
+        }
+    result: dict[str, Any] = {"summary": op.summary, "tags": list(op.tags)}
+    if op.description:
+        result["description"] = op.description
+    if op.operation_id:
+        result["operationId"] = op.operation_id
+    if parameters:
+        result["parameters"] = parameters
+    if op.body is not None:
+        result["requestBody"] = {
+            "required": True,
+            "content": {"application/json": {"schema": refs[(op.body, "validation")]}},
+        }
+    result["responses"] = responses
+    if not op.auth:
+        result["security"] = []
+    return result
+
+
+def _ref(name: str) -> str:
+    return REF_TEMPLATE.format(model=name)
+
+
+def build_spec(
+    app: web.Application, *, title: str = "Arena Realtime", version: str = "1"
+) -> dict[str, Any]:
+    """The OpenAPI 3.1 document for every described route of ``app``.
+
+    Routes without :func:`describe` are left out (WebSocket, metrics, static files).
+    """
+    found: list[tuple[str, str, Operation]] = []
+    for route in app.router.routes():
+        op = operation_of(route.handler)
+        resource = route.resource
+        if op is None or resource is None or route.method in ("HEAD", "*"):
+            continue
+        found.append((resource.canonical, route.method.lower(), op))
+    refs, schema = models_json_schema(
+        _collect_models(op for _, _, op in found), ref_template=REF_TEMPLATE
+    )
+    defs: dict[str, Any] = schema.get("$defs", {})
+    paths: dict[str, dict[str, Any]] = {}
+    for canonical, method, op in sorted(found, key=lambda item: (item[0], item[1])):
+        path_params = _PATH_PARAM_RE.findall(canonical)
+        path = _PATH_PARAM_RE.sub(lambda m: "{" + m.group(1) + "}", canonical)
+        paths.setdefault(path, {})[method] = _operation_object(op, path_params, refs, defs)
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": title, "version": version},
+        "paths": paths,
+        "components": {
+            "schemas": defs,
+            "securitySchemes": {
+                "bearerAuth": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}
+            },
+        },
+        "security": [{"bearerAuth": []}],
+    }
+
+
+_spec_cache = web.AppKey("openapi_spec_cache", dict[str, Any])
+
+
+async def openapi_json(request: web.Request) -> web.Response:
+    """The OpenAPI document (built once per app: routes are frozen after start-up)."""
+    cache = request.app[_spec_cache]
+    if "spec" not in cache:
+        cache["spec"] = build_spec(request.app)
+    return json_response(cache["spec"])
+
+
+async def docs_page(request: web.Request) -> web.FileResponse:
+    """Interactive API documentation (Swagger UI served from ``/static``)."""
+    return web.FileResponse(DOCS_HTML, headers={"Cache-Control": "no-cache"})
+
+
+def setup_routes(app: web.Application) -> None:
+    app[_spec_cache] = {}
+    app.router.add_get("/api/openapi.json", openapi_json)
+    app.router.add_get("/api/docs", docs_page)
