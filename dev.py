@@ -51,24 +51,34 @@ def ensure_venv(extras: str) -> None:
     stamp.write_text(digest)
 
 
+def run(args: list[str]) -> int:
+    """Run ``args`` in place of this process where possible, so that SIGTERM and Ctrl-C reach
+    the service itself (a parent python would get KeyboardInterrupt and kill it mid-shutdown)."""
+    if os.name == "posix":
+        sys.stdout.flush()
+        os.execv(args[0], args)  # noqa: S606 - fixed argv, no shell
+    return subprocess.call(args)  # pragma: no cover - Windows
+
+
 def main(argv: list[str]) -> int:
     command = argv[0] if argv else "help"
     os.chdir(ROOT)
     if command == "serve":
         ensure_venv("")
-        return subprocess.call([str(BIN / "arena-realtime"), "serve", *argv[1:]])
+        return run([str(BIN / "arena-realtime"), "serve", *argv[1:]])
     if command == "test":
         ensure_venv("test")
-        args = [
-            str(PYTHON),
-            "-m",
-            "pytest",
-            "--cov",
-            "--cov-report=term",
-            "--cov-fail-under=85",
-            *argv[1:],
-        ]
-        return subprocess.call(args)
+        return run(
+            [
+                str(PYTHON),
+                "-m",
+                "pytest",
+                "--cov",
+                "--cov-report=term",
+                "--cov-fail-under=85",
+                *argv[1:],
+            ]
+        )
     print(__doc__)
     return 0 if command == "help" else 2
 

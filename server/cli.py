@@ -20,6 +20,7 @@ from contextlib import asynccontextmanager
 import asyncpg
 from aiohttp import web
 
+from handlers import keys
 from handlers.principal import ROLES
 from handlers.tokens import TokenService
 from server.app import create_app
@@ -28,7 +29,7 @@ from server.settings import Settings, SettingsError, load_settings
 from storage import users
 from storage.db import create_pool
 from storage.embedded import start_embedded
-from storage.migrate import migrate
+from storage.migrate import MigrationError, migrate
 
 log = logging.getLogger("arena")
 
@@ -61,6 +62,20 @@ def serve(settings: Settings) -> None:
         "starting",
         extra={"host": settings.host, "port": settings.port, "env": settings.env},
     )
+
+    async def announce(app: web.Application) -> None:
+        # Runs after the cleanup contexts, so the backends are known and ready.
+        backends = app[keys.backends]
+        log.info(
+            "serving",
+            extra={
+                "url": f"http://{settings.host}:{settings.port}",
+                "database": backends.get("database"),
+                "broker": backends.get("broker"),
+            },
+        )
+
+    app.on_startup.append(announce)
     web.run_app(
         app,
         host=settings.host,
@@ -114,15 +129,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     configure_logging(settings.log_level)
     command = args.command or "serve"
-    if command == "serve":
-        serve(settings)
-    elif command == "migrate":
-        asyncio.run(_migrate(settings))
-        log.info("database is up to date")
-    elif command == "token":
-        print(asyncio.run(_token(settings, args.email, args.role)))
-    elif command == "service-token":
-        print(TokenService(settings.handlers.auth).issue_service(args.name, args.ttl).token)
+    try:
+        if command == "serve":
+            serve(settings)
+        elif command == "migrate":
+            asyncio.run(_migrate(settings))
+            log.info("database is up to date")
+        elif command == "token":
+            print(asyncio.run(_token(settings, args.email, args.role)))
+        elif command == "service-token":
+            print(TokenService(settings.handlers.auth).issue_service(args.name, args.ttl).token)
+    except (MigrationError, OSError, asyncpg.PostgresError) as exc:
+        # Expected operational failures (database down, port taken, bad migration) get one
+        # clear line instead of a traceback; anything else still raises.
+        log.error("cannot %s: %s", command, exc, extra={"error": type(exc).__name__})
+        return 1
     return 0
 
 

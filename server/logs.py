@@ -45,3 +45,5 @@ def configure_logging(level: str = "INFO") -> None:
     root.handlers[:] = [handler]
     root.setLevel(level)
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    # pgserver narrates every pg_ctl call at INFO; only its problems are worth a line.
+    logging.getLogger("pgserver").setLevel(logging.WARNING)

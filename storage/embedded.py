@@ -7,6 +7,7 @@ process that started it exits.
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,11 @@ class EmbeddedPostgres:
 def start_embedded(data_dir: Path) -> EmbeddedPostgres:
     """Start (or attach to) the embedded server in ``data_dir/postgres``. Blocking: run it in a
     thread from async code."""
-    import pgserver
+    with warnings.catch_warnings():
+        # platformdirs warns at import when XDG_RUNTIME_DIR is unset (containers, CI); pgserver
+        # then uses the socket folder inside ``path``, which is what we want anyway.
+        warnings.simplefilter("ignore")
+        import pgserver
 
     path = (data_dir / "postgres").resolve()
     path.mkdir(parents=True, exist_ok=True)
