@@ -10,7 +10,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from handlers import keys
-from handlers.errors import json_response
+from handlers.errors import envelope, json_response
 
 log = logging.getLogger(__name__)
 
@@ -36,16 +36,29 @@ async def _db_ping(request: web.Request) -> None:
 
 
 async def ready(request: web.Request) -> web.Response:
-    """Readiness: database and broker answer. 503 with details when either does not."""
+    """Readiness: database and broker answer.
+
+    200 ``{"status": "ready", "database": {...}, "broker": {...}}``; otherwise 503 with the
+    error envelope plus the same details, so load balancers and people both see what is down.
+    """
     backends = request.app[keys.backends]
     database, broker = await asyncio.gather(
         _check(_db_ping(request)), _check(request.app[keys.hub].broker.ping())
     )
     database["backend"] = backends.get("database")
     broker["backend"] = backends.get("broker")
-    ok = database["ok"] and broker["ok"]
-    body = {"status": "ready" if ok else "unavailable", "database": database, "broker": broker}
-    return json_response(body, status=200 if ok else 503)
+    details = {"database": database, "broker": broker}
+    down = [name for name, check in details.items() if not check["ok"]]
+    if not down:
+        return json_response({"status": "ready", **details})
+    body = envelope(
+        503,
+        f"not ready: {', '.join(down)} unavailable",
+        {name: [details[name]["error"]] for name in down},
+    )
+    return json_response(
+        {**body, "status": "unavailable", **details}, status=503, headers={"Retry-After": "1"}
+    )
 
 
 async def metrics(request: web.Request) -> web.Response:

@@ -1,0 +1,145 @@
+"""Settings come from environment variables; bad or missing values stop startup with a clear
+message that names the variable."""
+
+from __future__ import annotations
+
+import json
+import stat
+from pathlib import Path
+
+import pytest
+
+from server import cli
+from server.settings import SettingsError, load_settings
+
+SECRET = "s" * 48
+OTHER_SECRET = "o" * 48
+
+
+def production_env(tmp_path: Path, **changes: str) -> dict[str, str]:
+    """A complete production environment; ``changes`` override (``""`` means unset)."""
+    env = {
+        "ENV": "production",
+        "DATA_DIR": str(tmp_path),
+        "JWT_SECRET": SECRET,
+        "SERVICE_SECRET": OTHER_SECRET,
+        "PUBLIC_BASE_URL": "https://arena.example.com",
+        "DATABASE_URL": "postgresql://arena@db/arena",
+    }
+    env.update(changes)
+    return {name: value for name, value in env.items() if value}
+
+
+def test_development_defaults(tmp_path: Path) -> None:
+    settings = load_settings({"DATA_DIR": str(tmp_path)})
+    assert settings.env == "development"
+    assert (settings.host, settings.port) == ("127.0.0.1", 8080)
+    assert settings.database_url is None  # embedded PostgreSQL
+    assert settings.redis_url is None  # in-process broker
+    assert settings.data_dir == tmp_path.resolve()
+    assert settings.handlers.http.hsts is False
+    assert settings.handlers.http.public_base_url == "http://127.0.0.1:8080"
+    assert "http://localhost:8080" in settings.handlers.http.allowed_origins
+
+
+def test_development_secrets_are_generated_once_and_kept(tmp_path: Path) -> None:
+    first = load_settings({"DATA_DIR": str(tmp_path)})
+    second = load_settings({"DATA_DIR": str(tmp_path)})
+    assert first.handlers.auth.jwt_keys == second.handlers.auth.jwt_keys
+    assert first.handlers.auth.service_secret == second.handlers.auth.service_secret
+    path = tmp_path / "secrets.json"
+    assert set(json.loads(path.read_text())) == {"JWT_SECRET", "SERVICE_SECRET"}
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    other = load_settings({"DATA_DIR": str(tmp_path / "elsewhere")})
+    assert other.handlers.auth.jwt_keys != first.handlers.auth.jwt_keys
+
+
+def test_complete_production_environment(tmp_path: Path) -> None:
+    settings = load_settings(production_env(tmp_path, ALLOWED_ORIGINS="https://a.example, "))
+    assert settings.production
+    assert settings.handlers.production
+    assert settings.handlers.http.hsts is True
+    assert settings.handlers.http.allowed_origins == ("https://a.example",)
+    assert settings.handlers.auth.jwt_keys == {"k1": SECRET}
+    assert settings.handlers.email.backend == "smtp"
+    assert not (tmp_path / "secrets.json").exists(), "production never writes secrets"
+
+
+def test_production_origins_default_to_none(tmp_path: Path) -> None:
+    assert load_settings(production_env(tmp_path)).handlers.http.allowed_origins == ()
+
+
+@pytest.mark.parametrize("name", ["JWT_SECRET", "SERVICE_SECRET", "PUBLIC_BASE_URL"])
+def test_production_requires(tmp_path: Path, name: str) -> None:
+    with pytest.raises(SettingsError, match=f"{name} is required when ENV=production"):
+        load_settings(production_env(tmp_path, **{name: ""}))
+    assert not (tmp_path / "secrets.json").exists()
+
+
+@pytest.mark.parametrize("name", ["JWT_SECRET", "SERVICE_SECRET"])
+@pytest.mark.parametrize("env", ["development", "production"])
+def test_short_secrets_are_rejected(tmp_path: Path, name: str, env: str) -> None:
+    with pytest.raises(SettingsError, match=f"{name} must be at least 32 bytes"):
+        load_settings(production_env(tmp_path, ENV=env, **{name: "x" * 31}))
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("PORT", "80a", "PORT must be an integer, got '80a'"),
+        ("PORT", "-1", "PORT must be >= 0, got -1"),
+        ("DB_POOL_MAX", "0", "DB_POOL_MAX must be >= 1"),
+        ("MAX_BODY_BYTES", "1e6", "MAX_BODY_BYTES must be an integer"),
+        ("SHUTDOWN_TIMEOUT", "soon", "SHUTDOWN_TIMEOUT must be a number"),
+        ("HSTS", "maybe", "HSTS must be true or false"),
+        ("ENV", "staging", "ENV must be development or production"),
+        ("JWT_ALGORITHM", "none", "JWT_ALGORITHM must be HS256, RS256 or EdDSA"),
+        ("EMAIL_BACKEND", "console", "EMAIL_BACKEND=console is not allowed"),
+        ("JWT_OLD_SECRETS", "k0", "JWT_OLD_SECRETS must be a comma-separated list of kid=secret"),
+        ("JWT_OLD_SECRETS", "k0=short", "JWT_OLD_SECRETS key 'k0' is shorter than 32 bytes"),
+    ],
+)
+def test_malformed_values_name_the_variable(
+    tmp_path: Path, name: str, value: str, message: str
+) -> None:
+    with pytest.raises(SettingsError, match=message.replace("(", r"\(")):
+        load_settings(production_env(tmp_path, **{name: value}))
+
+
+def test_values_are_parsed(tmp_path: Path) -> None:
+    settings = load_settings(
+        {
+            "DATA_DIR": str(tmp_path),
+            "HOST": "::1",
+            "PORT": " 9000 ",
+            "LOG_LEVEL": "debug",
+            "HSTS": "yes",
+            "REDIS_URL": "redis://cache:6379/0",
+            "JWT_SECRET": SECRET,
+            "JWT_KID": "k2",
+            "JWT_OLD_SECRETS": f"k1={OTHER_SECRET}",
+            "ANTHROPIC_API_KEY": "sk-test",
+            "ANTHROPIC_BASE_URL": "http://127.0.0.1:9999",
+            "SHUTDOWN_TIMEOUT": "2.5",
+        }
+    )
+    assert (settings.host, settings.port, settings.log_level) == ("::1", 9000, "DEBUG")
+    assert settings.redis_url == "redis://cache:6379/0"
+    assert settings.handlers.http.hsts is True
+    assert settings.handlers.http.public_base_url == "http://127.0.0.1:9000"
+    assert settings.handlers.auth.jwt_keys == {"k2": SECRET, "k1": OTHER_SECRET}
+    assert settings.handlers.analysis.anthropic_api_key == "sk-test"
+    assert settings.handlers.analysis.anthropic_base_url == "http://127.0.0.1:9999"
+    assert settings.shutdown_timeout == 2.5
+
+
+def test_cli_reports_configuration_errors_without_traceback(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for name, value in production_env(tmp_path, JWT_SECRET="").items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("JWT_SECRET", raising=False)
+    assert cli.main(["migrate"]) == 2
+    err = capsys.readouterr().err
+    assert "configuration error: JWT_SECRET is required when ENV=production" in err
+    assert "Traceback" not in err
