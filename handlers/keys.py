@@ -7,10 +7,13 @@ from typing import Any
 import asyncpg
 from aiohttp import web
 from prometheus_client import CollectorRegistry
+from redis.asyncio import Redis
 
 from handlers.config import HandlersConfig
+from handlers.email import Mailer
 from handlers.metrics import HttpMetrics
 from handlers.outbox_relay import OutboxRelay
+from handlers.ratelimit import RateLimiter
 from handlers.tokens import TokenService
 from handlers.ws_registry import ConnectionRegistry
 from pubsub.hub import Hub
@@ -23,5 +26,9 @@ http_metrics = web.AppKey("http_metrics", HttpMetrics)
 connections = web.AppKey("connections", ConnectionRegistry)
 relay = web.AppKey("relay", OutboxRelay)
 tokens = web.AppKey("tokens", TokenService)
+#: the shared Redis client, present only when REDIS_URL is set
+redis = web.AppKey("redis", Redis)
+rate_limiter = web.AppKey("rate_limiter", RateLimiter)
+mailer = web.AppKey("mailer", Mailer)
 #: what is in use, for logs and /ready: {"database": "embedded"|"postgres", "broker": ...}
 backends = web.AppKey("backends", dict[str, Any])

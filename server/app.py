@@ -5,7 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from handlers import keys, openapi, ops, publish_api, ws_handler
+from handlers import auth_api, keys, openapi, ops, publish_api, ws_handler
 from handlers.metrics import HttpMetrics
 from handlers.middlewares import error_envelope, request_context, security_headers
 from handlers.tokens import TokenService
@@ -28,9 +28,11 @@ def create_app(settings: Settings) -> web.Application:
     app[keys.backends] = {}
     app.on_response_prepare.append(security_headers)
     app.cleanup_ctx.append(lifecycle.database)
+    app.cleanup_ctx.append(lifecycle.redis_client)
+    app.cleanup_ctx.append(lifecycle.mail)
     app.cleanup_ctx.append(lifecycle.channels)
     app.cleanup_ctx.append(lifecycle.outbox_relay)
     app.on_shutdown.append(lifecycle.close_websockets)
-    for module in (ops, ws_handler, publish_api, openapi):
+    for module in (ops, ws_handler, publish_api, auth_api, openapi):
         module.setup_routes(app)
     return app

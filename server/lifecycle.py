@@ -10,7 +10,9 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from handlers import keys
+from handlers.email import Mailer, make_backend
 from handlers.outbox_relay import OutboxRelay
+from handlers.ratelimit import MemoryRateLimiter, RedisRateLimiter
 from handlers.ws_frames import publication_frame
 from handlers.ws_registry import ConnectionRegistry
 from pubsub.broker import Broker
@@ -103,3 +105,34 @@ async def close_websockets(app: web.Application) -> None:
     if registry is not None:
         closed = registry.close_all()
         log.info("websockets closed for shutdown", extra={"count": closed})
+
+
+async def redis_client(app: web.Application) -> AsyncIterator[None]:
+    """The shared Redis client (when ``REDIS_URL`` is set) and the rate limiter built on it;
+    without Redis the rate limiter lives in process memory."""
+    settings = app[settings_key]
+    if not settings.redis_url:
+        app[keys.rate_limiter] = MemoryRateLimiter()
+        yield
+        return
+    from redis.asyncio import Redis
+
+    client = Redis.from_url(settings.redis_url, socket_connect_timeout=5, socket_timeout=5)
+    app[keys.redis] = client
+    app[keys.rate_limiter] = RedisRateLimiter(client, settings.redis_prefix)
+    try:
+        yield
+    finally:
+        await client.aclose()
+
+
+async def mail(app: web.Application) -> AsyncIterator[None]:
+    """The mailer; messages still queued at shutdown get a few seconds to go out."""
+    settings = app[settings_key]
+    email = settings.handlers.email
+    mailer = Mailer(make_backend(email), email.sender)
+    app[keys.mailer] = mailer
+    try:
+        yield
+    finally:
+        await mailer.drain(grace=min(10.0, settings.shutdown_timeout))
