@@ -63,7 +63,9 @@ async def test_login_answers_identically_for_known_and_unknown_addresses(client:
 
 async def test_magic_link_is_stored_only_as_a_hash(client: Any) -> None:
     token = await request_link(client, "hash@example.com")
-    rows = await _rows(client, "SELECT token_hash, email, expires_at - created_at AS ttl FROM magic_links")
+    rows = await _rows(
+        client, "SELECT token_hash, email, expires_at - created_at AS ttl FROM magic_links"
+    )
     assert len(rows) == 1
     assert bytes(rows[0]["token_hash"]) == hashlib.sha256(token.encode()).digest()
     assert token.encode() not in bytes(rows[0]["token_hash"])
