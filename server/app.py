@@ -5,7 +5,16 @@ from __future__ import annotations
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from handlers import auth_api, keys, openapi, ops, publish_api, ws_handler
+from handlers import (
+    auth_api,
+    keys,
+    openapi,
+    ops,
+    proposals_api,
+    publish_api,
+    requests_api,
+    ws_handler,
+)
 from handlers.metrics import HttpMetrics
 from handlers.middlewares import error_envelope, request_context, security_headers
 from handlers.tokens import TokenService
@@ -33,6 +42,6 @@ def create_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.append(lifecycle.channels)
     app.cleanup_ctx.append(lifecycle.outbox_relay)
     app.on_shutdown.append(lifecycle.close_websockets)
-    for module in (ops, ws_handler, publish_api, auth_api, openapi):
+    for module in (ops, ws_handler, publish_api, auth_api, openapi, requests_api, proposals_api):
         module.setup_routes(app)
     return app

@@ -39,3 +39,22 @@ CREATE UNIQUE INDEX proposals_one_accepted ON proposals (request_id) WHERE statu
 CREATE INDEX proposals_request_created ON proposals (request_id, created_at DESC, id DESC);
 CREATE INDEX proposals_vendor_created ON proposals (vendor_id, created_at DESC, id DESC);
 CREATE INDEX proposals_status_created ON proposals (status, created_at DESC, id DESC);
+
+-- The proposal state machine, enforced here too so a buggy writer cannot corrupt history:
+-- submitted -> shortlisted | rejected | accepted | withdrawn; shortlisted -> rejected |
+-- accepted | withdrawn; rejected, accepted and withdrawn are final.
+CREATE FUNCTION proposals_check_transition() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF NEW.status IS DISTINCT FROM OLD.status AND NOT (
+        (OLD.status = 'submitted'
+            AND NEW.status IN ('shortlisted', 'rejected', 'accepted', 'withdrawn'))
+        OR (OLD.status = 'shortlisted' AND NEW.status IN ('rejected', 'accepted', 'withdrawn'))
+    ) THEN
+        RAISE EXCEPTION 'illegal proposal transition % -> %', OLD.status, NEW.status
+            USING ERRCODE = 'check_violation', CONSTRAINT = 'proposals_transition';
+    END IF;
+    RETURN NEW;
+END $$;
+
+CREATE TRIGGER proposals_transition BEFORE UPDATE OF status ON proposals
+    FOR EACH ROW EXECUTE FUNCTION proposals_check_transition();
