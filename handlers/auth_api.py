@@ -19,6 +19,7 @@ from handlers.auth_context import require_principal, require_role
 from handlers.client_ip import client_ip
 from handlers.errors import ApiError, json_response
 from handlers.principal import ROLES
+from handlers.ratelimit import RateLimiterUnavailable
 from handlers.tokens import REFRESH, TokenError
 from handlers.validation import parse_body
 from handlers.ws_connection import CLOSE_UNAUTHENTICATED
@@ -67,7 +68,14 @@ def _digest(value: str) -> str:
 
 
 async def _limit(request: web.Request, key: str, limit: int, period: float) -> None:
-    decision = await request.app[keys.rate_limiter].hit(key, limit, period)
+    try:
+        decision = await request.app[keys.rate_limiter].hit(key, limit, period)
+    except RateLimiterUnavailable:
+        # Fail closed: without the shared counter a flood of logins would go unchecked.
+        log.warning("rate limiter unavailable", exc_info=True)
+        raise ApiError(
+            503, "service temporarily unavailable", headers={"Retry-After": "1"}
+        ) from None
     if not decision.allowed:
         raise ApiError(
             429,

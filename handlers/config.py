@@ -59,6 +59,9 @@ class WsConfig:
     command_rate: float = 50.0
     command_burst: int = 100
     max_connections_per_user: int = 20
+    #: per user across every instance (the shared rate limiter), on top of the per-connection bucket
+    user_command_rate: float = 100.0
+    user_command_burst: int = 200
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,6 +16,11 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+
+class RateLimiterUnavailable(Exception):
+    """The shared limiter's store cannot be reached; callers choose to fail open or closed."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,7 +44,7 @@ class RateLimiter(Protocol):
     async def hit(self, key: str, limit: int, period: float) -> Decision:
         """Record one event for ``key`` if at most ``limit`` happened within ``period`` seconds.
 
-        A refused event is not counted. Raises the backend's connection errors.
+        A refused event is not counted. Raises :class:`RateLimiterUnavailable`.
         """
         ...
 
@@ -116,10 +121,16 @@ class RedisRateLimiter:
         self._script = client.register_script(_GCRA_LUA)
 
     async def hit(self, key: str, limit: int, period: float) -> Decision:
-        allowed, retry_ms = await self._script(
-            keys=[self._prefix + key], args=[limit, max(1, round(period * 1000))]
-        )
+        try:
+            allowed, retry_ms = await self._script(
+                keys=[self._prefix + key], args=[limit, max(1, round(period * 1000))]
+            )
+        except (RedisError, OSError) as exc:
+            raise RateLimiterUnavailable(str(exc)) from exc
         return Decision(bool(allowed), int(retry_ms) / 1000)
 
     async def reset(self, key: str) -> None:
-        await self._client.delete(self._prefix + key)
+        try:
+            await self._client.delete(self._prefix + key)
+        except (RedisError, OSError) as exc:
+            raise RateLimiterUnavailable(str(exc)) from exc

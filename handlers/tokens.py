@@ -15,9 +15,12 @@ from __future__ import annotations
 import time
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import jwt
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
 from handlers.config import AuthConfig
 from handlers.principal import SERVICE_ROLE, Principal
@@ -27,6 +30,7 @@ REFRESH = "refresh"
 SERVICE = "service"
 
 REQUIRED_CLAIMS = ["exp", "iat", "sub", "aud", "iss", "jti", "typ"]
+ALGORITHMS = ("HS256", "RS256", "EdDSA")
 
 
 class TokenError(Exception):
@@ -44,16 +48,81 @@ class IssuedToken:
     expires_at: int
 
 
+SigningKey = str | rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey
+VerifyingKey = str | rsa.RSAPublicKey | ed25519.Ed25519PublicKey
+
+MIN_HMAC_BYTES = 32
+MIN_RSA_BITS = 2048
+
+
+class KeyConfigError(ValueError):
+    """A configured key is missing, unreadable, of the wrong type or too short."""
+
+
+def _check_public(kid: str, key: object, algorithm: str) -> VerifyingKey:
+    if algorithm == "RS256" and isinstance(key, rsa.RSAPublicKey):
+        if key.key_size < MIN_RSA_BITS:
+            raise KeyConfigError(f"RSA key {kid!r} has {key.key_size} bits; at least 2048 needed")
+        return key
+    if algorithm == "EdDSA" and isinstance(key, ed25519.Ed25519PublicKey):
+        return key
+    raise KeyConfigError(f"key {kid!r} is not a {algorithm} key")
+
+
+def load_asymmetric_keys(
+    config: AuthConfig, signing_kid: str
+) -> tuple[SigningKey, dict[str, VerifyingKey]]:
+    """The private key of ``JWT_PRIVATE_KEY_FILE`` and the verification keys: its own public
+    key under ``signing_kid`` plus every ``<kid>.pem`` in ``JWT_PUBLIC_KEYS_DIR``."""
+    if not config.jwt_private_key_file:
+        raise KeyConfigError(f"JWT_PRIVATE_KEY_FILE is required for {config.jwt_algorithm}")
+    try:
+        pem = Path(config.jwt_private_key_file).read_bytes()
+        private = serialization.load_pem_private_key(pem, password=None)
+    except (OSError, ValueError, TypeError) as exc:
+        raise KeyConfigError(f"cannot read JWT_PRIVATE_KEY_FILE: {exc}") from None
+    if not isinstance(private, rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey):
+        raise KeyConfigError(f"JWT_PRIVATE_KEY_FILE is not a {config.jwt_algorithm} key")
+    public = {signing_kid: _check_public(signing_kid, private.public_key(), config.jwt_algorithm)}
+    if config.jwt_public_keys_dir:
+        folder = Path(config.jwt_public_keys_dir)
+        if not folder.is_dir():
+            raise KeyConfigError("JWT_PUBLIC_KEYS_DIR is not a directory")
+        for path in sorted(folder.glob("*.pem")):
+            try:
+                key = serialization.load_pem_public_key(path.read_bytes())
+            except (OSError, ValueError) as exc:
+                raise KeyConfigError(f"cannot read public key {path.name}: {exc}") from None
+            public.setdefault(path.stem, _check_public(path.stem, key, config.jwt_algorithm))
+    return private, public
+
+
 class TokenService:
-    """Signs and verifies the service's tokens with the configured keys."""
+    """Signs and verifies the service's tokens with the configured keys.
+
+    HS256: ``jwt_keys`` maps kid to secret; the first signs, all verify. RS256/EdDSA: the
+    private key file signs (kid = first ``jwt_keys`` kid, i.e. ``JWT_KID``) and the public keys
+    verify. Raises :class:`KeyConfigError` when a key is unusable.
+    """
 
     def __init__(self, config: AuthConfig) -> None:
         if not config.jwt_keys:
-            raise ValueError("at least one JWT key is required")
+            raise KeyConfigError("at least one JWT key is required")
+        if config.jwt_algorithm not in ALGORITHMS:
+            raise KeyConfigError(f"JWT algorithm {config.jwt_algorithm!r} is not supported")
         self._config = config
         self._algorithm = config.jwt_algorithm
         self._signing_kid = next(iter(config.jwt_keys))
-        self._keys = dict(config.jwt_keys)
+        self._signing_key: SigningKey
+        self._keys: dict[str, VerifyingKey]
+        if self._algorithm == "HS256":
+            for kid, secret in config.jwt_keys.items():
+                if len(secret.encode()) < MIN_HMAC_BYTES:
+                    raise KeyConfigError(f"HS256 key {kid!r} is shorter than 32 bytes")
+            self._keys = dict(config.jwt_keys)
+            self._signing_key = config.jwt_keys[self._signing_kid]
+        else:
+            self._signing_key, self._keys = load_asymmetric_keys(config, self._signing_kid)
 
     @property
     def config(self) -> AuthConfig:
@@ -74,7 +143,7 @@ class TokenService:
         }
         token = jwt.encode(
             claims,
-            self._keys[self._signing_kid],
+            self._signing_key,
             algorithm=self._algorithm,
             headers={"kid": self._signing_kid},
         )

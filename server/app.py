@@ -6,6 +6,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from handlers import (
+    alerts_api,
     auth_api,
     keys,
     openapi,
@@ -13,6 +14,8 @@ from handlers import (
     proposals_api,
     publish_api,
     requests_api,
+    strategies_api,
+    webhooks,
     ws_handler,
 )
 from handlers.metrics import HttpMetrics
@@ -42,6 +45,17 @@ def create_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.append(lifecycle.channels)
     app.cleanup_ctx.append(lifecycle.outbox_relay)
     app.on_shutdown.append(lifecycle.close_websockets)
-    for module in (ops, ws_handler, publish_api, auth_api, openapi, requests_api, proposals_api):
+    for module in (
+        ops,
+        ws_handler,
+        publish_api,
+        auth_api,
+        openapi,
+        requests_api,
+        proposals_api,
+        strategies_api,
+        alerts_api,
+        webhooks,
+    ):
         module.setup_routes(app)
     return app

@@ -1,0 +1,266 @@
+"""Alerts received by a strategy's webhooks: insert (idempotent, de-duplicated), list, stats.
+
+:func:`insert` must run inside the caller's transaction so that the caller can record the
+outbox event in the same commit.
+"""
+
+# Queries are built only from constant column lists and numbered placeholders:
+# ruff: noqa: S608
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+from uuid import UUID
+
+import asyncpg
+
+from storage.errors import NotFound
+
+
+@dataclass(frozen=True, slots=True)
+class NewAlert:
+    """An alert to store; every extracted column is optional, the raw body is not."""
+
+    strategy_id: UUID
+    source: str  # "tradingview" | "signed"
+    raw_body: str
+    content_type: str  # "application/json" | "text/plain"
+    body_sha256: bytes
+    webhook_id: str | None = None
+    ticker: str | None = None
+    action: str | None = None  # "buy" | "sell"
+    quantity: Decimal | None = None
+    price: Decimal | None = None
+    alert_time: datetime | None = None
+    message: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Alert:
+    id: UUID
+    strategy_id: UUID
+    source: str
+    webhook_id: str | None
+    ticker: str | None
+    action: str | None
+    quantity: Decimal | None
+    price: Decimal | None
+    alert_time: datetime | None
+    message: str | None
+    raw_body: str
+    content_type: str
+    received_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class InsertResult:
+    """``duplicate`` is True when nothing was inserted (a replayed webhook id, or an identical
+    TradingView body inside the window); ``alert`` is then the original when it still exists."""
+
+    alert: Alert | None
+    duplicate: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Bucket:
+    start: datetime
+    count: int
+    buy_volume: Decimal
+    sell_volume: Decimal
+
+
+_COLUMNS = (
+    "id, strategy_id, source, webhook_id, ticker, action, quantity, price, alert_time, "
+    "message, raw_body, content_type, received_at"
+)
+
+
+def _alert(row: asyncpg.Record) -> Alert:
+    return Alert(**dict(row.items()))
+
+
+def _dedup_lock_key(strategy_id: UUID, body_sha256: bytes) -> int:
+    digest = hashlib.sha256(b"alert-dedup:" + strategy_id.bytes + body_sha256).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
+
+
+async def insert(conn: asyncpg.Connection, new: NewAlert, dedup_seconds: int = 0) -> InsertResult:
+    """Insert ``new`` unless it repeats an earlier alert. Call inside a transaction.
+
+    * With ``webhook_id``: the unique ``(strategy_id, webhook_id)`` key makes concurrent
+      replays wait for the first insert and then insert nothing.
+    * Without it and ``dedup_seconds > 0``: an identical body for the same strategy received
+      within the window is a duplicate. A transaction-scoped advisory lock on
+      (strategy, body hash) serialises concurrent retries, so exactly one of them inserts.
+
+    Raises :class:`NotFound` when the strategy does not exist (deleted meanwhile).
+    """
+    if new.webhook_id is None and dedup_seconds > 0:
+        await conn.execute(
+            "SELECT pg_advisory_xact_lock($1)", _dedup_lock_key(new.strategy_id, new.body_sha256)
+        )
+        row = await conn.fetchrow(
+            f"SELECT {_COLUMNS} FROM alerts WHERE strategy_id = $1 AND body_sha256 = $2 "
+            "AND received_at > clock_timestamp() - make_interval(secs => $3) "
+            "ORDER BY received_at DESC LIMIT 1",
+            new.strategy_id,
+            new.body_sha256,
+            float(dedup_seconds),
+        )
+        if row is not None:
+            return InsertResult(_alert(row), True)
+    try:
+        row = await conn.fetchrow(
+            f"""
+            INSERT INTO alerts (strategy_id, source, webhook_id, ticker, action, quantity, price,
+                                alert_time, message, raw_body, content_type, body_sha256)
+            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+            ON CONFLICT (strategy_id, webhook_id) DO NOTHING
+            RETURNING {_COLUMNS}
+            """,
+            new.strategy_id,
+            new.source,
+            new.webhook_id,
+            new.ticker,
+            new.action,
+            new.quantity,
+            new.price,
+            new.alert_time,
+            new.message,
+            new.raw_body,
+            new.content_type,
+            new.body_sha256,
+        )
+    except asyncpg.ForeignKeyViolationError:
+        raise NotFound("strategy") from None
+    if row is not None:
+        return InsertResult(_alert(row), False)
+    original = await conn.fetchrow(
+        f"SELECT {_COLUMNS} FROM alerts WHERE strategy_id = $1 AND webhook_id = $2",
+        new.strategy_id,
+        new.webhook_id,
+    )
+    return InsertResult(_alert(original) if original else None, True)
+
+
+async def get(conn: asyncpg.Connection, alert_id: UUID | str) -> Alert:
+    """The alert; raises :class:`NotFound`."""
+    row = await conn.fetchrow(f"SELECT {_COLUMNS} FROM alerts WHERE id = $1::uuid", str(alert_id))
+    if row is None:
+        raise NotFound("alert")
+    return _alert(row)
+
+
+async def delete(conn: asyncpg.Connection, alert_id: UUID | str) -> None:
+    """Delete the alert; raises :class:`NotFound`."""
+    result: str = await conn.execute("DELETE FROM alerts WHERE id = $1::uuid", str(alert_id))
+    if result.split()[-1] == "0":
+        raise NotFound("alert")
+
+
+def _filters(
+    viewer: UUID | str | None,
+    strategy_id: UUID | str | None,
+    ticker: str | None,
+    action: str | None,
+    since: datetime | None,
+    until: datetime | None,
+) -> tuple[list[str], list[Any]]:
+    clauses: list[str] = []
+    args: list[Any] = []
+
+    def arg(value: Any) -> str:
+        args.append(value)
+        return f"${len(args)}"
+
+    if viewer is not None:
+        ref = arg(str(viewer))
+        clauses.append(
+            f"a.strategy_id IN (SELECT id FROM strategies WHERE owner_id = {ref}::uuid "
+            f"UNION ALL SELECT strategy_id FROM strategy_shares WHERE user_id = {ref}::uuid)"
+        )
+    if strategy_id is not None:
+        clauses.append(f"a.strategy_id = {arg(str(strategy_id))}::uuid")
+    if ticker is not None:
+        clauses.append(f"a.ticker = {arg(ticker)}")
+    if action is not None:
+        clauses.append(f"a.action = {arg(action)}")
+    if since is not None:
+        clauses.append(f"a.received_at >= {arg(since)}")
+    if until is not None:
+        clauses.append(f"a.received_at < {arg(until)}")
+    return clauses, args
+
+
+async def list_alerts(
+    conn: asyncpg.Connection,
+    *,
+    viewer: UUID | str | None,
+    strategy_id: UUID | str | None = None,
+    ticker: str | None = None,
+    action: str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    after: tuple[datetime, UUID] | None = None,
+    limit: int = 50,
+) -> list[Alert]:
+    """Alerts newest first, filtered; ``viewer`` None means every strategy (admins).
+
+    ``after`` is the (received_at, id) of the last alert of the previous page (keyset paging:
+    stable while new alerts arrive).
+    """
+    clauses, args = _filters(viewer, strategy_id, ticker, action, since, until)
+    if after is not None:
+        args.extend(after)
+        clauses.append(f"(a.received_at, a.id) < (${len(args) - 1}, ${len(args)})")
+    where = " AND ".join(clauses) or "true"
+    args.append(limit)
+    rows = await conn.fetch(
+        f"SELECT {_COLUMNS} FROM alerts a WHERE {where} "
+        f"ORDER BY a.received_at DESC, a.id DESC LIMIT ${len(args)}",
+        *args,
+    )
+    return [_alert(row) for row in rows]
+
+
+async def stats(
+    conn: asyncpg.Connection,
+    *,
+    viewer: UUID | str | None,
+    since: datetime,
+    until: datetime,
+    bucket_seconds: int,
+    strategy_id: UUID | str | None = None,
+    ticker: str | None = None,
+) -> list[Bucket]:
+    """Per-bucket alert count and buy/sell volume (sum of ``quantity``) over
+    ``[since, until)``; buckets are aligned to the Unix epoch and empty ones are included, so
+    the series plots directly."""
+    clauses, args = _filters(viewer, strategy_id, ticker, None, since, until)
+    args.extend([float(bucket_seconds), since, until])
+    width, lo, hi = (f"${len(args) - 2}", f"${len(args) - 1}", f"${len(args)}")
+    interval = f"make_interval(secs => {width})"
+    rows = await conn.fetch(
+        f"""
+        WITH agg AS (
+            SELECT date_bin({interval}, a.received_at, 'epoch') AS t,
+                   count(*) AS count,
+                   COALESCE(sum(a.quantity) FILTER (WHERE a.action = 'buy'), 0) AS buy,
+                   COALESCE(sum(a.quantity) FILTER (WHERE a.action = 'sell'), 0) AS sell
+            FROM alerts a WHERE {" AND ".join(clauses)} GROUP BY 1
+        )
+        SELECT s.t, COALESCE(agg.count, 0) AS count, COALESCE(agg.buy, 0) AS buy,
+               COALESCE(agg.sell, 0) AS sell
+        FROM generate_series(date_bin({interval}, {lo}::timestamptz, 'epoch'),
+                             {hi}::timestamptz, {interval}) AS s (t)
+        LEFT JOIN agg ON agg.t = s.t
+        WHERE s.t < {hi}
+        ORDER BY s.t
+        """,
+        *args,
+    )
+    return [Bucket(row["t"], row["count"], row["buy"], row["sell"]) for row in rows]
