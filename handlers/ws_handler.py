@@ -20,6 +20,7 @@ from handlers import keys, ws_frames
 from handlers.errors import error_response
 from handlers.permissions import can_subscribe
 from handlers.principal import Principal
+from handlers.ratelimit import RateLimiterUnavailable
 from handlers.tokens import TokenError
 from handlers.ws_connection import (
     CLOSE_PROTOCOL,
@@ -103,6 +104,7 @@ class Session:
         self.registry = app[keys.connections]
         self.metrics = app[keys.http_metrics]
         self.bucket = TokenBucket(self.config.command_rate, self.config.command_burst)
+        self.limiter = app[keys.rate_limiter]
         self._expiry: asyncio.TimerHandle | None = None
         self._commands: dict[str, Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]] = {
             "authenticate": self._authenticate,
@@ -146,6 +148,12 @@ class Session:
             self.metrics.ws_commands.labels("any", "rate_limited").inc()
             conn.close_soon(CLOSE_RATE_LIMITED, "command rate limit exceeded", flush=True)
             return
+        if not await self._user_allowed():
+            self.metrics.ws_commands.labels("any", "rate_limited").inc()
+            conn.close_soon(
+                CLOSE_RATE_LIMITED, "command rate limit exceeded for this user", flush=True
+            )
+            return
         try:
             cmd = orjson.loads(text)
         except orjson.JSONDecodeError:
@@ -188,6 +196,21 @@ class Session:
         conn.send(ws_frames.reply(command_id, result))
         for pub in tail or ():
             conn.send(ws_frames.publication_frame(pub))
+
+    async def _user_allowed(self) -> bool:
+        """The per-user limit shared by every connection and instance (``WS_USER_COMMAND_*``).
+
+        Fails open when the shared limiter is unreachable: the per-connection bucket still holds.
+        """
+        principal = self.principal
+        if principal is None or principal.is_service:
+            return True
+        rate, burst = self.config.user_command_rate, self.config.user_command_burst
+        try:
+            decision = await self.limiter.hit(f"ws:user:{principal.user_id}", burst, burst / rate)
+        except RateLimiterUnavailable:
+            return True
+        return decision.allowed
 
     # -- commands --------------------------------------------------------------------------
 

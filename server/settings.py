@@ -25,6 +25,7 @@ from handlers.config import (
     WebhookConfig,
     WsConfig,
 )
+from handlers.tokens import KeyConfigError, TokenService
 from pubsub.namespaces import NamespaceOptions, default_namespaces
 
 
@@ -240,6 +241,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             command_rate=_float(env, "WS_COMMAND_RATE", 50.0, minimum=1.0),
             command_burst=_int(env, "WS_COMMAND_BURST", 100, minimum=1),
             max_connections_per_user=_int(env, "WS_MAX_CONNECTIONS_PER_USER", 20, minimum=1),
+            user_command_rate=_float(env, "WS_USER_COMMAND_RATE", 100.0, minimum=1.0),
+            user_command_burst=_int(env, "WS_USER_COMMAND_BURST", 200, minimum=1),
         ),
         webhook=WebhookConfig(
             max_body_bytes=_int(env, "WEBHOOK_MAX_BODY_BYTES", 64 * 1024, minimum=1024),
@@ -261,6 +264,10 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             offline_tokens_per_second=_float(env, "ANALYSIS_OFFLINE_TPS", 60.0, minimum=1.0),
         ),
     )
+    try:
+        TokenService(handlers.auth)  # fail at startup, naming the variable, not at first login
+    except KeyConfigError as exc:
+        raise SettingsError(str(exc)) from None
     return Settings(
         env=mode,
         host=_str(env, "HOST", "127.0.0.1"),
