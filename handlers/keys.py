@@ -9,6 +9,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 from redis.asyncio import Redis
 
+from handlers.analysis.runner import AnalysisRunner
 from handlers.config import HandlersConfig
 from handlers.email import Mailer
 from handlers.metrics import HttpMetrics
@@ -30,5 +31,6 @@ tokens = web.AppKey("tokens", TokenService)
 redis = web.AppKey("redis", Redis)
 rate_limiter = web.AppKey("rate_limiter", RateLimiter)
 mailer = web.AppKey("mailer", Mailer)
+analysis_runner = web.AppKey("analysis_runner", AnalysisRunner)
 #: what is in use, for logs and /ready: {"database": "embedded"|"postgres", "broker": ...}
 backends = web.AppKey("backends", dict[str, Any])

@@ -18,6 +18,7 @@ from handlers import (
     webhooks,
     ws_handler,
 )
+from handlers.analysis import api as analysis_api
 from handlers.metrics import HttpMetrics
 from handlers.middlewares import error_envelope, request_context, security_headers
 from handlers.tokens import TokenService
@@ -44,6 +45,7 @@ def create_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.append(lifecycle.mail)
     app.cleanup_ctx.append(lifecycle.channels)
     app.cleanup_ctx.append(lifecycle.outbox_relay)
+    app.cleanup_ctx.append(lifecycle.analyses)
     app.on_shutdown.append(lifecycle.close_websockets)
     for module in (
         ops,
@@ -53,6 +55,7 @@ def create_app(settings: Settings) -> web.Application:
         openapi,
         requests_api,
         proposals_api,
+        analysis_api,
         strategies_api,
         alerts_api,
         webhooks,

@@ -10,6 +10,8 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from handlers import keys
+from handlers.analysis.factory import build_provider
+from handlers.analysis.runner import AnalysisRunner
 from handlers.email import Mailer, make_backend
 from handlers.outbox_relay import OutboxRelay
 from handlers.ratelimit import MemoryRateLimiter, RedisRateLimiter
@@ -136,3 +138,20 @@ async def mail(app: web.Application) -> AsyncIterator[None]:
         yield
     finally:
         await mailer.drain(grace=min(10.0, settings.shutdown_timeout))
+
+
+async def analyses(app: web.Application) -> AsyncIterator[None]:
+    """The analysis runner: fails analyses a crashed process left behind at start, and
+    records running ones as interrupted at stop. Needs the database and the hub."""
+    settings = app[settings_key]
+    config = settings.handlers.analysis
+    runner = AnalysisRunner(
+        app[keys.pool], app[keys.hub], config, build_provider(config), registry=app[keys.registry]
+    )
+    await runner.start()
+    app[keys.analysis_runner] = runner
+    log.info("analysis runner ready", extra={"provider": runner.provider.name})
+    try:
+        yield
+    finally:
+        await runner.close()

@@ -1,0 +1,21 @@
+"""Choosing the analysis provider from the configuration."""
+
+from __future__ import annotations
+
+from handlers.analysis.anthropic_provider import AnthropicProvider
+from handlers.analysis.offline_provider import OfflineProvider
+from handlers.analysis.providers import Provider
+from handlers.config import AnalysisConfig
+
+
+def build_provider(config: AnalysisConfig) -> Provider:
+    """Claude when an API key is configured, the offline analyser otherwise."""
+    if config.anthropic_api_key:
+        return AnthropicProvider(
+            api_key=config.anthropic_api_key,
+            model=config.model,
+            max_tokens=config.max_tokens,
+            timeout=config.timeout,
+            base_url=config.anthropic_base_url,
+        )
+    return OfflineProvider(config.offline_tokens_per_second)
