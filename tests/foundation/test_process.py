@@ -1,0 +1,290 @@
+"""The real ``arena-realtime`` process: CLI tokens, graceful shutdown on SIGTERM/SIGINT, clear
+startup errors, and the embedded PostgreSQL default that keeps data across restarts."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import jwt
+import orjson
+import pytest
+
+from tests.conftest import TEST_SECRET, TEST_SERVICE_SECRET
+
+STARTUP_DEADLINE = 90.0  # generous: the first embedded start runs initdb
+
+
+def command() -> list[str]:
+    script = Path(sys.executable).with_name("arena-realtime")
+    return [str(script)] if script.exists() else [sys.executable, "-m", "server.cli"]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def process_env(data_dir: Path, **values: str) -> dict[str, str]:
+    """A clean environment: nothing from the caller's settings leaks in."""
+    env = {
+        name: os.environ[name]
+        for name in ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "SYSTEMROOT")
+        if name in os.environ
+    }
+    env.update(
+        DATA_DIR=str(data_dir),
+        JWT_SECRET=TEST_SECRET,
+        SERVICE_SECRET=TEST_SERVICE_SECRET,
+        LOG_LEVEL="INFO",
+        HOST="127.0.0.1",
+    )
+    env.update(values)
+    return env
+
+
+def cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    done = subprocess.run([*command(), *args], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return done
+
+
+class Service:
+    """One ``arena-realtime serve`` process; stderr goes to a file to avoid pipe stalls."""
+
+    def __init__(self, env: dict[str, str], folder: Path) -> None:
+        self.port = int(env["PORT"])
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._stderr_path = folder / f"stderr-{self.port}.log"
+        self._stderr = self._stderr_path.open("wb")
+        self.process = subprocess.Popen(
+            [*command(), "serve"], env=env, stdout=subprocess.DEVNULL, stderr=self._stderr
+        )
+
+    @property
+    def stderr(self) -> str:
+        return self._stderr_path.read_text()
+
+    async def wait_ready(self, session: aiohttp.ClientSession) -> None:
+        deadline = time.monotonic() + STARTUP_DEADLINE
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                pytest.fail(f"service exited with {self.process.returncode}:\n{self.stderr}")
+            try:
+                async with session.get(f"{self.url}/health") as response:
+                    if response.status == 200:
+                        return
+            except aiohttp.ClientConnectionError:
+                pass
+            await asyncio.sleep(0.05)
+        pytest.fail(f"service did not start:\n{self.stderr}")
+
+    async def wait_exit(self) -> int:
+        code = await asyncio.to_thread(self.process.wait, 60)
+        self._stderr.close()
+        return code
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)
+        self._stderr.close()
+
+
+@pytest.fixture
+async def session() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as client:
+        yield client
+
+
+@pytest.fixture
+def services(tmp_path: Path) -> Iterator[list[Service]]:
+    """Started services, killed at the end if a test left one running."""
+    started: list[Service] = []
+    yield started
+    for service in started:
+        service.kill()
+
+
+def start(services: list[Service], env: dict[str, str], folder: Path) -> Service:
+    service = Service(env, folder)
+    services.append(service)
+    return service
+
+
+async def authenticate(session: aiohttp.ClientSession, url: str, token: str) -> Any:
+    ws = await session.ws_connect(f"{url}/ws")
+    await ws.send_str(orjson.dumps({"id": 1, "type": "authenticate", "token": token}).decode())
+    reply = orjson.loads((await ws.receive(timeout=10)).data)
+    assert reply.get("id") == 1
+    assert "result" in reply, reply
+    return ws, reply["result"]
+
+
+def assert_clean_stderr(stderr: str) -> None:
+    assert "Traceback" not in stderr, stderr
+    for line in stderr.splitlines():
+        entry = orjson.loads(line)  # every line is a JSON object
+        assert {"time", "level", "logger", "message", "request_id"} <= set(entry)
+
+
+async def test_cli_tokens_authenticate_on_ws_and_sigint_stops_cleanly(
+    database_url: str, tmp_path: Path, session: aiohttp.ClientSession, services: list[Service]
+) -> None:
+    env = process_env(tmp_path / "data", DATABASE_URL=database_url, PORT=str(free_port()))
+    user_token = await asyncio.to_thread(cli, "token", "--email", "Ann@Example.com", env=env)
+    user_token_text = user_token.stdout.strip()
+    service_token = (await asyncio.to_thread(cli, "service-token", "--name", "ci", env=env)).stdout
+    service_token = service_token.strip()
+    service = start(services, env, tmp_path)
+    await service.wait_ready(session)
+
+    ws, result = await authenticate(session, service.url, user_token_text)
+    claims = jwt.decode(user_token_text, options={"verify_signature": False})
+    assert result["user"] == {"id": claims["sub"], "role": "buyer"}
+    assert claims["email"] == "ann@example.com"
+    await ws.close()
+    ws, result = await authenticate(session, service.url, service_token)
+    assert result["user"]["role"] == "service"
+    await ws.close()
+    # a token in a URL must not show up in the process's logs
+    async with session.get(f"{service.url}/nope?token={user_token_text}") as response:
+        assert response.status == 404
+
+    service.process.send_signal(signal.SIGINT)
+    assert await service.wait_exit() == 0
+    stderr = service.stderr
+    assert_clean_stderr(stderr)
+    assert user_token_text not in stderr
+    assert service_token not in stderr
+    messages = [orjson.loads(line)["message"] for line in stderr.splitlines()]
+    assert "serving" in messages
+    assert messages[-1] == "stopped"
+
+
+async def test_sigterm_closes_websockets_with_1001_and_exits_zero(
+    database_url: str, tmp_path: Path, session: aiohttp.ClientSession, services: list[Service]
+) -> None:
+    env = process_env(tmp_path / "data", DATABASE_URL=database_url, PORT=str(free_port()))
+    token = (await asyncio.to_thread(cli, "service-token", env=env)).stdout.strip()
+    service = start(services, env, tmp_path)
+    await service.wait_ready(session)
+    sockets = [(await authenticate(session, service.url, token))[0] for _ in range(2)]
+    for ws in sockets:
+        await ws.send_str('{"id": 2, "type": "subscribe", "channel": "alerts:shutdown"}')
+        assert orjson.loads((await ws.receive(timeout=10)).data)["id"] == 2
+
+    service.process.send_signal(signal.SIGTERM)
+    for ws in sockets:
+        message = await ws.receive(timeout=30)
+        assert message.type == aiohttp.WSMsgType.CLOSE
+        assert message.data == 1001
+        assert message.extra == "server shutting down"
+    assert await service.wait_exit() == 0
+    stderr = service.stderr
+    assert_clean_stderr(stderr)
+    closed = [
+        orjson.loads(line)
+        for line in stderr.splitlines()
+        if orjson.loads(line)["message"] == "websockets closed for shutdown"
+    ]
+    assert closed[0]["count"] == 2
+    # the port is free again: the listener is gone
+    with pytest.raises(aiohttp.ClientConnectionError):
+        await session.get(f"{service.url}/health")
+
+
+async def test_unreachable_database_is_a_clear_startup_error(tmp_path: Path) -> None:
+    env = process_env(
+        tmp_path / "data",
+        DATABASE_URL="postgresql://postgres@127.0.0.1:1/nowhere",
+        PORT=str(free_port()),
+    )
+    done = await asyncio.to_thread(
+        subprocess.run, [*command(), "serve"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 1
+    assert_clean_stderr(done.stderr)
+    assert "cannot serve" in done.stderr
+
+
+async def test_taken_port_is_a_clear_startup_error(database_url: str, tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = process_env(tmp_path / "data", DATABASE_URL=database_url, PORT=str(port))
+        done = await asyncio.to_thread(
+            subprocess.run,
+            [*command(), "serve"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert done.returncode == 1
+    assert_clean_stderr(done.stderr)
+    assert "cannot serve" in done.stderr
+
+
+@pytest.fixture
+def short_tmp() -> Iterator[Path]:
+    # The embedded server's Unix socket path must stay under ~100 bytes.
+    folder = Path(tempfile.mkdtemp(prefix="arena-emb-"))
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.mark.slow
+async def test_embedded_postgres_is_the_default_and_keeps_data(
+    short_tmp: Path, session: aiohttp.ClientSession, services: list[Service]
+) -> None:
+    env = process_env(short_tmp / "data", PORT=str(free_port()))
+    env.pop("JWT_SECRET")
+    env.pop("SERVICE_SECRET")  # development: generated once into DATA_DIR
+    service = start(services, env, short_tmp)
+    await service.wait_ready(session)
+    async with session.get(f"{service.url}/ready") as response:
+        body = await response.json()
+    assert response.status == 200, body
+    assert body["database"] == {"ok": True, "backend": "embedded"}
+    assert body["broker"] == {"ok": True, "backend": "memory"}
+    # the CLI attaches to the running embedded server
+    first = (await asyncio.to_thread(cli, "token", "--email", "keep@example.com", env=env)).stdout
+    ws, result = await authenticate(session, service.url, first.strip())
+    await ws.close()
+    service.process.send_signal(signal.SIGTERM)
+    assert await service.wait_exit() == 0
+    stderr = service.stderr
+    assert_clean_stderr(stderr)
+    serving = next(
+        orjson.loads(line)
+        for line in stderr.splitlines()
+        if orjson.loads(line)["message"] == "serving"
+    )
+    assert (serving["database"], serving["broker"]) == ("embedded", "memory")
+    assert (short_tmp / "data" / "postgres" / "PG_VERSION").exists()
+
+    # second start of the embedded server on the same DATA_DIR: the user is still there
+    second = (await asyncio.to_thread(cli, "token", "--email", "keep@example.com", env=env)).stdout
+    claims = jwt.decode(second.strip(), options={"verify_signature": False})
+    assert claims["sub"] == result["user"]["id"]
+    # and the development secrets were kept, so the first token still verifies
+    assert jwt.get_unverified_header(first.strip())["kid"] == "k1"
+    secrets = orjson.loads((short_tmp / "data" / "secrets.json").read_bytes())
+    jwt.decode(
+        first.strip(), secrets["JWT_SECRET"], algorithms=["HS256"], audience="arena-realtime"
+    )
