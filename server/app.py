@@ -8,6 +8,7 @@ from prometheus_client import CollectorRegistry
 from handlers import (
     alerts_api,
     auth_api,
+    cors,
     keys,
     openapi,
     ops,
@@ -61,4 +62,5 @@ def create_app(settings: Settings) -> web.Application:
         webhooks,
     ):
         module.setup_routes(app)
+    cors.setup_cors(app)
     return app
