@@ -233,6 +233,8 @@ async def put_status(request: web.Request) -> web.Response:
         locked = await proposals.get(conn, proposal_id, for_update=True)
         if version is not None and locked.version != version:
             raise StaleVersion("proposal")
+        if not proposals.can_transition(locked.status, body.status):
+            raise ApiError(409, f"a {locked.status} proposal cannot become {body.status}")
         if body.status == "accepted" and parent.status != "open":
             raise ApiError(409, f"the request is {parent.status}")
         row, previous = await proposals.set_status(
