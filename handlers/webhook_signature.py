@@ -103,9 +103,12 @@ def parse_headers(
         if not sep or version != "v1":
             continue
         try:
-            found.append(base64.b64decode(value, validate=True))
+            mac = base64.b64decode(value, validate=True)
         except (binascii.Error, ValueError):
-            raise SignatureError(400, "webhook-signature has a malformed v1 entry") from None
+            mac = b""
+        if len(mac) != hashlib.sha256().digest_size:
+            raise SignatureError(400, "webhook-signature has a malformed v1 entry")
+        found.append(mac)
     if not found:
         raise SignatureError(400, "webhook-signature has no v1 signature")
     return SignedHeaders(msg_id, int(timestamp), found)

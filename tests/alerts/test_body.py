@@ -1,0 +1,84 @@
+"""Decoding webhook bodies and extracting alert fields (pure functions)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from decimal import Decimal
+
+import pytest
+
+from handlers.alert_body import BodyError, parse
+
+
+def test_json_fields_are_extracted_case_insensitively() -> None:
+    parsed = parse(
+        b'{"Symbol": "ES1!", "side": "Sell", "qty": 2, "close": "4510.25", "timenow": 1700000000}',
+        "application/json",
+        None,
+    )
+    fields = parsed.fields
+    assert parsed.content_type == "application/json"
+    assert fields.ticker == "ES1!"
+    assert fields.action == "sell"
+    assert fields.quantity == Decimal(2)
+    assert fields.price == Decimal("4510.25")
+    assert fields.alert_time == datetime.fromtimestamp(1700000000, UTC)
+
+
+def test_unusable_values_are_left_out_not_rejected() -> None:
+    parsed = parse(
+        b'{"ticker": "' + b"X" * 100 + b'", "action": "hold", "quantity": -1, '
+        b'"price": "NaN", "time": "yesterday", "message": 5, "nul": "\\u0000"}',
+        "application/json",
+        None,
+    )
+    fields = parsed.fields
+    assert (fields.ticker, fields.action, fields.quantity, fields.price) == (None, None, None, None)
+    assert (fields.alert_time, fields.message) == (None, None)
+
+
+def test_json_that_is_not_an_object_is_kept_raw() -> None:
+    parsed = parse(b"[1, 2, 3]", "application/json", "utf-8")
+    assert parsed.text == "[1, 2, 3]"
+    assert parsed.fields.ticker is None
+
+
+def test_plain_text_pairs_and_lone_side_word() -> None:
+    parsed = parse(b"ticker=AAPL qty: 10 price=189.5 BUY now", "text/plain", None)
+    assert parsed.content_type == "text/plain"
+    assert (parsed.fields.ticker, parsed.fields.action) == ("AAPL", "buy")
+    assert parsed.fields.quantity == Decimal(10)
+    assert parsed.fields.message == "ticker=AAPL qty: 10 price=189.5 BUY now"
+    ambiguous = parse(b"buy the dip, sell the rip", None, None)
+    assert ambiguous.fields.action is None
+
+
+def test_other_charsets_are_decoded() -> None:
+    parsed = parse("prix 10€ achat".encode("iso-8859-15"), "text/plain", "iso-8859-15")
+    assert parsed.text == "prix 10€ achat"
+    parsed = parse('{"ticker": "ÄÖ"}'.encode("utf-16"), "application/json", "utf-16")
+    assert parsed.fields.ticker == "ÄÖ"
+
+
+@pytest.mark.parametrize(
+    ("body", "mimetype", "charset", "status"),
+    [
+        (b"", "application/json", None, 400),
+        (b"  \n ", "text/plain", None, 400),
+        (b"\xff\xfe\xfa", "text/plain", None, 400),
+        (b"caf\xc3", "application/json", "utf-8", 400),
+        (b"hello", "text/plain", "klingon-8", 400),
+        (b"hello", "text/plain", "base64", 400),
+        (b"hello\x00world", "text/plain", None, 400),
+        (b'{"a": ', "application/json", None, 400),
+        (b"not json", "application/json", None, 400),
+        (b"hello", "application/octet-stream", None, 415),
+        (b"hello", "image/png", None, 415),
+    ],
+)
+def test_bad_bodies_are_rejected(
+    body: bytes, mimetype: str, charset: str | None, status: int
+) -> None:
+    with pytest.raises(BodyError) as info:
+        parse(body, mimetype, charset)
+    assert info.value.status == status
