@@ -53,13 +53,16 @@ class RateLimiter(Protocol):
         ...
 
 
+_EPSILON = 1e-6
+
+
 def _gcra(tat: float, now: float, limit: int, period: float) -> tuple[bool, float, float]:
     """``(allowed, new_tat, retry_after)`` for one event at ``now``."""
     interval = period / limit
     tat = max(tat, now)
-    allow_at = tat + interval - period
-    if now < allow_at:
-        return False, tat, allow_at - now
+    wait = tat - now - (period - interval)
+    if wait > _EPSILON:  # not 0: float rounding must not refuse an exactly-due event
+        return False, tat, wait
     return True, tat + interval, 0.0
 
 
@@ -100,9 +103,9 @@ local period = tonumber(ARGV[2])
 local interval = period / limit
 local tat = tonumber(redis.call('GET', KEYS[1]) or now)
 if tat < now then tat = now end
-local allow_at = tat + interval - period
-if now < allow_at then
-  return {0, math.ceil(allow_at - now)}
+local wait = tat - now - (period - interval)
+if wait > 0.001 then
+  return {0, math.ceil(wait)}
 end
 local new_tat = tat + interval
 redis.call('SET', KEYS[1], tostring(new_tat), 'PX', math.max(1, math.ceil(new_tat - now)))
