@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from handlers.client_ip import parse_networks
 from handlers.config import (
     AnalysisConfig,
     AuthConfig,
@@ -268,6 +269,10 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         TokenService(handlers.auth)  # fail at startup, naming the variable, not at first login
     except KeyConfigError as exc:
         raise SettingsError(str(exc)) from None
+    try:
+        parse_networks(handlers.http.trusted_proxies)
+    except ValueError as exc:
+        raise SettingsError(f"TRUSTED_PROXIES: {exc}") from None
     return Settings(
         env=mode,
         host=_str(env, "HOST", "127.0.0.1"),

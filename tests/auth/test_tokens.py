@@ -132,3 +132,9 @@ async def test_eddsa_end_to_end(tmp_path: Path, make_settings: Any, aiohttp_clie
         "/api/v1/auth/refresh", json={"refresh_token": session["refresh_token"]}
     )
     assert resp.status == 200
+
+
+def test_malformed_trusted_proxy_is_a_settings_error(make_settings: Any) -> None:
+    with pytest.raises(SettingsError, match="TRUSTED_PROXIES"):
+        make_settings(TRUSTED_PROXIES="10.0.0.0/8,not-an-ip")
+    assert make_settings(TRUSTED_PROXIES="10.0.0.0/8, ::1").handlers.http.trusted_proxies
