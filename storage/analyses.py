@@ -115,8 +115,16 @@ class AnalysisInput:
     proposals: tuple[ProposalFacts, ...]
 
 
+def _uuid(value: UUID) -> UUID:
+    # asyncpg returns its own UUID subclass, which orjson does not serialise.
+    return UUID(int=value.int)
+
+
 def _analysis(row: asyncpg.Record) -> Analysis:
-    return Analysis(**{key: row[key] for key in row.keys()})  # noqa: SIM118
+    values = {key: row[key] for key in row.keys()}  # noqa: SIM118
+    for key in ("id", "request_id", "owner_id"):
+        values[key] = _uuid(values[key])
+    return Analysis(**values)
 
 
 def _text(value: Any) -> str:
@@ -162,7 +170,7 @@ async def request_owner(conn: asyncpg.Connection, request_id: UUID) -> UUID:
     )
     if owner is None:
         raise NotFound("request")
-    return owner
+    return _uuid(owner)
 
 
 async def analysed_request_owner(conn: asyncpg.Connection, analysis_id: UUID) -> UUID | None:
@@ -224,6 +232,7 @@ async def load_input(conn: asyncpg.Connection, request_id: UUID) -> AnalysisInpu
 async def create(
     conn: asyncpg.Connection,
     *,
+    analysis_id: UUID,
     request_id: UUID,
     owner_id: UUID,
     kind: str,
@@ -232,7 +241,7 @@ async def create(
     node: str,
     per_user_limit: int,
 ) -> Analysis:
-    """Insert a ``queued`` analysis. Call inside a transaction.
+    """Insert a ``queued`` analysis with the given id. Call inside a transaction.
 
     Raises :class:`TooManyActive` when ``owner_id`` already has ``per_user_limit`` queued or
     running analyses (counted under a per-user advisory lock, so concurrent starts cannot both
@@ -247,8 +256,9 @@ async def create(
         raise TooManyActive(f"at most {per_user_limit} analyses may run at once per user")
     try:
         row = await conn.fetchrow(
-            f"INSERT INTO analyses (request_id, owner_id, kind, provider, model, node) "  # noqa: S608
-            f"VALUES ($1, $2, $3, $4, $5, $6) RETURNING {_COLUMNS}",
+            f"INSERT INTO analyses (id, request_id, owner_id, kind, provider, model, node) "  # noqa: S608
+            f"VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING {_COLUMNS}",
+            analysis_id,
             request_id,
             owner_id,
             kind,
@@ -375,4 +385,4 @@ async def fail_abandoned(
         code,
         message,
     )
-    return [row["id"] for row in rows]
+    return [_uuid(row["id"]) for row in rows]

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 from datetime import datetime
 from typing import Any, Literal
-from uuid import UUID
+from uuid import UUID, uuid4
 
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
@@ -29,6 +29,7 @@ from handlers.errors import ApiError, json_response
 from handlers.openapi import describe
 from handlers.principal import Principal
 from handlers.validation import parse_body, query_params
+from pubsub.broker import BrokerError
 from storage import analyses as store
 from storage.analyses import Analysis
 
@@ -45,11 +46,19 @@ class AnalysisStart(BaseModel):
     )
 
 
+class StreamStart(BaseModel):
+    offset: int
+    epoch: str
+
+
 class AnalysisCreated(BaseModel):
     id: UUID
     request_id: UUID
     kind: str
     channel: str = Field(description="Subscribe to it to watch the text stream")
+    since: StreamStart = Field(
+        description="Subscribe with this position to receive the stream from its first event"
+    )
     status: str
     provider: str = Field(description="anthropic, or offline when no API key is configured")
     model: str
@@ -73,6 +82,9 @@ class AnalysisOut(BaseModel):
     kind: str
     status: Literal["queued", "running", "done", "failed", "cancelled"]
     channel: str
+    since: StreamStart | None = Field(
+        description="Subscribe with it to replay the stream from the start (if still in history)"
+    )
     provider: str
     model: str
     text: str | None = Field(description="Final text, or the text so far; omitted in lists")
@@ -111,8 +123,23 @@ def _ms(start: datetime | None, end: datetime | None) -> int | None:
     return round((end - start).total_seconds() * 1000)
 
 
+async def stream_start(app: web.Application, channel: str) -> dict[str, Any]:
+    """``{"offset": 0, "epoch": ...}``: the position before the first event of ``channel``.
+
+    Asking the broker for the position creates the stream (and fixes its epoch) if needed, so
+    it can be handed out before anything is published. Raises ``BrokerError``.
+    """
+    hub = app[keys.hub]
+    position = await hub.broker.position(channel, hub.options(channel))
+    return {"offset": 0, "epoch": position.epoch}
+
+
 def analysis_json(
-    request: web.Request, analysis: Analysis, *, with_text: bool = True
+    request: web.Request,
+    analysis: Analysis,
+    *,
+    with_text: bool = True,
+    since: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """An analysis as the API shows it, with the live text when it runs in this process."""
     status, text, seq = analysis.status, analysis.text, analysis.seq
@@ -129,6 +156,7 @@ def analysis_json(
         "kind": analysis.kind,
         "status": status,
         "channel": analysis.channel,
+        "since": since,
         "provider": analysis.provider,
         "model": analysis.model,
         "text": text if with_text else None,
@@ -191,10 +219,14 @@ async def start_analysis(request: web.Request) -> web.Response:
         runner.reserve()
     except Busy as exc:
         raise ApiError(429, str(exc), headers={"Retry-After": "5"}) from None
+    analysis_id = uuid4()
     try:
+        # Fix the stream's epoch before the row exists: a broker failure then leaves nothing.
+        since = await stream_start(app, f"analysis:{analysis_id}")
         async with pool.acquire() as conn, conn.transaction():
             analysis = await store.create(
                 conn,
+                analysis_id=analysis_id,
                 request_id=request_id,
                 owner_id=UUID(principal.user_id),
                 kind=body.kind,
@@ -215,6 +247,7 @@ async def start_analysis(request: web.Request) -> web.Response:
         "request_id": analysis.request_id,
         "kind": analysis.kind,
         "channel": analysis.channel,
+        "since": since,
         "status": analysis.status,
         "provider": analysis.provider,
         "model": analysis.model,
@@ -255,7 +288,11 @@ async def get_analysis(request: web.Request) -> web.Response:
     """Status, the final text (or the text so far while it runs), usage and timings."""
     principal = require_principal(request)
     analysis = await _readable(request, principal, _uuid(request))
-    return json_response(analysis_json(request, analysis))
+    try:
+        since = await stream_start(request.app, analysis.channel)
+    except BrokerError:
+        since = None  # the text is still readable here; only the replay is unavailable
+    return json_response(analysis_json(request, analysis, since=since))
 
 
 @describe(

@@ -287,9 +287,11 @@ class AnalysisRunner:
                 ProviderError(code, _MESSAGES[code]),
             )
         except TimeoutError:
+            await self._drain(coalescer)
             message = f"the analysis took longer than {self.config.timeout:g} seconds"
             outcome = ("failed", None, ProviderError(TIMEOUT, message))
         except ProviderError as exc:
+            await self._drain(coalescer)
             outcome = ("failed", None, exc)
         except NotFound:
             outcome = ("failed", None, ProviderError(INTERNAL, "the request no longer exists"))
@@ -301,6 +303,12 @@ class AnalysisRunner:
                 await coalescer.abort()
             self._forget(job)
         await self._finish(job, *outcome)
+
+    async def _drain(self, coalescer: Coalescer | None) -> None:
+        # Text received before a provider failure is real output: publish and keep it.
+        if coalescer is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(coalescer.close(), CLOSE_TIMEOUT)
 
     async def _flush(self, job: _Job, text: str) -> None:
         job.parts.append(text)
