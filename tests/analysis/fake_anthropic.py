@@ -5,7 +5,7 @@
 ``content_block_delta``/``text_delta`` per scripted token, ``content_block_stop``,
 ``message_delta`` (stop reason and usage) and ``message_stop``. A :class:`Script` can instead
 answer with an HTTP error status, emit an ``error`` event midway (``overloaded_error``), or keep
-the stream open with pings until the client goes away, which sets :attr:`FakeAnthropic.disconnected`.
+the stream open with pings until the client goes away (then ``disconnected`` is set).
 """
 
 from __future__ import annotations
@@ -135,7 +135,11 @@ class FakeAnthropic:
         )
         await send(
             "content_block_start",
-            {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+            {
+                "type": "content_block_start",
+                "index": 0,
+                "content_block": {"type": "text", "text": ""},
+            },
         )
         await send("ping", {"type": "ping"})
         self.streaming.set()
@@ -144,7 +148,10 @@ class FakeAnthropic:
             if script.error_after == index:
                 await send(
                     "error",
-                    {"type": "error", "error": {"type": script.error_type, "message": "Overloaded"}},
+                    {
+                        "type": "error",
+                        "error": {"type": script.error_type, "message": "Overloaded"},
+                    },
                 )
                 return
             if script.hang_after == index:
@@ -153,7 +160,9 @@ class FakeAnthropic:
                     await send("ping", {"type": "ping"})
                 return
             delta = {"type": "text_delta", "text": token}
-            await send("content_block_delta", {"type": "content_block_delta", "index": 0, "delta": delta})
+            await send(
+                "content_block_delta", {"type": "content_block_delta", "index": 0, "delta": delta}
+            )
             end += len(token)
             self.sent.append(SentToken(time.time(), end))
             if script.delay:

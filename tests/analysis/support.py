@@ -53,7 +53,8 @@ async def seed_request(
             None if budget is None else Decimal(budget),
         )
         for index, (price, answers, status) in enumerate(proposals):
-            vendor = await users.get_or_create(conn, f"vendor{index + 1}-{uuid.uuid4().hex[:6]}@ex.com", "vendor")
+            email = f"vendor{index + 1}-{uuid.uuid4().hex[:6]}@example.com"
+            vendor = await users.get_or_create(conn, email, "vendor")
             await conn.execute(
                 "INSERT INTO proposals (request_id, vendor_id, price, summary, answers, status, "
                 "created_at) VALUES ($1, $2, $3, $4, $5, $6, now() + make_interval(secs => $7))",

@@ -31,7 +31,7 @@ async def test_tokens_reach_every_watcher_in_order(
 ) -> None:
     fake_anthropic.script = Script(tokens=[f"word{i} " for i in range(60)], delay=0.004)
     owner, token = await make_user(claude_client, "buyer")
-    admin_id, admin_token = await make_user(claude_client, "admin")
+    _admin_id, admin_token = await make_user(claude_client, "admin")
     request_id = await seed_request(claude_client, owner)
     watchers = [await connect(claude_client, token) for _ in range(2)]
     watchers.append(await connect(claude_client, admin_token))
