@@ -1,0 +1,1 @@
+"""Benchmarks: fan-out (``python -m bench.fanout``) and others; loopback only."""

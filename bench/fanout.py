@@ -1,0 +1,715 @@
+"""Fan-out benchmark: the project against a naive aiohttp broadcast server, same run, same load.
+
+One command, loopback only, bounded in time (about 4 minutes; ``--quick`` about 1)::
+
+    .venv/bin/python -m bench.fanout                # memory + Redis brokers and the raw ceiling
+    .venv/bin/python -m bench.fanout --quick        # shorter phases, to check the tooling
+    .venv/bin/python -m bench.fanout --soak         # also 10,000 connections held for 60 s
+
+For every target (``arena-memory``, ``arena-redis``, ``raw-aiohttp``) it starts a fresh server
+per case and measures, with the load generator of ``bench/loadgen.py`` in separate processes:
+
+* ``connect``: seconds to open, authenticate and subscribe N connections; server RSS per idle
+  connection (RSS after minus RSS before, divided by N);
+* ``throughput``: delivered messages/s on one channel with N subscribers while publishers post
+  200-byte payloads as fast as the server answers (same publisher concurrency for every target);
+* ``latency``: publish->deliver p50/p99/max at a fixed rate (50/s x 1,000 and 10/s x 5,000
+  subscribers), losses, and the drain time after the last publication (no backlog: drain is about
+  one latency);
+* ``many``: 2,000 connections, each on its own channel plus one shared channel;
+* ``soak`` (``--soak``): 10,000 connections held for 60 s with 5 s heartbeats; disconnects.
+
+The generator's own ceiling is measured first against the raw server's ``/bench/blast``
+endpoint (pre-built frames in batches), so it can be compared with the servers' numbers.
+
+Writes ``bench/results/fanout-<UTC date-time>.json`` and ``.png`` and prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import platform
+import resource
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import asyncpg
+import orjson
+
+from bench.loadgen import Workers
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+VENV_BIN = Path(sys.executable).parent
+JWT_SECRET = "bench-jwt-secret-that-is-long-enough-0123456789abcdef"  # noqa: S105
+SERVICE_SECRET = "bench-service-secret-that-is-long-enough-0123456789"  # noqa: S105
+PAYLOAD_BYTES = 200
+FIXED_RATES = {1000: 50.0, 5000: 10.0}
+
+
+def _pad() -> str:
+    sample = orjson.dumps({"t": int(time.time() * 1e6), "p": ""})
+    return "x" * (PAYLOAD_BYTES - len(sample))
+
+
+PAD = _pad()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def rss_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def _raise_nofile() -> None:
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def percentiles(values: list[int]) -> dict[str, float | None]:
+    """p50/p99/max of microsecond samples, in milliseconds."""
+    if not values:
+        return {"p50_ms": None, "p99_ms": None, "max_ms": None, "samples": 0}
+    ordered = sorted(values)
+    n = len(ordered)
+    return {
+        "p50_ms": ordered[n // 2] / 1000,
+        "p99_ms": ordered[min(n - 1, int(n * 0.99))] / 1000,
+        "max_ms": ordered[-1] / 1000,
+        "samples": n,
+    }
+
+
+# -- servers -------------------------------------------------------------------------------
+
+
+@dataclass
+class Server:
+    """A running server process."""
+
+    name: str
+    process: subprocess.Popen[bytes]
+    port: int
+    token: str
+    publish_token: str | None
+    log_path: Path
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def rss(self) -> int:
+        return rss_bytes(self.process.pid)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+
+
+def _wait_ready(server: Server, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.process.poll() is not None:
+            tail = server.log_path.read_text()[-2000:]
+            raise RuntimeError(f"{server.name} exited during startup:\n{tail}")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", server.port), 1):
+            return
+        time.sleep(0.1)
+    raise RuntimeError(f"{server.name} did not listen within {timeout}s")
+
+
+@dataclass
+class Target:
+    """How to start one kind of server."""
+
+    name: str
+    start: Callable[[float], Server]
+
+
+def raw_target(workdir: Path) -> Target:
+    def start(beat: float) -> Server:
+        port = free_port()
+        log_path = workdir / f"raw-{port}.log"
+        process = subprocess.Popen(
+            [sys.executable, "-m", "bench.raw_server", f"--port={port}", f"--heartbeat={beat}"],
+            cwd=ROOT,
+            stdout=log_path.open("wb"),
+            stderr=subprocess.STDOUT,
+            preexec_fn=_raise_nofile,
+        )
+        server = Server("raw-aiohttp", process, port, "any", None, log_path)
+        _wait_ready(server)
+        return server
+
+    return Target("raw-aiohttp", start)
+
+
+def project_env(database_url: str, redis_url: str | None, workdir: Path) -> dict[str, str]:
+    env = {
+        **os.environ,
+        "ENV": "development",
+        "HOST": "127.0.0.1",
+        "DATABASE_URL": database_url,
+        "DATA_DIR": str(workdir / "data"),
+        "JWT_SECRET": JWT_SECRET,
+        "SERVICE_SECRET": SERVICE_SECRET,
+        "ACCESS_TOKEN_TTL": "86400",
+        "LOG_LEVEL": "WARNING",
+        "UVLOOP": "true",
+        "WS_MAX_CONNECTIONS_PER_USER": "20000",
+        # Every generator connection is the same user: lift the per-user command budget.
+        "WS_USER_COMMAND_RATE": "1000000",
+        "WS_USER_COMMAND_BURST": "1000000",
+    }
+    env.pop("REDIS_URL", None)
+    if redis_url:
+        env["REDIS_URL"] = redis_url
+        env["REDIS_PREFIX"] = f"bench-{uuid.uuid4().hex[:8]}"
+    return env
+
+
+def _cli(env: dict[str, str], *args: str) -> str:
+    done = subprocess.run(
+        [str(VENV_BIN / "arena-realtime"), *args],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"arena-realtime {args[0]} failed: {done.stderr[-2000:]}")
+    lines = done.stdout.strip().splitlines()
+    return lines[-1] if lines else ""
+
+
+def project_target(name: str, database_url: str, redis_url: str | None, workdir: Path) -> Target:
+    env = project_env(database_url, redis_url, workdir)
+    tokens: dict[str, str] = {}
+
+    def start(heartbeat: float) -> Server:
+        if not tokens:
+            _cli(env, "migrate")
+            tokens["user"] = _cli(env, "token", "--email", "bench@example.com", "--role", "admin")
+            tokens["service"] = _cli(env, "service-token", "--name", "bench")
+        port = free_port()
+        log_path = workdir / f"{name}-{port}.log"
+        process = subprocess.Popen(
+            [str(VENV_BIN / "arena-realtime"), "serve"],
+            env={**env, "PORT": str(port), "WS_HEARTBEAT": str(heartbeat)},
+            cwd=ROOT,
+            stdout=log_path.open("wb"),
+            stderr=subprocess.STDOUT,
+            preexec_fn=_raise_nofile,
+        )
+        server = Server(name, process, port, tokens["user"], tokens["service"], log_path)
+        _wait_ready(server)
+        return server
+
+    return Target(name, start)
+
+
+@contextlib.contextmanager
+def bench_database(admin_url: str) -> Iterator[str]:
+    """A fresh database for the run, dropped afterwards."""
+    name = f"bench_fanout_{uuid.uuid4().hex[:8]}"
+
+    async def run(sql: str) -> None:
+        conn = await asyncpg.connect(admin_url)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    asyncio.run(run(f'CREATE DATABASE "{name}"'))
+    try:
+        base, _, _ = admin_url.rpartition("/")
+        yield f"{base}/{name}"
+    finally:
+        asyncio.run(run(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+# -- publishing ----------------------------------------------------------------------------
+
+
+class Publisher:
+    """Posts timestamped 200-byte payloads to ``/api/v1/channels/{channel}/publish``."""
+
+    def __init__(self, server: Server) -> None:
+        headers = {"Content-Type": "application/json"}
+        if server.publish_token:
+            headers["Authorization"] = f"Bearer {server.publish_token}"
+        self.session = aiohttp.ClientSession(
+            server.base_url, headers=headers, connector=aiohttp.TCPConnector(limit=256)
+        )
+        self.final: dict[str, int] = {}
+        self.sent = 0
+        self.errors = 0
+
+    async def publish(self, channel: str) -> None:
+        body = orjson.dumps({"data": {"t": int(time.time() * 1e6), "p": PAD}})
+        try:
+            async with self.session.post(f"/api/v1/channels/{channel}/publish", data=body) as resp:
+                if resp.status != 200:
+                    self.errors += 1
+                    return
+                offset = (await resp.json())["offset"]
+        except aiohttp.ClientError:
+            self.errors += 1
+            return
+        self.sent += 1
+        if offset > self.final.get(channel, 0):
+            self.final[channel] = offset
+
+    async def flood(self, channel: str, seconds: float, concurrency: int) -> None:
+        """``concurrency`` loops publishing back to back until ``seconds`` have passed."""
+        deadline = time.monotonic() + seconds
+
+        async def loop() -> None:
+            while time.monotonic() < deadline:
+                await self.publish(channel)
+
+        await asyncio.gather(*(loop() for _ in range(concurrency)))
+
+    async def at_rate(self, channels: Callable[[int], str], rate: float, seconds: float) -> None:
+        """``rate`` publications per second on a fixed schedule (never waits for replies)."""
+        start = time.monotonic()
+        tasks = set()
+        for i in range(int(rate * seconds)):
+            delay = start + i / rate - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            task = asyncio.create_task(self.publish(channels(i)))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+        await asyncio.gather(*tasks)
+
+    async def close(self) -> None:
+        await self.session.close()
+
+
+async def drain(workers: Workers, final: dict[str, int], timeout: float) -> dict[str, Any]:
+    """Wait until every subscriber has everything up to ``final`` (or ``timeout``)."""
+    started = time.monotonic()
+    while True:
+        stats = await asyncio.to_thread(workers.stats, final, False)
+        if stats["lost"] == 0 or time.monotonic() - started > timeout:
+            stats["drain_s"] = time.monotonic() - started
+            return stats
+        await asyncio.sleep(0.05)
+
+
+# -- cases ---------------------------------------------------------------------------------
+
+
+async def throughput_case(
+    server: Server, workers: Workers, channel: str, seconds: float, concurrency: int
+) -> dict[str, Any]:
+    """Delivered messages/s while publishers flood one channel."""
+    publisher = Publisher(server)
+    await workers.acall("reset")
+    warmup = 1.0
+    flood = asyncio.create_task(publisher.flood(channel, warmup + seconds, concurrency))
+    await asyncio.sleep(warmup)
+    before = await asyncio.to_thread(workers.stats, None, False)
+    sent_before, started = publisher.sent, time.perf_counter()
+    await asyncio.sleep(seconds)
+    after = await asyncio.to_thread(workers.stats, None, False)
+    elapsed = time.perf_counter() - started
+    sent = publisher.sent - sent_before
+    await flood
+    finished = await drain(workers, publisher.final, 15.0)
+    stats = await asyncio.to_thread(workers.stats, publisher.final, True)
+    await publisher.close()
+    return {
+        "delivered_per_s": (after["frames"] - before["frames"]) / elapsed,
+        "publications_per_s": sent / elapsed,
+        "publish_errors": publisher.errors,
+        "lost": finished["lost"],
+        "gaps": stats["gaps"],
+        "disconnects": stats["disconnects"],
+        "latency_under_saturation": percentiles(stats["latencies"]),
+    }
+
+
+async def rate_case(
+    server: Server,
+    workers: Workers,
+    schedules: list[tuple[Callable[[int], str], float]],
+    seconds: float,
+) -> dict[str, Any]:
+    """Fixed-rate publications: latency percentiles, losses, drain time."""
+    publisher = Publisher(server)
+    await workers.acall("reset")
+    await asyncio.gather(*(publisher.at_rate(pick, rate, seconds) for pick, rate in schedules))
+    finished = await drain(workers, publisher.final, 15.0)
+    stats = await asyncio.to_thread(workers.stats, publisher.final, True)
+    await publisher.close()
+    return {
+        **percentiles(stats["latencies"]),
+        "delivered": stats["frames"],
+        "publications": publisher.sent,
+        "publish_errors": publisher.errors,
+        "lost": finished["lost"],
+        "gaps": stats["gaps"],
+        "duplicates": stats["duplicates"],
+        "disconnects": stats["disconnects"],
+        "drain_s": finished["drain_s"],
+    }
+
+
+def connect_case(server: Server, workers: Workers, channel_sets: list[list[str]]) -> dict[str, Any]:
+    """Open the connections; connect time and RSS per connection."""
+    time.sleep(0.5)
+    before = server.rss()
+    result = workers.connect("127.0.0.1", server.port, server.token, channel_sets, concurrency=200)
+    time.sleep(1.0)
+    after = server.rss()
+    n = max(1, result["connected"])
+    return {
+        "n": len(channel_sets),
+        "connected": result["connected"],
+        "failed": result["failed"],
+        "errors": result["errors"],
+        "connect_s": result["seconds"],
+        "rss_before_mb": before / 2**20,
+        "rss_after_mb": after / 2**20,
+        "rss_per_conn_kb": (after - before) / n / 1024,
+    }
+
+
+def run_target(target: Target, workers: Workers, args: argparse.Namespace) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for n in args.sizes:
+        print(f"  [{target.name}] N={n}", flush=True)
+        server = target.start(25.0)
+        try:
+            case = connect_case(server, workers, [["alerts:bench"]] * n)
+            case["throughput"] = asyncio.run(
+                throughput_case(server, workers, "alerts:bench", args.seconds, args.concurrency)
+            )
+            rate = FIXED_RATES.get(n, 10.0)
+            case["fixed_rate"] = {
+                "publications_per_s": rate,
+                **asyncio.run(
+                    rate_case(server, workers, [(lambda i: "alerts:bench", rate)], args.seconds * 2)
+                ),
+            }
+            out[str(n)] = case
+        finally:
+            workers.call("close")
+            server.stop()
+    many = args.many
+    print(f"  [{target.name}] many channels: {many} connections", flush=True)
+    server = target.start(25.0)
+    try:
+        sets = [[f"alerts:c{i}", "alerts:shared"] for i in range(many)]
+        case = connect_case(server, workers, sets)
+        case["fixed_rate"] = asyncio.run(
+            rate_case(
+                server,
+                workers,
+                [(lambda i: "alerts:shared", 10.0), (lambda i: f"alerts:c{i % many}", 200.0)],
+                args.seconds * 2,
+            )
+        )
+        out["many"] = case
+    finally:
+        workers.call("close")
+        server.stop()
+    if args.soak:
+        out["soak"] = soak(target, workers, args.soak_connections, args.soak_seconds)
+    return out
+
+
+def soak(target: Target, workers: Workers, n: int, seconds: float) -> dict[str, Any]:
+    """Hold ``n`` connections with 5 s heartbeats for ``seconds``; one publication per second."""
+    print(f"  [{target.name}] soak: {n} connections for {seconds:.0f}s", flush=True)
+    server = target.start(5.0)
+    try:
+        case = connect_case(server, workers, [["alerts:soak"]] * n)
+        case["fixed_rate"] = asyncio.run(
+            rate_case(server, workers, [(lambda i: "alerts:soak", 1.0)], seconds)
+        )
+        case["open_at_end"] = workers.stats(None, False)["open"]
+        return case
+    finally:
+        workers.call("close")
+        server.stop()
+
+
+def generator_ceiling(workdir: Path, workers: Workers, n: int, seconds: float) -> dict[str, Any]:
+    """Frames/s the generator parses when the server only writes pre-built batches."""
+    server = raw_target(workdir).start(25.0)
+    try:
+        workers.connect("127.0.0.1", server.port, "any", [["alerts:blast"]] * n)
+
+        async def run() -> tuple[int, float]:
+            await workers.acall("reset")
+            started = time.perf_counter()
+            async with (
+                aiohttp.ClientSession(server.base_url) as session,
+                session.post(f"/bench/blast/alerts:blast?seconds={seconds}&batch=50") as resp,
+            ):
+                await resp.read()
+            elapsed = time.perf_counter() - started
+            stats = await asyncio.to_thread(workers.stats, None, False)
+            return stats["frames"], elapsed
+
+        frames, elapsed = asyncio.run(run())
+        return {"n": n, "frames_per_s": frames / elapsed, "workers": len(workers.pipes)}
+    finally:
+        workers.call("close")
+        server.stop()
+
+
+# -- report --------------------------------------------------------------------------------
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    if a is None or b is None or b == 0:
+        return None
+    return a / b
+
+
+def compare(results: dict[str, Any], sizes: list[int]) -> list[dict[str, Any]]:
+    """The issue's targets as ratios against the raw ceiling of the same run."""
+    raw = results["targets"].get("raw-aiohttp")
+    rows: list[dict[str, Any]] = []
+    if not raw or "error" in raw:
+        return rows
+    for name in ("arena-memory", "arena-redis"):
+        ours = results["targets"].get(name)
+        if not ours or "error" in ours:
+            continue
+        goal = 1.5 if name == "arena-memory" else 1.2
+        for n in sizes:
+            key = str(n)
+            ours_tput = ours[key]["throughput"]["delivered_per_s"]
+            r = _ratio(ours_tput, raw[key]["throughput"]["delivered_per_s"])
+            rows.append(_row(name, f"delivered msg/s N={n}", r, goal, ">="))
+            r = _ratio(ours[key]["fixed_rate"]["p99_ms"], raw[key]["fixed_rate"]["p99_ms"])
+            rows.append(_row(name, f"p99 latency N={n}", r, 1.2, "<="))
+            r = _ratio(ours[key]["rss_per_conn_kb"], raw[key]["rss_per_conn_kb"])
+            rows.append(_row(name, f"RSS/conn N={n}", r, 1.3, "<="))
+    return rows
+
+
+def _row(target: str, metric: str, ratio: float | None, goal: float, op: str) -> dict[str, Any]:
+    ok = None if ratio is None else (ratio >= goal if op == ">=" else ratio <= goal)
+    return {"target": target, "metric": metric, "ratio": ratio, "goal": f"{op} {goal}", "ok": ok}
+
+
+def _fmt(value: Any, digits: int = 1) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:,.{digits}f}"
+    return f"{value:,}" if isinstance(value, int) else str(value)
+
+
+def table(results: dict[str, Any], sizes: list[int]) -> str:
+    """A Markdown table of the run."""
+    lines = [
+        "| target | N | connect s | RSS/conn KiB | delivered msg/s | pub/s | fixed rate "
+        "| p50 ms | p99 ms | max ms | lost | drain s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, data in results["targets"].items():
+        if "error" in data:
+            lines.append(f"| {name} | error: {data['error'][:80]} |" + " |" * 10)
+            continue
+        for key in [str(n) for n in sizes] + ["many", "soak"]:
+            case = data.get(key)
+            if case is None:
+                continue
+            tput = case.get("throughput", {})
+            fixed = case["fixed_rate"]
+            label = {"many": f"{case['n']} (many ch.)", "soak": f"{case['n']} (soak)"}.get(key, key)
+            lost = (tput.get("lost") or 0) + (fixed.get("lost") or 0)
+            lines.append(
+                f"| {name} | {label} | {_fmt(case['connect_s'], 2)} "
+                f"| {_fmt(case['rss_per_conn_kb'])} | {_fmt(tput.get('delivered_per_s'), 0)} "
+                f"| {_fmt(tput.get('publications_per_s'))} "
+                f"| {_fmt(fixed.get('publications_per_s', 'mixed'))} "
+                f"| {_fmt(fixed['p50_ms'], 2)} | {_fmt(fixed['p99_ms'], 2)} "
+                f"| {_fmt(fixed['max_ms'], 2)} | {lost} | {_fmt(fixed['drain_s'], 2)} |"
+            )
+    ceiling = results.get("generator_ceiling")
+    if ceiling:
+        lines.append("")
+        lines.append(
+            f"Load generator ceiling: {ceiling['frames_per_s']:,.0f} frames/s "
+            f"({ceiling['workers']} processes, N={ceiling['n']})."
+        )
+    rows = results.get("targets_vs_ceiling", [])
+    if rows:
+        lines += ["", "| target | metric | ratio to raw | goal | ok |", "|---|---|---|---|---|"]
+        for row in rows:
+            ok = {True: "yes", False: "NO", None: "-"}[row["ok"]]
+            lines.append(
+                f"| {row['target']} | {row['metric']} | {_fmt(row['ratio'], 2)} "
+                f"| {row['goal']} | {ok} |"
+            )
+    return "\n".join(lines)
+
+
+def plot(results: dict[str, Any], sizes: list[int], path: Path) -> None:
+    """Throughput and p99 latency against N, one line per target."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    for name, data in results["targets"].items():
+        if "error" in data:
+            continue
+        xs = [n for n in sizes if str(n) in data]
+        left.plot(xs, [data[str(n)]["throughput"]["delivered_per_s"] for n in xs], "o-", label=name)
+        right.plot(xs, [data[str(n)]["fixed_rate"]["p99_ms"] for n in xs], "o-", label=name)
+    left.set(title="Delivered messages/s (unthrottled, 1 channel)", xlabel="subscribers N")
+    right.set(title="p99 publish->deliver latency (fixed rate)", xlabel="subscribers N")
+    right.set_ylabel("ms")
+    for ax in (left, right):
+        ax.grid(True, alpha=0.3)
+        ax.legend()
+    fig.suptitle(f"Fan-out benchmark {results['date']} ({results['machine']['cores']} cores)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+# -- main ----------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="short phases to check the tooling")
+    parser.add_argument("--seconds", type=float, default=5.0, help="throughput phase length")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 5000])
+    parser.add_argument("--many", type=int, default=2000, help="connections in the many case")
+    parser.add_argument("--concurrency", type=int, default=16, help="publishers when flooding")
+    parser.add_argument("--workers", type=int, default=2, help="load generator processes")
+    parser.add_argument(
+        "--targets", nargs="+", default=["arena-memory", "arena-redis", "raw-aiohttp"]
+    )
+    parser.add_argument("--soak", action="store_true", help="also hold 10,000 connections 60 s")
+    parser.add_argument("--soak-connections", type=int, default=10_000)
+    parser.add_argument("--soak-seconds", type=float, default=60.0)
+    parser.add_argument(
+        "--database-url",
+        default=os.environ.get("BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test"),
+    )
+    parser.add_argument(
+        "--redis-url", default=os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
+    )
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.seconds = min(args.seconds, 2.0)
+        args.sizes = [min(n, 1000) for n in args.sizes[:1]] + (
+            [2000] if len(args.sizes) > 1 else []
+        )
+        args.many = min(args.many, 500)
+        args.soak_seconds = min(args.soak_seconds, 15.0)
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    _raise_nofile()
+    stamp = time.strftime("%Y-%m-%dT%H%M", time.gmtime())
+    results: dict[str, Any] = {
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "command": "python -m bench.fanout " + " ".join(sys.argv[1:] if argv is None else argv),
+        "machine": {
+            "cores": os.cpu_count(),
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "load_avg_at_start": os.getloadavg(),
+        },
+        "settings": {
+            "sizes": args.sizes,
+            "seconds": args.seconds,
+            "publisher_concurrency": args.concurrency,
+            "payload_bytes": PAYLOAD_BYTES,
+            "fixed_rates": {str(n): FIXED_RATES.get(n, 10.0) for n in args.sizes},
+            "many_connections": args.many,
+            "generator_processes": args.workers,
+        },
+        "targets": {},
+    }
+    started = time.monotonic()
+    workers = Workers(args.workers)
+    with tempfile.TemporaryDirectory(prefix="bench-fanout-") as tmp:
+        workdir = Path(tmp)
+        try:
+            print("generator ceiling", flush=True)
+            results["generator_ceiling"] = generator_ceiling(workdir, workers, 1000, args.seconds)
+            with bench_database(args.database_url) as database_url:
+                available = {
+                    "arena-memory": lambda: project_target(
+                        "arena-memory", database_url, None, workdir
+                    ),
+                    "arena-redis": lambda: project_target(
+                        "arena-redis", database_url, args.redis_url, workdir
+                    ),
+                    "raw-aiohttp": lambda: raw_target(workdir),
+                }
+                for name in args.targets:
+                    print(name, flush=True)
+                    try:
+                        results["targets"][name] = run_target(available[name](), workers, args)
+                    except Exception as exc:
+                        print(f"  {name} failed: {exc}", flush=True)
+                        results["targets"][name] = {"error": str(exc)}
+                        with contextlib.suppress(Exception):
+                            workers.call("close")
+        finally:
+            workers.shutdown()
+    results["elapsed_s"] = time.monotonic() - started
+    results["machine"]["load_avg_at_end"] = os.getloadavg()
+    results["targets_vs_ceiling"] = compare(results, args.sizes)
+    args.out.mkdir(parents=True, exist_ok=True)
+    json_path = args.out / f"fanout-{stamp}.json"
+    json_path.write_text(json.dumps(results, indent=2, default=str))
+    png_path = args.out / f"fanout-{stamp}.png"
+    plot(results, args.sizes, png_path)
+    print()
+    print(table(results, args.sizes))
+    print(f"\nwrote {json_path} and {png_path}")
+    print(f"elapsed {results['elapsed_s']:.0f}s; load average {os.getloadavg()}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
