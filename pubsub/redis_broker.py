@@ -1,0 +1,261 @@
+"""The Redis broker: offsets, history and cross-node delivery for a cluster of nodes.
+
+Offsets and history live in Redis (a meta hash and a stream per channel, see
+:mod:`pubsub.redis_keys`); one Lua script (:mod:`pubsub.redis_scripts`) assigns the offset,
+appends to the stream and PUBLISHes the live message atomically, so every node sees the same
+offsets in the same order. Each process reads live messages over one pub/sub connection
+(:mod:`pubsub.redis_pubsub`). ``docs/redis.md`` describes the layout and failure behaviour.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from pubsub.broker import (
+    Broker,
+    BrokerError,
+    BrokerEventHandler,
+    BrokerUnavailable,
+    HistoryResult,
+    Publication,
+    PublishResult,
+    StreamPosition,
+)
+from pubsub.memory import new_epoch
+from pubsub.namespaces import NamespaceOptions
+from pubsub.redis_keys import KeySpace, parse_wire
+from pubsub.redis_pubsub import PubSubConnection, ReconnectPolicy
+from pubsub.redis_scripts import PUBLISH, READ
+
+#: The meta hash (epoch and offset counter) outlives history by at least this much, so offsets
+#: keep counting in one epoch across quiet periods; when it expires a new epoch starts.
+META_MIN_TTL = 7 * 24 * 3600
+
+
+class RedisBroker(Broker):
+    """Broker backed by Redis; every node using the same URL and prefix shares channels.
+
+    ``start`` fails fast (:class:`BrokerUnavailable`) when Redis is unreachable, so a
+    misconfigured node does not boot; once running, connection losses are survived (commands
+    raise :class:`BrokerUnavailable` meanwhile, the pub/sub connection reconnects by itself).
+    Commands are never retried by the client: a publish that timed out may or may not have
+    happened, and only the caller can decide to retry (with an idempotency key).
+    """
+
+    name = "redis"
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        prefix: str = "arena",
+        command_timeout: float = 5.0,
+        connect_timeout: float = 2.0,
+        max_connections: int = 64,
+        subscribe_timeout: float = 5.0,
+        keepalive: float = 10.0,
+        reconnect: ReconnectPolicy | None = None,
+    ) -> None:
+        self.keys = KeySpace(prefix)
+        self._pool = BlockingConnectionPool.from_url(
+            url,
+            max_connections=max_connections,
+            timeout=command_timeout,
+            socket_timeout=command_timeout,
+            socket_connect_timeout=connect_timeout,
+            retry=Retry(NoBackoff(), 0),
+            # RESP2: pub/sub messages arrive as plain replies on the reader's connection
+            # instead of taking redis-py's RESP3 push-notification path.
+            protocol=2,
+        )
+        self._redis = Redis(connection_pool=self._pool)
+        self._publish = self._redis.register_script(PUBLISH)
+        self._read = self._redis.register_script(READ)
+        self._pubsub = PubSubConnection(
+            self._pool.make_connection,
+            self._on_message,
+            self._on_reconnected,
+            policy=reconnect,
+            subscribe_timeout=subscribe_timeout,
+            keepalive=keepalive,
+        )
+        self._control = self.keys.control
+        self._channels: dict[bytes, str] = {}
+        self._handler: BrokerEventHandler | None = None
+        self._started = False
+        self._closed = False
+
+    @property
+    def pubsub(self) -> PubSubConnection:
+        """The pub/sub connection (its ``client_id`` and ``reconnects`` help operators)."""
+        return self._pubsub
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def start(self, handler: BrokerEventHandler) -> None:
+        """Connect and subscribe the control channel.
+
+        Raises :class:`BrokerUnavailable` when Redis does not answer now (fail fast).
+        """
+        self._handler = handler
+        try:
+            await self._redis.ping()
+        except (RedisError, OSError) as exc:
+            await self._pool.disconnect()
+            raise BrokerUnavailable(f"cannot reach Redis: {exc}") from exc
+        await self._pubsub.start([self._control])
+        self._started = True
+
+    async def close(self) -> None:
+        """Stop the reader and close every connection. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        await self._pubsub.close()
+        await self._redis.aclose()
+        await self._pool.disconnect()
+        self._channels.clear()
+        self._handler = None
+
+    # -- subscriptions ---------------------------------------------------------------------
+
+    async def subscribe(self, channel: str) -> None:
+        self._check()
+        name = self.keys.live(channel)
+        self._channels[name] = channel
+        try:
+            await self._pubsub.subscribe(name)
+        except BaseException:
+            self._channels.pop(name, None)
+            raise
+
+    async def unsubscribe(self, channel: str) -> None:
+        name = self.keys.live(channel)
+        if self._channels.pop(name, None) is not None:
+            await self._pubsub.unsubscribe(name)
+
+    def _on_message(self, name: bytes, data: bytes) -> None:
+        handler = self._handler
+        if handler is None:
+            return
+        channel = self._channels.get(name)
+        if channel is not None:
+            handler.on_publication(parse_wire(channel, data))
+        elif name == self._control:
+            handler.on_control(data)
+
+    def _on_reconnected(self) -> None:
+        if self._handler is not None:
+            self._handler.on_reconnected()
+
+    # -- commands --------------------------------------------------------------------------
+
+    def _check(self) -> None:
+        if self._closed or not self._started:
+            raise BrokerError("redis broker is not running")
+
+    async def publish(
+        self,
+        channel: str,
+        data: bytes,
+        options: NamespaceOptions,
+        *,
+        idempotency_key: str | None = None,
+        idempotency_ttl: int = 300,
+    ) -> PublishResult:
+        self._check()
+        keys = self.keys
+        script_keys = [keys.meta(channel), keys.stream(channel)]
+        if idempotency_key is not None:
+            script_keys.append(keys.idempotency(channel, idempotency_key))
+        args = (
+            data,
+            options.history_size,
+            options.history_ttl,
+            max(options.history_ttl, META_MIN_TTL),
+            new_epoch(),
+            repr(time.time()),
+            max(1, idempotency_ttl) if idempotency_key is not None else 0,
+            keys.live(channel),
+        )
+        try:
+            offset, epoch, duplicate = await self._publish(keys=script_keys, args=args)
+        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            raise BrokerUnavailable(f"redis publish failed: {exc}") from exc
+        except RedisError as exc:
+            raise BrokerError(f"redis publish failed: {exc}") from exc
+        return PublishResult(int(offset), epoch.decode(), duplicate=bool(duplicate))
+
+    async def history(
+        self,
+        channel: str,
+        options: NamespaceOptions,
+        *,
+        since: int | None = None,
+        limit: int | None = None,
+    ) -> HistoryResult:
+        count = "" if limit is None else str(limit)
+        if limit is not None and limit <= 0:
+            mode, start = "pos", ""
+        elif since is not None:
+            mode, start = "since", f"{max(since + 1, 0)}-0"
+        elif limit is not None:
+            mode, start = "last", ""
+        else:
+            mode, start = "all", ""
+        epoch, offset, entries = await self._run_read(channel, options, mode, start, count)
+        publications = [
+            Publication(channel, int(entry_id[:-2]), epoch, fields[1], float(fields[3]))
+            for entry_id, fields in entries
+        ]
+        if mode == "last":
+            publications.reverse()
+        return HistoryResult(publications, StreamPosition(offset, epoch))
+
+    async def position(self, channel: str, options: NamespaceOptions) -> StreamPosition:
+        epoch, offset, _ = await self._run_read(channel, options, "pos", "", "")
+        return StreamPosition(offset, epoch)
+
+    async def _run_read(
+        self, channel: str, options: NamespaceOptions, mode: str, start: str, count: str
+    ) -> tuple[str, int, list[Any]]:
+        self._check()
+        keys = self.keys
+        args = (new_epoch(), max(options.history_ttl, META_MIN_TTL), mode, start, count)
+        try:
+            epoch, offset, entries = await self._read(
+                keys=[keys.meta(channel), keys.stream(channel)], args=args
+            )
+        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            raise BrokerUnavailable(f"redis history read failed: {exc}") from exc
+        except RedisError as exc:
+            raise BrokerError(f"redis history read failed: {exc}") from exc
+        return epoch.decode(), int(offset), entries
+
+    async def publish_control(self, data: bytes) -> None:
+        self._check()
+        try:
+            await self._redis.publish(self._control, data)
+        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            raise BrokerUnavailable(f"redis control publish failed: {exc}") from exc
+        except RedisError as exc:
+            raise BrokerError(f"redis control publish failed: {exc}") from exc
+
+    async def ping(self) -> None:
+        """Raise :class:`BrokerUnavailable` unless Redis answers and the pub/sub connection is
+        up (a node without it would miss live publications)."""
+        self._check()
+        try:
+            await self._redis.ping()
+        except (RedisError, OSError) as exc:
+            raise BrokerUnavailable(f"redis ping failed: {exc}") from exc
+        if not self._pubsub.connected:
+            raise BrokerUnavailable("redis pub/sub connection is down")

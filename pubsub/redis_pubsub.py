@@ -1,0 +1,290 @@
+"""The Redis broker's single pub/sub connection: one reader task, confirmed subscribes, reconnect.
+
+One connection per process carries every subscribed channel plus the control channel. The
+reader task is the only one that reads from it; any task may write SUBSCRIBE/UNSUBSCRIBE.
+Redis answers commands in order, so a ``subscribe`` confirmation means every message published
+afterwards will be read.
+
+Failure policy:
+
+* The connection is lost (socket error, server restart, ``CLIENT KILL``) or stops answering
+  the keepalive PING: the reader reconnects with exponential backoff and jitter, resubscribes
+  every wanted channel, and once Redis confirmed all of them (a PING barrier) calls
+  ``on_reconnected`` so that the hub refills what was published meanwhile from history.
+* A message that cannot be handled is logged and skipped; the reader never dies of it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import random
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from redis.asyncio.connection import AbstractConnection
+from redis.exceptions import RedisError, ResponseError
+
+from pubsub.broker import BrokerError, BrokerUnavailable
+
+log = logging.getLogger(__name__)
+
+_BARRIER = b"arena-resubscribed"
+_KEEPALIVE = b"arena-keepalive"
+
+
+@dataclass(frozen=True, slots=True)
+class ReconnectPolicy:
+    """Exponential backoff with jitter: attempt ``n`` waits between half and all of
+    ``min(maximum, minimum * 2**n)`` seconds, so a fleet of nodes does not reconnect in step."""
+
+    minimum: float = 0.1
+    maximum: float = 5.0
+
+    def delay(self, attempt: int) -> float:
+        """Seconds to wait before reconnect attempt ``attempt`` (0-based)."""
+        ceiling = min(self.maximum, self.minimum * 2.0 ** min(attempt, 30))
+        return ceiling * random.uniform(0.5, 1.0)
+
+
+class PubSubConnection:
+    """Subscriptions over one Redis connection, with a reader task that survives Redis outages.
+
+    ``make_connection`` builds an unconnected redis-py connection (``pool.make_connection``);
+    ``on_message(name, data)`` receives every message of a subscribed pub/sub channel and
+    ``on_reconnected()`` is called after a lost connection is back and resubscribed. Both run
+    on the reader task and must not block; their exceptions are logged and swallowed.
+    """
+
+    def __init__(
+        self,
+        make_connection: Callable[[], AbstractConnection],
+        on_message: Callable[[bytes, bytes], None],
+        on_reconnected: Callable[[], None],
+        *,
+        policy: ReconnectPolicy | None = None,
+        subscribe_timeout: float = 5.0,
+        keepalive: float = 10.0,
+    ) -> None:
+        self._make_connection = make_connection
+        self._on_message = on_message
+        self._on_reconnected = on_reconnected
+        self._policy = policy if policy is not None else ReconnectPolicy()
+        self._subscribe_timeout = subscribe_timeout
+        self._keepalive = keepalive
+        self._wanted: dict[bytes, None] = {}
+        self._waiters: dict[bytes, deque[asyncio.Future[None]]] = {}
+        self._conn: AbstractConnection | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._closed = False
+        self._ever_ready = False
+        self._last_seen = 0.0
+        #: Redis ``CLIENT ID`` of the current connection (None while disconnected).
+        self.client_id: int | None = None
+        #: Successful reconnects since start, for logs and tests.
+        self.reconnects = 0
+
+    @property
+    def connected(self) -> bool:
+        """Whether the connection is up and has been resubscribed."""
+        return self._conn is not None
+
+    async def start(self, names: list[bytes]) -> None:
+        """Connect and subscribe ``names``; returns once Redis confirmed them.
+
+        Fails fast: raises :class:`BrokerUnavailable` when Redis cannot be reached now.
+        """
+        waiters = [self._waiter(name) for name in names]
+        for name in names:
+            self._wanted[name] = None
+        try:
+            conn = await self._connect()
+        except (RedisError, OSError) as exc:
+            raise BrokerUnavailable(f"cannot connect to Redis: {exc}") from exc
+        self._tasks = [
+            asyncio.create_task(self._run(conn), name="redis-pubsub-reader"),
+            asyncio.create_task(self._keepalive_loop(), name="redis-pubsub-keepalive"),
+        ]
+        try:
+            async with asyncio.timeout(self._subscribe_timeout):
+                await asyncio.gather(*waiters)
+        except TimeoutError:
+            await self.close()
+            raise BrokerUnavailable("Redis did not confirm the subscription in time") from None
+
+    async def close(self) -> None:
+        """Stop the reader and drop the connection. Idempotent."""
+        self._closed = True
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            await conn.disconnect(nowait=True)
+        for waiters in self._waiters.values():
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_exception(BrokerError("broker closed"))
+        self._waiters.clear()
+
+    async def subscribe(self, name: bytes) -> None:
+        """Subscribe pub/sub channel ``name``; returns once Redis confirmed it.
+
+        While disconnected, the subscription is made by the reconnect (if that happens within
+        ``subscribe_timeout``). Raises :class:`BrokerUnavailable` on timeout, and then leaves
+        the channel unsubscribed.
+        """
+        if self._closed:
+            raise BrokerError("broker closed")
+        waiter = self._waiter(name)
+        self._wanted[name] = None
+        await self._send("SUBSCRIBE", name)
+        try:
+            async with asyncio.timeout(self._subscribe_timeout):
+                await waiter
+        except TimeoutError:
+            waiters = self._waiters.get(name)
+            if waiters is not None and waiter in waiters:
+                waiters.remove(waiter)
+            await self.unsubscribe(name)
+            raise BrokerUnavailable("Redis did not confirm the subscription in time") from None
+
+    async def unsubscribe(self, name: bytes) -> None:
+        """Stop receiving ``name``. Messages already in flight may still arrive."""
+        self._wanted.pop(name, None)
+        await self._send("UNSUBSCRIBE", name)
+
+    def _waiter(self, name: bytes) -> asyncio.Future[None]:
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.setdefault(name, deque()).append(waiter)
+        return waiter
+
+    async def _send(self, *args: Any) -> None:
+        conn = self._conn
+        if conn is None:
+            return  # the reconnect subscribes whatever is wanted by then
+        try:
+            await conn.send_command(*args)
+        except (RedisError, OSError):
+            # The reader sees the same failure and reconnects; the resubscribe covers this.
+            log.debug("pub/sub command failed", extra={"command": args[0]})
+
+    # -- connection ------------------------------------------------------------------------
+
+    async def _connect(self) -> AbstractConnection:
+        """A fresh connection with every wanted channel subscribed (confirmations pending)."""
+        conn = self._make_connection()
+        try:
+            await conn.connect()  # type: ignore[no-untyped-call]
+            await conn.send_command("CLIENT", "ID")
+            client_id = int(await conn.read_response())
+            sent: set[bytes] = set()
+            while True:
+                # Subscribes made while we were sending are in ``_wanted`` too: loop until
+                # nothing new turned up, then publish the connection without awaiting.
+                names = [name for name in self._wanted if name not in sent]
+                if not names:
+                    break
+                await conn.send_command("SUBSCRIBE", *names)
+                sent.update(names)
+            await conn.send_command("PING", _BARRIER)
+        except BaseException:
+            await conn.disconnect(nowait=True)
+            raise
+        self._conn = conn
+        self.client_id = client_id
+        self._last_seen = time.monotonic()
+        stale = [name for name in sent if name not in self._wanted]
+        if stale:
+            await self._send("UNSUBSCRIBE", *stale)
+        return conn
+
+    async def _run(self, conn: AbstractConnection | None) -> None:
+        attempt = 0
+        while not self._closed:
+            if conn is None:
+                await asyncio.sleep(self._policy.delay(attempt))
+                try:
+                    conn = await self._connect()
+                except (RedisError, OSError) as exc:
+                    attempt += 1
+                    log.warning(
+                        "redis pub/sub reconnect failed",
+                        extra={"attempt": attempt, "error": str(exc)},
+                    )
+                    continue
+                self.reconnects += 1
+                attempt = 0
+                log.info("redis pub/sub reconnected", extra={"client_id": self.client_id})
+            try:
+                await self._read(conn)
+            except (RedisError, OSError) as exc:
+                if not self._closed:
+                    log.warning("redis pub/sub connection lost", extra={"error": str(exc)})
+            finally:
+                if self._conn is conn:
+                    self._conn = None
+                    self.client_id = None
+                await conn.disconnect(nowait=True)
+            conn = None
+
+    async def _read(self, conn: AbstractConnection) -> None:
+        read = conn.read_response
+        on_message = self._on_message
+        while True:
+            try:
+                response = await read(timeout=math.inf)
+            except ResponseError as exc:
+                log.warning("redis pub/sub error reply", extra={"error": str(exc)})
+                continue
+            self._last_seen = time.monotonic()
+            try:
+                kind = response[0]
+                if kind == b"message":
+                    on_message(response[1], response[2])
+                elif kind == b"subscribe":
+                    self._confirmed(response[1])
+                elif kind == b"pong":
+                    if response[1] == _BARRIER:
+                        self._ready()
+                elif kind != b"unsubscribe":
+                    log.warning("unexpected pub/sub message", extra={"kind": repr(kind)[:40]})
+            except Exception:
+                log.exception("pub/sub message handling failed; skipped")
+
+    def _confirmed(self, name: bytes) -> None:
+        waiters = self._waiters.get(name)
+        while waiters:
+            waiter = waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                break
+        if not waiters:
+            self._waiters.pop(name, None)
+
+    def _ready(self) -> None:
+        if self._ever_ready:
+            self._on_reconnected()
+        self._ever_ready = True
+
+    async def _keepalive_loop(self) -> None:
+        """PING an idle connection; drop it when a whole interval passed without any reply,
+        so a silently dead peer (no RST) is noticed instead of waited on forever."""
+        while True:
+            await asyncio.sleep(self._keepalive)
+            conn = self._conn
+            if conn is None:
+                continue
+            if time.monotonic() - self._last_seen > 2 * self._keepalive:
+                log.warning("redis pub/sub connection silent; reconnecting")
+                with contextlib.suppress(Exception):
+                    await conn.disconnect(nowait=True)
+                continue
+            if time.monotonic() - self._last_seen > self._keepalive:
+                await self._send("PING", _KEEPALIVE)
