@@ -40,6 +40,8 @@ class Script:
     first_byte_delay: float = 0.0
     input_tokens: int = 321
     stop_reason: str = "end_turn"
+    #: when set, tokens start flowing only once it is set (benchmarks wait for their watchers)
+    gate: asyncio.Event | None = None
 
 
 @dataclass
@@ -143,6 +145,8 @@ class FakeAnthropic:
         )
         await send("ping", {"type": "ping"})
         self.streaming.set()
+        if script.gate is not None:
+            await script.gate.wait()
         end = 0
         for index, token in enumerate(script.tokens):
             if script.error_after == index:
