@@ -38,6 +38,7 @@ ShortText = Annotated[str, _text(0, 2000)]
 Answer = Annotated[str, _text(0, 5000)]
 Currency = Annotated[str, StringConstraints(pattern=r"^[A-Z]{3}$")]
 Money = Annotated[Decimal, Field(ge=0, max_digits=14, decimal_places=2)]
+Version = Annotated[int, Field(ge=1, le=2**31 - 1, strict=True)]
 Cursor = Annotated[str, StringConstraints(max_length=200, pattern=r"^[A-Za-z0-9_\-=]*$")]
 
 
@@ -96,7 +97,7 @@ class RequestPatch(_Input):
     currency: Currency | None = None
     deadline: AwareDatetime | None = None
     status: Literal["open", "closed"] | None = None
-    version: int | None = Field(default=None, ge=1, le=2**31 - 1)
+    version: Version | None = None
 
     @model_validator(mode="after")
     def _names_unique(self) -> RequestPatch:
@@ -163,7 +164,7 @@ class ProposalStatusChange(_Input):
     """
 
     status: Literal["shortlisted", "rejected", "accepted", "withdrawn"]
-    version: int | None = Field(default=None, ge=1, le=2**31 - 1)
+    version: Version | None = None
 
 
 class ProposalOut(BaseModel):
