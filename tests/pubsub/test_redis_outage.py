@@ -1,0 +1,174 @@
+"""A private ``redis-server`` that the tests stop, restart and freeze: commands fail with
+``BrokerUnavailable`` during an outage, and the node comes back by itself afterwards."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+import redis
+
+from pubsub.broker import BrokerError, BrokerUnavailable
+from pubsub.hub import Hub
+from pubsub.namespaces import NamespaceOptions
+from pubsub.redis_broker import RedisBroker
+from pubsub.redis_pubsub import ReconnectPolicy
+from tests.conftest import redis_server_binary
+from tests.pubsub.support import Sink, assert_no_silent_hole, encode, eventually
+
+NAMESPACES = {"alerts": NamespaceOptions()}
+ALERTS = NAMESPACES["alerts"]
+
+
+class RedisProcess:
+    """A throw-away redis-server on a fixed port, without persistence."""
+
+    def __init__(self, binary: str) -> None:
+        self.binary = binary
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            self.port: int = sock.getsockname()[1]
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.folder = tempfile.mkdtemp(prefix="arena-redis-outage-")
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        args = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1"]
+        args += ["--save", "", "--appendonly", "no", "--dir", self.folder]
+        self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while True:
+            with contextlib.suppress(redis.RedisError):
+                client = redis.Redis.from_url(self.url, socket_connect_timeout=0.2)
+                try:
+                    client.ping()
+                    return
+                finally:
+                    client.close()
+            if time.monotonic() > deadline:
+                raise RuntimeError("redis-server did not start")
+            time.sleep(0.02)
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait(5)
+            self.process = None
+
+    def freeze(self) -> None:
+        assert self.process is not None
+        os.kill(self.process.pid, signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        assert self.process is not None
+        os.kill(self.process.pid, signal.SIGCONT)
+
+
+@pytest.fixture
+def server() -> Iterator[RedisProcess]:
+    binary = redis_server_binary()
+    if binary is None:
+        pytest.fail("these tests need a redis-server binary", pytrace=False)
+    process = RedisProcess(binary)
+    process.start()
+    try:
+        yield process
+    finally:
+        if process.process is not None:
+            process.thaw()
+        process.stop()
+        shutil.rmtree(process.folder, ignore_errors=True)
+
+
+@pytest.fixture
+async def hub(server: RedisProcess) -> AsyncIterator[Hub]:
+    broker = RedisBroker(
+        server.url,
+        prefix="outage",
+        command_timeout=0.5,
+        connect_timeout=0.5,
+        subscribe_timeout=0.5,
+        keepalive=0.2,
+        reconnect=ReconnectPolicy(minimum=0.05, maximum=0.2),
+    )
+    hub = Hub(broker, NAMESPACES, encode, release_delay=0.05)
+    await hub.start()
+    yield hub
+    await hub.close()
+
+
+def broker_of(hub: Hub) -> RedisBroker:
+    assert isinstance(hub.broker, RedisBroker)
+    return hub.broker
+
+
+async def subscribe(hub: Hub, channel: str) -> Sink:
+    sink = Sink()
+    result = await hub.subscribe(sink, channel)
+    for pub in result.tail:
+        sink.deliver(encode(pub))
+    return sink
+
+
+async def test_outage_fails_commands_and_restart_recovers(hub: Hub, server: RedisProcess) -> None:
+    broker = broker_of(hub)
+    sink = await subscribe(hub, "alerts:o")
+    before = await hub.publish("alerts:o", {"n": 1})
+    await eventually(lambda: sink.offsets() == [1], what="offset 1")
+
+    server.stop()
+    await eventually(lambda: not broker.pubsub.connected, what="pub/sub connection lost")
+    with pytest.raises(BrokerUnavailable):
+        await hub.publish("alerts:o", {"n": 2})
+    with pytest.raises(BrokerUnavailable):
+        await broker.history("alerts:o", ALERTS, since=0)
+    with pytest.raises(BrokerUnavailable):
+        await broker.position("alerts:o", ALERTS)
+    with pytest.raises(BrokerUnavailable):
+        await broker.ping()
+    other = Sink()
+    with pytest.raises(BrokerError):
+        await hub.subscribe(other, "alerts:other")
+    assert hub.subscriber_count("alerts:other") == 0
+
+    server.start()  # empty: the data set was lost with the old process
+    await eventually(lambda: broker.pubsub.connected, what="reconnect")
+    await broker.ping()
+    await eventually(lambda: bool(sink.losses()), what="lost() for the vanished history")
+    (lost_offset, lost_epoch), *_ = sink.losses()
+    assert lost_epoch != before.epoch
+    assert lost_offset == 0, "the new epoch starts from scratch"
+    after = await hub.publish("alerts:o", {"n": 3})
+    assert after.epoch == lost_epoch
+    await eventually(lambda: sink.offsets()[-1] == after.offset, what="live after restart")
+    assert_no_silent_hole(sink)
+
+    other_sink = await subscribe(hub, "alerts:other")
+    await hub.publish("alerts:other", {"n": 1})
+    await eventually(lambda: other_sink.offsets() == [1], what="new subscription works")
+
+
+async def test_frozen_server_is_detected_and_reconnected(hub: Hub, server: RedisProcess) -> None:
+    broker = broker_of(hub)
+    sink = await subscribe(hub, "alerts:f")
+    await hub.publish("alerts:f", {"n": 1})
+    await eventually(lambda: sink.offsets() == [1], what="offset 1")
+
+    server.freeze()  # no RST, no answers: only the keepalive can notice
+    try:
+        await eventually(lambda: not broker.pubsub.connected, what="silent connection dropped")
+    finally:
+        server.thaw()
+    await eventually(lambda: broker.pubsub.reconnects >= 1, what="reconnect")
+    await eventually(lambda: broker.pubsub.connected, what="connected")
+    await hub.publish("alerts:f", {"n": 2})
+    await eventually(lambda: sink.offsets() == [1, 2], what="offset 2")
+    assert sink.losses() == []
