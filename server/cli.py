@@ -23,6 +23,7 @@ from aiohttp import web
 from handlers import keys
 from handlers.principal import ROLES
 from handlers.tokens import TokenService
+from pubsub.broker import BrokerError
 from server.app import create_app
 from server.logs import configure_logging
 from server.settings import Settings, SettingsError, load_settings
@@ -139,9 +140,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(asyncio.run(_token(settings, args.email, args.role)))
         elif command == "service-token":
             print(TokenService(settings.handlers.auth).issue_service(args.name, args.ttl).token)
-    except (MigrationError, OSError, asyncpg.PostgresError) as exc:
-        # Expected operational failures (database down, port taken, bad migration) get one
-        # clear line instead of a traceback; anything else still raises.
+    except (MigrationError, BrokerError, OSError, asyncpg.PostgresError) as exc:
+        # Expected operational failures (database or Redis down, port taken, bad migration)
+        # get one clear line instead of a traceback; anything else still raises.
         log.error("cannot %s: %s", command, exc, extra={"error": type(exc).__name__})
         return 1
     return 0

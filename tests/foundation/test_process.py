@@ -207,18 +207,24 @@ async def test_sigterm_closes_websockets_with_1001_and_exits_zero(
         await session.get(f"{service.url}/health")
 
 
-async def test_unreachable_database_is_a_clear_startup_error(tmp_path: Path) -> None:
-    env = process_env(
-        tmp_path / "data",
-        DATABASE_URL="postgresql://postgres@127.0.0.1:1/nowhere",
-        PORT=str(free_port()),
-    )
+@pytest.mark.parametrize(
+    ("variable", "url", "message"),
+    [
+        ("DATABASE_URL", "postgresql://postgres@127.0.0.1:1/nowhere", "cannot serve"),
+        ("REDIS_URL", "redis://127.0.0.1:1/0", "cannot serve: cannot reach Redis"),
+    ],
+)
+async def test_unreachable_backend_is_a_clear_startup_error(
+    database_url: str, tmp_path: Path, variable: str, url: str, message: str
+) -> None:
+    env = process_env(tmp_path / "data", DATABASE_URL=database_url, PORT=str(free_port()))
+    env[variable] = url
     done = await asyncio.to_thread(
         subprocess.run, [*command(), "serve"], env=env, capture_output=True, text=True, timeout=60
     )
     assert done.returncode == 1
     assert_clean_stderr(done.stderr)
-    assert "cannot serve" in done.stderr
+    assert message in done.stderr
 
 
 async def test_taken_port_is_a_clear_startup_error(database_url: str, tmp_path: Path) -> None:
