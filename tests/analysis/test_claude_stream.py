@@ -249,3 +249,37 @@ async def test_partial_text_is_checkpointed_while_streaming(
     assert row["status"] == "running"
     assert row["text"] == "saved so far "
     assert row["seq"] >= 1
+
+
+async def test_stream_and_recovery_through_redis(
+    fake_anthropic: FakeAnthropic,
+    aiohttp_client: Any,
+    claude_settings: Callable[..., Settings],
+    redis_url: str,
+    redis_prefix: str,
+) -> None:
+    fake_anthropic.script = Script(tokens=[f"r{i} " for i in range(80)], delay=0.005)
+    settings = claude_settings(REDIS_URL=redis_url, REDIS_PREFIX=redis_prefix)
+    client = await aiohttp_client(create_app(settings))
+    owner, token = await make_user(client, "buyer")
+    request_id = await seed_request(client, owner)
+    created = await start(client, token, request_id)
+    channel = created["channel"]
+
+    ws = await connect(client, token)
+    seen, _ = await subscribe(ws, channel, created["since"])
+    while sum(p["data"]["type"] == "delta" for p in seen) < 2:
+        seen.append(await next_pub(ws, channel))
+    await ws.close()
+    last = seen[-1]
+    await asyncio.sleep(0.1)
+
+    ws = await connect(client, token)
+    rest, result = await subscribe(ws, channel, {"offset": last["offset"], "epoch": last["epoch"]})
+    assert result["recovered"] is True
+    everything = await until_end(ws, channel, seen + rest)
+    assert check_stream(everything) == fake_anthropic.text()
+    finished = await wait_status(client, token, created["id"], "done")
+    late, _ = await subscribe(await connect(client, token), channel, finished["since"])
+    assert check_stream(late) == finished["text"] == fake_anthropic.text()
+    await ws.close()

@@ -147,3 +147,30 @@ async def test_analysis_left_running_by_a_crash_fails_on_next_start(
     assert b'"code":"interrupted"' in events[0]
     # The crashed analysis no longer counts against the user's limit.
     await start(restarted, token, request_id)
+
+
+async def test_cancel_reaches_the_node_running_the_analysis(
+    fake_anthropic: FakeAnthropic,
+    aiohttp_client: Any,
+    claude_settings: Callable[..., Settings],
+    redis_url: str,
+    redis_prefix: str,
+) -> None:
+    fake_anthropic.script = Script(tokens=["remote ", "never "], hang_after=1)
+    settings = claude_settings(REDIS_URL=redis_url, REDIS_PREFIX=redis_prefix)
+    runner_node = await aiohttp_client(create_app(settings))
+    other_node = await aiohttp_client(create_app(settings))
+    owner, token = await make_user(runner_node, "buyer")
+    request_id = await seed_request(runner_node, owner)
+    created = await start(runner_node, token, request_id)
+    await wait_status(other_node, token, created["id"], "running")
+    async with asyncio.timeout(5):
+        await fake_anthropic.streaming.wait()
+
+    resp = await other_node.delete(f"/api/v1/analyses/{created['id']}", headers=auth(token))
+    body = await resp.json()
+    assert resp.status == 200, body
+    assert body["status"] == "cancelled"
+    async with asyncio.timeout(5):
+        await fake_anthropic.disconnected.wait()
+    assert (await get(runner_node, token, created["id"]))["status"] == "cancelled"
