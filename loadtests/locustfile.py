@@ -125,9 +125,7 @@ class WebSocketSubscriber(User):
         if FEEDS:
             channels.append(random.choice(FEEDS))
         for channel in channels:
-            result = self.command("subscribe", channel=channel)
-            if result is not None:
-                self.last[channel] = int(result["offset"])
+            self.command("subscribe", channel=channel)
         TOTALS["subscribers"] += 1
 
     def command(self, kind: str, **fields: Any) -> dict[str, Any] | None:
@@ -162,6 +160,12 @@ class WebSocketSubscriber(User):
             message = json.loads(text)
             kind = message.get("type")
             if kind == "reply":
+                result = message.get("result")
+                if isinstance(result, dict) and "channel" in result and "offset" in result:
+                    # A subscribe reply: its position is where this channel's stream starts.
+                    # Set here, in order, not by the waiting greenlet, which may only run after
+                    # the publications that follow the reply were already read.
+                    self.last.setdefault(result["channel"], int(result["offset"]))
                 waiter = self.replies.get(message.get("id"))
                 if waiter is not None:
                     waiter.set(message)

@@ -17,8 +17,10 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from aiohttp import WSMsgType, web
 
 from tests.conftest import TEST_SECRET, TEST_SERVICE_SECRET
 
@@ -108,6 +110,34 @@ def _stats(path: Path) -> dict[str, dict[str, str]]:
         return {f"{row['Type']} {row['Name']}".strip(): row for row in csv.DictReader(rows)}
 
 
+def _locust_args(url: str, tmp_path: Path, users: int, run_time: str) -> list[str]:
+    return [
+        str(BIN / "locust"),
+        "-f",
+        str(ROOT / "loadtests" / "locustfile.py"),
+        "--headless",
+        "-u",
+        str(users),
+        "-r",
+        str(users),
+        "-t",
+        run_time,
+        "--stop-timeout",
+        "5",
+        "--host",
+        url,
+        "--csv",
+        str(tmp_path / "lt"),
+        "--only-summary",
+        "--loglevel",
+        "WARNING",
+    ]
+
+
+def _base_env() -> dict[str, str]:
+    return {name: os.environ[name] for name in ("PATH", "HOME", "LANG") if name in os.environ}
+
+
 @pytest.mark.slow
 async def test_locust_smoke_run_has_no_failures_and_no_lost_publications(
     server: tuple[str, dict[str, str]], tmp_path: Path
@@ -116,7 +146,7 @@ async def test_locust_smoke_run_has_no_failures_and_no_lost_publications(
     token = _cli(env, "token", "--email", "locust@example.com", "--role", "admin")
     service_token = _cli(env, "service-token", "--name", "locust")
     summary_path = tmp_path / "summary.json"
-    locust_env = {name: os.environ[name] for name in ("PATH", "HOME", "LANG") if name in os.environ}
+    locust_env = _base_env()
     locust_env.update(
         ARENA_TOKEN=token,
         ARENA_SERVICE_TOKEN=service_token,
@@ -129,27 +159,7 @@ async def test_locust_smoke_run_has_no_failures_and_no_lost_publications(
         LT_WEBHOOK_RATE="2",
         LT_API_RATE="1",
     )
-    args = [
-        str(BIN / "locust"),
-        "-f",
-        str(ROOT / "loadtests" / "locustfile.py"),
-        "--headless",
-        "-u",
-        str(USERS),
-        "-r",
-        str(USERS),
-        "-t",
-        RUN_TIME,
-        "--stop-timeout",
-        "5",
-        "--host",
-        url,
-        "--csv",
-        str(tmp_path / "lt"),
-        "--only-summary",
-        "--loglevel",
-        "WARNING",
-    ]
+    args = _locust_args(url, tmp_path, USERS, RUN_TIME)
     done = await asyncio.to_thread(
         subprocess.run,
         args,
@@ -182,3 +192,79 @@ async def test_locust_smoke_run_has_no_failures_and_no_lost_publications(
     ):
         assert name in stats, f"{name} missing from {sorted(stats)}"
         assert int(stats[name]["Request Count"]) > 0, stats[name]
+
+
+def _lossy_app(skip: int) -> web.Application:
+    """A server speaking the subset of the protocol Locust uses that never sends ``skip``."""
+    subscribers: dict[str, list[web.WebSocketResponse]] = {}
+    offsets: dict[str, int] = {}
+
+    async def ws_handler(request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        async for msg in ws:
+            if msg.type != WSMsgType.TEXT:
+                continue
+            cmd = json.loads(msg.data)
+            result: dict[str, object] = {}
+            if cmd["type"] == "subscribe":
+                subscribers.setdefault(cmd["channel"], []).append(ws)
+                result = {"channel": cmd["channel"], "offset": offsets.get(cmd["channel"], 0)}
+            await ws.send_json({"type": "reply", "id": cmd["id"], "result": result})
+        return ws
+
+    async def publish(request: web.Request) -> web.Response:
+        channel = request.match_info["channel"]
+        offset = offsets[channel] = offsets.get(channel, 0) + 1
+        data = (await request.json())["data"]
+        if offset != skip:
+            for ws in subscribers.get(channel, []):
+                if not ws.closed:
+                    await ws.send_json(
+                        {"type": "pub", "channel": channel, "offset": offset, "data": data}
+                    )
+        return web.json_response({"channel": channel, "offset": offset})
+
+    app = web.Application()
+    app.router.add_get("/ws", ws_handler)
+    app.router.add_post("/api/v1/channels/{channel}/publish", publish)
+    return app
+
+
+async def test_locust_run_fails_when_a_publication_is_lost(
+    aiohttp_server: Any, tmp_path: Path
+) -> None:
+    server = await aiohttp_server(_lossy_app(skip=20))
+    summary_path = tmp_path / "summary.json"
+    env = _base_env()
+    env.update(
+        ARENA_TOKEN="any",
+        ARENA_SERVICE_TOKEN="any",
+        LT_SUMMARY_FILE=str(summary_path),
+        LT_CHANNELS="1",
+        LT_CHANNELS_PER_SUBSCRIBER="1",
+        LT_SUBSCRIBER_WEIGHT="1",
+        LT_PUBLISHER_WEIGHT="1",
+        LT_PUBLISH_RATE="10",
+    )
+    args = [
+        *_locust_args(str(server.make_url("")).rstrip("/"), tmp_path, 4, "4s"),
+        "WebSocketSubscriber",
+        "ChannelPublisher",
+    ]
+    done = await asyncio.to_thread(
+        subprocess.run,
+        args,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 1, done.stderr[-3000:]
+    summary = json.loads(summary_path.read_text())
+    assert summary["lost"] > 0, summary
+    assert summary["received"] > 0, summary
+    stats = _stats(tmp_path / "lt_stats.csv")
+    assert int(stats["WS lost"]["Failure Count"]) > 0
