@@ -122,6 +122,8 @@ class AnalysisRunner:
         self._hub = hub
         self._slots = asyncio.Semaphore(config.concurrency)
         self._jobs: dict[uuid.UUID, _Job] = {}
+        #: every analysis task, including those recording their outcome (no longer in _jobs)
+        self._tasks: set[asyncio.Task[None]] = set()
         self._reserved = 0
         self._closing = False
         self._checkpoint_interval = checkpoint_interval
@@ -160,8 +162,8 @@ class AnalysisRunner:
             job.cancel_reason = job.cancel_reason or INTERRUPTED
             assert job.task is not None
             job.task.cancel()
-        if jobs:
-            await asyncio.wait([job.task for job in jobs if job.task], timeout=CLOSE_TIMEOUT)
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=CLOSE_TIMEOUT)
         if self._maintenance is not None:
             self._maintenance.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -193,6 +195,8 @@ class AnalysisRunner:
         self._jobs[analysis.id] = job
         self._active.labels("queued").inc()
         job.task = asyncio.create_task(self._execute(job), name=f"analysis-{analysis.id}")
+        self._tasks.add(job.task)
+        job.task.add_done_callback(self._tasks.discard)
 
     # -- queries and cancellation ----------------------------------------------------------
 
