@@ -220,3 +220,21 @@ async def test_start_fails_fast_when_redis_is_unreachable() -> None:
     with pytest.raises(BrokerUnavailable):
         await broker.start(Recorder())
     await broker.close()
+
+
+async def test_reader_survives_malformed_messages(
+    make_hub: MakeHub,
+    publisher: RedisBroker,
+    admin: redis.asyncio.Redis,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    hub = await make_hub()
+    sink = await subscribe(hub, "alerts:bad")
+    live = publisher.keys.live("alerts:bad")
+    await admin.publish(live, b"not a publication")
+    await admin.publish(live, b"x y z")
+    await admin.publish(publisher.keys.control, b"\xff not json")  # handlers decide
+    first = await publisher.publish("alerts:bad", b"1", ALERTS)
+    await eventually(lambda: sink.offsets() == [first.offset], what="a good message afterwards")
+    assert redis_broker(hub).pubsub.reconnects == 0, "the connection was kept"
+    assert "pub/sub message handling failed" in caplog.text

@@ -1,0 +1,129 @@
+"""Publishes/s, history reads/s and pub/sub delivery rate of the Redis broker on a local Redis.
+
+    .venv/bin/python bench/redis_broker.py [--url redis://127.0.0.1:6379/0] [--n 20000]
+
+Prints one line per measurement. Uses its own key prefix and deletes it afterwards.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+import uuid
+
+import redis.asyncio
+
+from pubsub.broker import Publication
+from pubsub.namespaces import NamespaceOptions
+from pubsub.redis_broker import RedisBroker
+
+OPTIONS = NamespaceOptions(history_size=1000)
+PAYLOAD = b'{"type":"bid","amount":1250,"currency":"EUR","user":"u-0001","note":"benchmark"}'
+
+
+class Counter:
+    def __init__(self) -> None:
+        self.count = 0
+        self.done = asyncio.Event()
+        self.target = 0
+
+    def on_publication(self, publication: Publication) -> None:
+        self.count += 1
+        if self.count == self.target:
+            self.done.set()
+
+    def on_control(self, data: bytes) -> None:
+        pass
+
+    def on_reconnected(self) -> None:
+        pass
+
+
+def report(what: str, count: int, seconds: float) -> None:
+    print(f"{what:<48} {count / seconds:>10,.0f}/s  ({count} in {seconds:.2f}s)")
+
+
+async def main(url: str, n: int, concurrency: int) -> None:
+    prefix = f"bench-{uuid.uuid4().hex[:8]}"
+    publisher, receiver = RedisBroker(url, prefix=prefix), RedisBroker(url, prefix=prefix)
+    counter = Counter()
+    await publisher.start(Counter())
+    await receiver.start(counter)
+    try:
+        start = time.perf_counter()
+        for _ in range(n):
+            await publisher.publish("bench:seq", PAYLOAD, OPTIONS)
+        report("publish, 1 publisher (sequential)", n, time.perf_counter() - start)
+
+        async def worker(channel: str, count: int) -> None:
+            for _ in range(count):
+                await publisher.publish(channel, PAYLOAD, OPTIONS)
+
+        per = n // concurrency
+        start = time.perf_counter()
+        await asyncio.gather(*(worker("bench:conc", per) for _ in range(concurrency)))
+        report(
+            f"publish, {concurrency} concurrent publishers",
+            per * concurrency,
+            time.perf_counter() - start,
+        )
+
+        start = time.perf_counter()
+        await asyncio.gather(*(worker(f"bench:c{i}", per) for i in range(concurrency)))
+        report(
+            f"publish, {concurrency} publishers on {concurrency} channels",
+            per * concurrency,
+            time.perf_counter() - start,
+        )
+
+        await receiver.subscribe("bench:live")
+        counter.target = per * concurrency
+        start = time.perf_counter()
+        await asyncio.gather(*(worker("bench:live", per) for _ in range(concurrency)))
+        await asyncio.wait_for(counter.done.wait(), 60)
+        report(
+            "publish + delivery to a subscribed node", counter.count, time.perf_counter() - start
+        )
+
+        reads = max(1, n // 4)
+        start = time.perf_counter()
+        for i in range(reads):
+            await publisher.history("bench:seq", OPTIONS, since=n - 100 - (i % 50), limit=100)
+        report(
+            "history reads (100 entries since offset), 1 reader", reads, time.perf_counter() - start
+        )
+
+        async def reader(count: int) -> None:
+            for _ in range(count):
+                await publisher.history("bench:seq", OPTIONS, limit=10)
+
+        start = time.perf_counter()
+        await asyncio.gather(*(reader(reads // concurrency) for _ in range(concurrency)))
+        report(
+            f"history reads (newest 10), {concurrency} readers",
+            reads // concurrency * concurrency,
+            time.perf_counter() - start,
+        )
+
+        start = time.perf_counter()
+        for _ in range(reads):
+            await publisher.position("bench:seq", OPTIONS)
+        report("position reads, 1 reader", reads, time.perf_counter() - start)
+    finally:
+        await publisher.close()
+        await receiver.close()
+        admin = redis.asyncio.Redis.from_url(url)
+        keys = [key async for key in admin.scan_iter(match=f"{prefix}*", count=1000)]
+        if keys:
+            await admin.delete(*keys)
+        await admin.aclose()
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--url", default="redis://127.0.0.1:6379/0")
+    parser.add_argument("--n", type=int, default=20_000)
+    parser.add_argument("--concurrency", type=int, default=32)
+    args = parser.parse_args()
+    asyncio.run(main(args.url, args.n, args.concurrency))
