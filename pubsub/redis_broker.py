@@ -107,11 +107,14 @@ class RedisBroker(Broker):
         """
         self._handler = handler
         try:
-            await self._redis.ping()
-        except (RedisError, OSError) as exc:
-            await self._pool.disconnect()
-            raise BrokerUnavailable(f"cannot reach Redis: {exc}") from exc
-        await self._pubsub.start([self._control])
+            try:
+                await self._redis.ping()
+            except (RedisError, OSError) as exc:
+                raise BrokerUnavailable(f"cannot reach Redis: {exc}") from exc
+            await self._pubsub.start([self._control])
+        except BaseException:
+            await self.close()
+            raise
         self._started = True
 
     async def close(self) -> None:
@@ -179,7 +182,7 @@ class RedisBroker(Broker):
         args = (
             data,
             options.history_size,
-            options.history_ttl,
+            max(1, options.history_ttl),
             max(options.history_ttl, META_MIN_TTL),
             new_epoch(),
             repr(time.time()),
