@@ -148,6 +148,8 @@ class FakeAnthropic:
         if script.gate is not None:
             await script.gate.wait()
         end = 0
+        loop = asyncio.get_running_loop()
+        started = loop.time()
         for index, token in enumerate(script.tokens):
             if script.error_after == index:
                 await send(
@@ -169,8 +171,8 @@ class FakeAnthropic:
             )
             end += len(token)
             self.sent.append(SentToken(time.time(), end))
-            if script.delay:
-                await asyncio.sleep(script.delay)
+            if script.delay:  # on a fixed schedule, so the rate holds under load
+                await asyncio.sleep(max(0.0, started + (index + 1) * script.delay - loop.time()))
         await send("content_block_stop", {"type": "content_block_stop", "index": 0})
         await send(
             "message_delta",

@@ -81,3 +81,23 @@ async def test_summary_of_a_request_without_proposals(offline_client: Any) -> No
     assert "- nice: [R3] Dark mode" in text
     assert "Budget not stated" in text
     assert "0 proposal(s), 0 open." in text
+
+
+async def test_malformed_stored_json_is_skipped_not_fatal(offline_client: Any) -> None:
+    owner, token = await make_user(offline_client, "buyer")
+    requirements: list[Any] = [
+        1,
+        {"name": ""},
+        {"name": "Export", "priority": "urgent"},
+        {"name": "API", "priority": "must", "description": 7},
+    ]
+    proposals = [("100.00", {"API": "full", "Export": "sometimes"}, "submitted")]
+    request_id = await seed_request(
+        offline_client, owner, requirements=requirements, proposals=proposals
+    )
+    created = await start(offline_client, token, request_id)
+    done = await wait_status(offline_client, token, created["id"], "done", "failed")
+    assert done["status"] == "done", done["error"]
+    # Invalid items are dropped, an unknown priority counts as "should", compliance as "none".
+    assert "No open proposal fully meets: [R1] Export (should)." in done["text"]
+    assert "[P1] 60% weighted coverage" in done["text"]
