@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
@@ -56,7 +57,11 @@ class Flusher:
         self._scheduled = False
         dirty, self._dirty = self._dirty, []
         for conn in dirty:
-            conn.flush()
+            try:
+                conn.flush()
+            except Exception:  # one broken transport must not stall everyone else's writes
+                log.exception("flush failed", extra={"conn_id": conn.conn_id})
+                conn.close_soon(CLOSE_GOING_AWAY, "internal error")
         self.writes += len(dirty)
 
 
@@ -73,6 +78,7 @@ class Connection:
         "info",
         "max_bytes",
         "max_messages",
+        "on_close",
         "principal",
         "subscriptions",
         "ws",
@@ -100,6 +106,8 @@ class Connection:
         self.principal: Any = None
         self.subscriptions: set[str] = set()
         self.info: dict[str, Any] = {}
+        #: called once when the connection starts closing (the registry detaches it from the hub)
+        self.on_close: Callable[[Connection], None] | None = None
 
     # -- Subscriber ------------------------------------------------------------------------
 
@@ -160,13 +168,17 @@ class Connection:
         self.closed = True
         self._queue = []
         self._bytes = 0
+        loop = asyncio.get_running_loop()
+        if self.on_close is not None:
+            # Not inline: we may be inside the hub's fan-out loop over this channel's subscribers.
+            loop.call_soon(self.on_close, self)
         transport = self._transport
         if transport.is_closing():
             return
         payload = code.to_bytes(2, "big") + reason.encode()[:120]
         transport.write(bytes((0x88, len(payload))) + payload)
         transport.close()
-        asyncio.get_running_loop().call_later(CLOSE_TIMEOUT, self._abort)
+        loop.call_later(CLOSE_TIMEOUT, self._abort)
 
     def _abort(self) -> None:
         with contextlib.suppress(Exception):

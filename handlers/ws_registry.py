@@ -32,6 +32,13 @@ class ConnectionRegistry:
 
     def add(self, conn: Connection) -> None:
         self._by_id[conn.conn_id] = conn
+        conn.on_close = self._detach
+
+    def _detach(self, conn: Connection) -> None:
+        """Stop delivering to a closing connection right away (it may never read again)."""
+        for channel in list(conn.subscriptions):
+            self.hub.unsubscribe(conn, channel)
+        conn.subscriptions.clear()
 
     def bind_user(self, conn: Connection, user_id: str) -> int:
         """Attach an authenticated connection to its user; returns that user's local count."""
@@ -50,9 +57,7 @@ class ConnectionRegistry:
                 conns.discard(conn)
                 if not conns:
                     del self._by_user[conn.principal.user_id]
-        for channel in list(conn.subscriptions):
-            self.hub.unsubscribe(conn, channel)
-        conn.subscriptions.clear()
+        self._detach(conn)
 
     def connections(self) -> list[Connection]:
         return list(self._by_id.values())

@@ -15,6 +15,7 @@ from handlers import (
     proposals_api,
     publish_api,
     requests_api,
+    static_files,
     strategies_api,
     webhooks,
     ws_handler,
@@ -44,6 +45,7 @@ def create_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.append(lifecycle.database)
     app.cleanup_ctx.append(lifecycle.redis_client)
     app.cleanup_ctx.append(lifecycle.mail)
+    app.cleanup_ctx.append(lifecycle.auth_janitor)
     app.cleanup_ctx.append(lifecycle.channels)
     app.cleanup_ctx.append(lifecycle.outbox_relay)
     app.cleanup_ctx.append(lifecycle.analyses)
@@ -53,6 +55,7 @@ def create_app(settings: Settings) -> web.Application:
         ws_handler,
         publish_api,
         auth_api,
+        static_files,
         openapi,
         requests_api,
         proposals_api,

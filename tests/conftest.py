@@ -239,6 +239,12 @@ def base_env(database_url: str, data_dir: Path) -> dict[str, str]:
 
 
 @pytest.fixture
+async def aiohttp_client(database_url: str, aiohttp_client: Any) -> Any:
+    """pytest-aiohttp's client factory, torn down before this test's database is dropped."""
+    return aiohttp_client
+
+
+@pytest.fixture
 def make_settings(database_url: str, tmp_path: Path) -> Callable[..., Settings]:
     """Build settings for this test's database; keyword arguments are extra env variables."""
 
