@@ -22,6 +22,7 @@ from pubsub.hub import Hub
 from pubsub.memory import MemoryBroker
 from pubsub.metrics import HubMetrics
 from server.settings import Settings
+from storage.auth_tokens import purge_expired
 from storage.db import create_pool
 from storage.embedded import start_embedded
 from storage.migrate import migrate
@@ -126,6 +127,33 @@ async def redis_client(app: web.Application) -> AsyncIterator[None]:
         yield
     finally:
         await client.aclose()
+
+
+#: Seconds between purges of long-expired magic links and refresh tokens.
+AUTH_PURGE_INTERVAL = 3600.0
+
+
+async def _purge_auth_tokens(app: web.Application) -> None:
+    while True:
+        await asyncio.sleep(AUTH_PURGE_INTERVAL)
+        try:
+            async with app[keys.pool].acquire() as conn:
+                removed = await purge_expired(conn)
+            log.info("expired auth tokens purged", extra={"rows": removed})
+        except Exception:
+            # Next hour will do; a failed purge only leaves dead rows a little longer.
+            log.warning("purging expired auth tokens failed", exc_info=True)
+
+
+async def auth_janitor(app: web.Application) -> AsyncIterator[None]:
+    """Background task deleting long-expired magic links and refresh tokens every hour."""
+    task = asyncio.create_task(_purge_auth_tokens(app), name="auth-janitor")
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 async def mail(app: web.Application) -> AsyncIterator[None]:

@@ -150,11 +150,15 @@ async def is_family_active(conn: asyncpg.Connection, family_id: UUID | str) -> b
 
 
 async def purge_expired(conn: asyncpg.Connection) -> int:
-    """Delete expired magic links and refresh tokens; returns how many rows went."""
-    links = await conn.execute(
-        "DELETE FROM magic_links WHERE expires_at < now() - interval '1 day'"
-    )
-    tokens = await conn.execute(
-        "DELETE FROM refresh_tokens WHERE expires_at < now() - interval '1 day'"
-    )
-    return int(links.split()[-1]) + int(tokens.split()[-1])
+    """Delete magic links and refresh tokens expired for more than a day, and families left
+    without tokens; returns how many rows went. Safe to run from several instances at once."""
+    total = 0
+    for sql in (
+        "DELETE FROM magic_links WHERE expires_at < now() - interval '1 day'",
+        "DELETE FROM refresh_tokens WHERE expires_at < now() - interval '1 day'",
+        "DELETE FROM refresh_families f WHERE created_at < now() - interval '1 day' "
+        "AND NOT EXISTS (SELECT 1 FROM refresh_tokens t WHERE t.family_id = f.id)",
+    ):
+        status = await conn.execute(sql)
+        total += int(status.split()[-1])
+    return total
