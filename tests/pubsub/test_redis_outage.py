@@ -11,17 +11,22 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
 
 import pytest
 import redis
 
+from handlers import keys
 from pubsub.broker import BrokerError, BrokerUnavailable
 from pubsub.hub import Hub
 from pubsub.namespaces import NamespaceOptions
 from pubsub.redis_broker import RedisBroker
 from pubsub.redis_pubsub import ReconnectPolicy
+from server.app import create_app
+from server.settings import Settings
 from tests.conftest import redis_server_binary
+from tests.helpers import service_token
 from tests.pubsub.support import Sink, assert_no_silent_hole, encode, eventually
 
 NAMESPACES = {"alerts": NamespaceOptions()}
@@ -172,3 +177,27 @@ async def test_frozen_server_is_detected_and_reconnected(hub: Hub, server: Redis
     await hub.publish("alerts:f", {"n": 2})
     await eventually(lambda: sink.offsets() == [1, 2], what="offset 2")
     assert sink.losses() == []
+
+
+async def test_http_reports_503_while_redis_is_down_and_recovers(
+    aiohttp_client: Any, make_settings: Callable[..., Settings], server: RedisProcess
+) -> None:
+    client = await aiohttp_client(create_app(make_settings(REDIS_URL=server.url)))
+    headers = {"Authorization": f"Bearer {service_token(client)}"}
+    url = "/api/v1/channels/alerts:http/publish"
+    response = await client.post(url, json={"data": 1}, headers=headers)
+    assert response.status == 200
+
+    server.stop()
+    response = await client.post(url, json={"data": 2}, headers=headers)
+    assert response.status == 503
+    assert (await response.json())["message"] == "message broker unavailable"
+    assert (await client.get("/ready")).status == 503
+
+    server.start()
+    broker = client.server.app[keys.hub].broker
+    await eventually(lambda: broker.pubsub.connected, what="reconnect")
+    assert (await client.get("/ready")).status == 200
+    response = await client.post(url, json={"data": 3}, headers=headers)
+    assert response.status == 200
+    assert (await response.json())["offset"] == 1, "Redis lost its data: a new epoch"
