@@ -364,6 +364,7 @@ def main() -> None:
         help="an admin URL; a fresh database is created and dropped",
     )
     args = parser.parse_args()
+    load_before = os.getloadavg()
     summary = asyncio.run(run(args))
     summary["config"] = {
         "watchers": args.watchers,
@@ -373,6 +374,9 @@ def main() -> None:
         "flush_ms": args.flush_ms,
         "cpus": os.cpu_count(),
         "python": platform.python_version(),
+        # The machine may be shared: high load averages mean noisy numbers.
+        "loadavg_1m_before": round(load_before[0], 2),
+        "loadavg_1m_after": round(os.getloadavg()[0], 2),
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
