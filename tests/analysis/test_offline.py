@@ -48,6 +48,10 @@ async def test_comparison_ranks_scores_and_recommends(offline_client: Any) -> No
     assert repeat["text"] == text, "the offline analysis must be deterministic"
     await ws.close()
 
+    metrics = await (await offline_client.get("/metrics")).text()
+    assert 'arena_analyses_total{provider="offline",status="done"} 2.0' in metrics
+    assert 'arena_analyses_active{state="running"} 0.0' in metrics
+
 
 async def test_withdrawn_proposals_and_missing_musts_change_the_result(
     offline_client: Any,
