@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import asyncpg
 import jwt
 import orjson
 import pytest
@@ -205,6 +206,59 @@ async def test_sigterm_closes_websockets_with_1001_and_exits_zero(
     # the port is free again: the listener is gone
     with pytest.raises(aiohttp.ClientConnectionError):
         await session.get(f"{service.url}/health")
+
+
+async def port_closed(port: int) -> None:
+    """Wait until nothing accepts on ``port`` (the server stopped listening)."""
+    for _ in range(600):
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+        except OSError:
+            return
+        writer.close()
+        await writer.wait_closed()
+        await asyncio.sleep(0.05)
+    pytest.fail("the server kept listening after SIGTERM")
+
+
+async def test_sigterm_lets_an_in_flight_request_finish(
+    database_url: str, tmp_path: Path, session: aiohttp.ClientSession, services: list[Service]
+) -> None:
+    env = process_env(tmp_path / "data", DATABASE_URL=database_url, PORT=str(free_port()))
+    token = (await asyncio.to_thread(cli, "token", "--email", "slow@example.com", env=env)).stdout
+    service = start(services, env, tmp_path)
+    await service.wait_ready(session)
+    # Hold a lock the request needs, so it is provably in flight when SIGTERM arrives.
+    blocker = await asyncpg.connect(database_url)
+    try:
+        locked = blocker.transaction()
+        await locked.start()
+        await blocker.execute("LOCK TABLE users IN ACCESS EXCLUSIVE MODE")
+        me = asyncio.create_task(
+            session.get(
+                f"{service.url}/api/v1/auth/me",
+                headers={"Authorization": f"Bearer {token.strip()}"},
+            )
+        )
+        for _ in range(600):
+            waiting = await blocker.fetchval(
+                "SELECT count(*) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+            )
+            if waiting:
+                break
+            await asyncio.sleep(0.05)
+        assert waiting == 1, "the request never reached the database"
+        service.process.send_signal(signal.SIGTERM)
+        await port_closed(service.port)  # no new connections are accepted ...
+        await locked.commit()
+    finally:
+        await blocker.close()
+    response = await me  # ... but the request already in flight completes
+    assert response.status == 200, await response.text()
+    assert (await response.json())["email"] == "slow@example.com"
+    assert await service.wait_exit() == 0
+    assert_clean_stderr(service.stderr)
 
 
 @pytest.mark.parametrize(
