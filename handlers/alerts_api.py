@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from handlers import keys
 from handlers.auth_context import require_principal
 from handlers.errors import ApiError, json_response
+from handlers.openapi import describe
 from handlers.permissions import register
 from handlers.principal import Principal
 from handlers.validation import query_params
@@ -34,6 +35,7 @@ from storage.errors import NotFound
 #: Alerts published on the feed carry the raw body only up to this size (full: GET by id).
 FEED_RAW_LIMIT = 4096
 MAX_BUCKETS = 2000
+TAGS = ("alerts",)
 BUCKETS = {"1m": 60, "5m": 300, "15m": 900, "1h": 3600, "4h": 14400, "1d": 86400}
 
 
@@ -68,6 +70,44 @@ def alert_json(alert: alerts.Alert, *, raw_limit: int | None = None) -> dict[str
         data["raw_body"] = None
         data["raw_body_omitted"] = True
     return data
+
+
+class AlertOut(BaseModel):
+    """An alert as the API and the feed show it."""
+
+    id: UUID
+    strategy_id: UUID
+    source: Literal["tradingview", "signed"]
+    webhook_id: str | None = Field(description="Standard Webhooks message id (signed only)")
+    ticker: str | None
+    action: Literal["buy", "sell"] | None
+    quantity: float | None
+    price: float | None
+    time: datetime | None = Field(description="the time the sender put in the alert")
+    message: str | None
+    content_type: Literal["application/json", "text/plain"]
+    received_at: datetime
+    raw_body: str | None = Field(description="null in lists and for large bodies on the feed")
+    raw_body_omitted: bool = False
+
+
+class AlertPage(BaseModel):
+    items: list[AlertOut]
+    next_cursor: str | None = Field(description="pass as ?cursor= for the next page")
+
+
+class StatsPoint(BaseModel):
+    t: datetime = Field(description="bucket start")
+    count: int
+    buy_volume: float = Field(description="sum of quantity of buy alerts")
+    sell_volume: float = Field(description="sum of quantity of sell alerts")
+
+
+class StatsOut(BaseModel):
+    since: datetime
+    until: datetime
+    bucket_seconds: int
+    series: list[StatsPoint]
 
 
 def _utc(value: datetime | None) -> datetime | None:
@@ -134,6 +174,9 @@ def _check_range(since: datetime | None, until: datetime | None) -> None:
         raise ApiError(400, "since must be before until", errors={"since": ["must be < until"]})
 
 
+@describe(
+    summary="List alerts", tags=TAGS, query=ListQuery, responses={200: AlertPage}, errors=(404,)
+)
 async def list_alerts(request: web.Request) -> web.Response:
     """Alerts visible to the caller, newest first; ``next_cursor`` is null on the last page."""
     principal = require_principal(request)
@@ -174,6 +217,13 @@ def _bucket_seconds(bucket: str) -> int:
     return seconds
 
 
+@describe(
+    summary="Alert statistics per time bucket",
+    tags=TAGS,
+    query=StatsQuery,
+    responses={200: StatsOut},
+    errors=(404,),
+)
 async def alert_stats(request: web.Request) -> web.Response:
     """Time-bucketed series: ``{"series": [{"t", "count", "buy_volume", "sell_volume"}]}``.
 
@@ -231,6 +281,13 @@ def _alert_id(request: web.Request) -> UUID:
         raise NotFound("alert") from None
 
 
+@describe(
+    summary="Read an alert",
+    tags=TAGS,
+    responses={200: AlertOut},
+    errors=(404,),
+    path_formats={"alert_id": "uuid"},
+)
 async def get_alert(request: web.Request) -> web.Response:
     """One alert with its full raw body; 404 when missing or not visible."""
     principal = require_principal(request)
@@ -244,6 +301,13 @@ async def get_alert(request: web.Request) -> web.Response:
     return json_response(alert_json(alert))
 
 
+@describe(
+    summary="Delete an alert",
+    tags=TAGS,
+    responses={204: None},
+    errors=(403, 404),
+    path_formats={"alert_id": "uuid"},
+)
 async def delete_alert(request: web.Request) -> web.Response:
     """Delete an alert (strategy owner or admin); subscribers get ``alert.deleted``."""
     principal = require_principal(request)

@@ -14,7 +14,8 @@ can read it and its alerts. Strategies the caller may not see are 404, not 403.
 
 from __future__ import annotations
 
-from typing import Any
+from datetime import datetime
+from typing import Any, Literal
 from uuid import UUID, uuid4
 
 from aiohttp import web
@@ -24,6 +25,7 @@ from handlers import keys
 from handlers.alerts_api import channel
 from handlers.auth_context import require_principal
 from handlers.errors import ApiError, json_response
+from handlers.openapi import describe
 from handlers.principal import Principal
 from handlers.validation import parse_body
 from handlers.webhook_signature import new_signing_secret, url_secret, url_secret_hash
@@ -32,6 +34,7 @@ from storage import strategies
 from storage.errors import Conflict, NotFound
 
 MAX_SHARES = 100
+TAGS = ("strategies",)
 
 
 def _name(value: str) -> str:
@@ -71,6 +74,39 @@ class RotateBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     grace_seconds: int | None = Field(default=None, ge=0)
+
+
+class SecretGenerationOut(BaseModel):
+    created_at: datetime
+    expires_at: datetime | None = Field(description="null: current; else end of its grace")
+
+
+class StrategySecretsOut(BaseModel):
+    """Shown once, on create and rotate; store them in the sender (TradingView, your bot)."""
+
+    webhook_url: str = Field(description="TradingView webhook URL (contains url_secret)")
+    url_secret: str
+    signing_secret: str = Field(description="Standard Webhooks secret, whsec_ + base64")
+    signed_webhook_url: str
+
+
+class StrategyOut(BaseModel):
+    id: UUID
+    name: str
+    owner_id: UUID
+    access: Literal["owner", "shared", "admin"]
+    channel: str = Field(description="WebSocket channel of the live feed")
+    signed_webhook_url: str
+    created_at: datetime
+    updated_at: datetime
+    version: int
+    shared_with: list[UUID] | None = Field(default=None, description="owner and admins only")
+    secret_generations: list[SecretGenerationOut] | None = None
+    secrets: StrategySecretsOut | None = None
+
+
+class StrategyList(BaseModel):
+    items: list[StrategyOut]
 
 
 def _base(request: web.Request) -> str:
@@ -130,6 +166,13 @@ async def _load(request: web.Request, principal: Principal, *, write: bool) -> s
     raise NotFound("strategy")
 
 
+@describe(
+    summary="Create a strategy (alert feed)",
+    tags=TAGS,
+    body=CreateBody,
+    responses={201: StrategyOut},
+    errors=(403,),
+)
 async def create_strategy(request: web.Request) -> web.Response:
     """Create a strategy owned by the caller; 201 with its secrets (shown only here)."""
     principal = require_principal(request)
@@ -147,6 +190,7 @@ async def create_strategy(request: web.Request) -> web.Response:
     return json_response(data, status=201, headers={"Cache-Control": "no-store"})
 
 
+@describe(summary="List your and shared strategies", tags=TAGS, responses={200: StrategyList})
 async def list_strategies(request: web.Request) -> web.Response:
     """The caller's own strategies and those shared with them, newest first."""
     principal = require_principal(request)
@@ -159,6 +203,13 @@ async def list_strategies(request: web.Request) -> web.Response:
     return json_response({"items": [strategy_json(request, s, principal) for s in items]})
 
 
+@describe(
+    summary="Read a strategy",
+    tags=TAGS,
+    responses={200: StrategyOut},
+    errors=(404,),
+    path_formats={"strategy_id": "uuid"},
+)
 async def get_strategy(request: web.Request) -> web.Response:
     """One strategy, with the validity windows of its secret generations (never secrets)."""
     principal = require_principal(request)
@@ -177,6 +228,14 @@ async def get_strategy(request: web.Request) -> web.Response:
     return json_response(data)
 
 
+@describe(
+    summary="Rename or share a strategy",
+    tags=TAGS,
+    body=UpdateBody,
+    responses={200: StrategyOut},
+    errors=(403, 404, 412),
+    path_formats={"strategy_id": "uuid"},
+)
 async def update_strategy(request: web.Request) -> web.Response:
     """Rename and/or replace the list of users the strategy is shared with."""
     principal = require_principal(request)
@@ -209,6 +268,13 @@ async def update_strategy(request: web.Request) -> web.Response:
     return json_response(strategy_json(request, updated, principal))
 
 
+@describe(
+    summary="Delete a strategy and its alerts",
+    tags=TAGS,
+    responses={204: None},
+    errors=(403, 404),
+    path_formats={"strategy_id": "uuid"},
+)
 async def delete_strategy(request: web.Request) -> web.Response:
     """Delete the strategy with its secrets and alerts; its webhooks answer 404 from now on."""
     principal = require_principal(request)
@@ -218,6 +284,14 @@ async def delete_strategy(request: web.Request) -> web.Response:
     return web.Response(status=204)
 
 
+@describe(
+    summary="Rotate a strategy's webhook secrets",
+    tags=TAGS,
+    body=RotateBody,
+    responses={200: StrategyOut},
+    errors=(403, 404),
+    path_formats={"strategy_id": "uuid"},
+)
 async def rotate_secrets(request: web.Request) -> web.Response:
     """Issue new secrets; the old ones stay valid for the grace period."""
     principal = require_principal(request)

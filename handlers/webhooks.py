@@ -22,12 +22,14 @@ import time
 from uuid import UUID
 
 from aiohttp import hdrs, web
+from pydantic import BaseModel, Field
 
 from handlers import keys
 from handlers.alert_body import BodyError, ParsedBody, parse
 from handlers.alerts_api import FEED_RAW_LIMIT, alert_json, channel
 from handlers.client_ip import client_ip
 from handlers.errors import ApiError, json_response
+from handlers.openapi import describe
 from handlers.ratelimit import Decision, RateLimiterUnavailable
 from handlers.webhook_signature import (
     SecretBox,
@@ -41,6 +43,16 @@ from storage import alerts, outbox, strategies
 from storage.errors import NotFound
 
 log = logging.getLogger(__name__)
+
+TAGS = ("webhooks",)
+
+
+class WebhookAck(BaseModel):
+    """201: a new alert was committed; 200: a duplicate, nothing stored or published."""
+
+    id: UUID | None = Field(description="the alert (the original one for a duplicate)")
+    duplicate: bool
+
 
 _URL_SECRET_RE = re.compile(r"^[A-Za-z0-9_\-]{20,128}$")
 
@@ -152,6 +164,13 @@ def _new_alert(
     )
 
 
+@describe(
+    summary="TradingView alert webhook",
+    tags=TAGS,
+    responses={201: WebhookAck, 200: WebhookAck},
+    errors=(400, 404, 413, 415, 429),
+    auth=False,
+)
 async def tradingview(request: web.Request) -> web.Response:
     """Accept a TradingView alert for the feed whose URL secret is in the path."""
     await _rate_limit(request)
@@ -172,6 +191,19 @@ async def tradingview(request: web.Request) -> web.Response:
     return await _store(request, new, config.dedup_window)
 
 
+@describe(
+    summary="Standard Webhooks signed alert",
+    tags=TAGS,
+    responses={201: WebhookAck, 200: WebhookAck},
+    errors=(400, 401, 404, 413, 415, 429),
+    headers={
+        "webhook-id": "message id (idempotency key)",
+        "webhook-timestamp": "Unix seconds",
+        "webhook-signature": "v1,<base64 HMAC-SHA256 of id.timestamp.body> ...",
+    },
+    path_formats={"strategy_id": "uuid"},
+    auth=False,
+)
 async def signed(request: web.Request) -> web.Response:
     """Accept a Standard Webhooks signed alert for ``strategy_id``."""
     await _rate_limit(request)

@@ -172,3 +172,15 @@ async def test_alerts_channel_permission_follows_ownership_and_sharing(client: A
     assert not await may_subscribe(stranger)
     await client.patch(url, json={"shared_with": []}, headers=auth(owner))
     assert not await may_subscribe(friend)
+
+
+async def test_endpoints_are_in_the_openapi_document(client: Any) -> None:
+    spec = await (await client.get("/api/openapi.json")).json()
+    paths = spec["paths"]
+    assert set(paths["/api/v1/strategies"]) == {"get", "post"}
+    assert set(paths["/api/v1/strategies/{strategy_id}"]) == {"get", "patch", "delete"}
+    assert "post" in paths["/api/v1/strategies/{strategy_id}/rotate"]
+    assert set(paths["/api/v1/alerts/{alert_id}"]) == {"get", "delete"}
+    assert "get" in paths["/api/v1/alerts/stats"]
+    assert "201" in paths["/webhooks/alerts/{strategy_id}"]["post"]["responses"]
+    assert "404" in paths["/webhooks/tv/{secret}"]["post"]["responses"]
