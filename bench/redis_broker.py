@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import sys
 import time
 import uuid
 
+import redis
 import redis.asyncio
 
 from pubsub.broker import Publication
@@ -110,6 +112,8 @@ async def main(url: str, n: int, concurrency: int) -> None:
         for _ in range(reads):
             await publisher.position("bench:seq", OPTIONS)
         report("position reads, 1 reader", reads, time.perf_counter() - start)
+
+        await reader_capacity(url, receiver, counter, n * 5)
     finally:
         await publisher.close()
         await receiver.close()
@@ -120,10 +124,54 @@ async def main(url: str, n: int, concurrency: int) -> None:
         await admin.aclose()
 
 
+async def reader_capacity(url: str, receiver: RedisBroker, counter: Counter, n: int) -> None:
+    """Messages/s one node's pub/sub reader parses and hands to its handler, with a separate
+    process flooding pre-built wire messages (so the publisher costs this process nothing)."""
+    await receiver.subscribe("bench:flood")
+    counter.count, counter.target = 0, n
+    counter.done.clear()
+    child = await asyncio.create_subprocess_exec(
+        sys.executable,
+        __file__,
+        "--url",
+        url,
+        "--n",
+        str(n),
+        "--flood",
+        receiver.keys.live("bench:flood").decode(),
+    )
+    while counter.count == 0:
+        await asyncio.sleep(0.001)
+    start, first = time.perf_counter(), counter.count
+    await asyncio.wait_for(counter.done.wait(), 120)
+    report(
+        "pub/sub reader capacity (parse + hand-off)",
+        counter.count - first,
+        time.perf_counter() - start,
+    )
+    await child.wait()
+
+
+def flood(url: str, name: str, n: int) -> None:
+    """Publish ``n`` wire messages to pub/sub channel ``name`` in pipelined batches."""
+    client = redis.Redis.from_url(url)
+    data = b'{"n":1,"pad":"' + b"x" * 60 + b'"}'
+    for batch in range(0, n, 1000):
+        pipe = client.pipeline(transaction=False)
+        for offset in range(batch + 1, min(n, batch + 1000) + 1):
+            pipe.publish(name, b"%d bench 1700000000.0 %s" % (offset, data))
+        pipe.execute()
+    client.close()
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--url", default="redis://127.0.0.1:6379/0")
     parser.add_argument("--n", type=int, default=20_000)
     parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--flood", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    asyncio.run(main(args.url, args.n, args.concurrency))
+    if args.flood:
+        flood(args.url, args.flood, args.n)
+    else:
+        asyncio.run(main(args.url, args.n, args.concurrency))
