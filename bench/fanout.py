@@ -17,7 +17,8 @@ per case and measures, with the load generator of ``bench/loadgen.py`` in separa
   subscribers), losses, and the drain time after the last publication (no backlog: drain is about
   one latency);
 * ``many``: 2,000 connections, each on its own channel plus one shared channel;
-* ``soak`` (``--soak``): 10,000 connections held for 60 s with 5 s heartbeats; disconnects.
+* ``soak`` (``--soak``): 10,000 connections held for 60 s with 10 s heartbeats; disconnects
+  (with their close codes, and the project's own ``ws_disconnects`` metric).
 
 The generator's own ceiling is measured first against the raw server's ``/bench/blast``
 endpoint (pre-built frames in batches), so it can be compared with the servers' numbers.
@@ -40,6 +41,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -59,6 +61,8 @@ JWT_SECRET = "bench-jwt-secret-that-is-long-enough-0123456789abcdef"  # noqa: S1
 SERVICE_SECRET = "bench-service-secret-that-is-long-enough-0123456789"  # noqa: S105
 PAYLOAD_BYTES = 200
 FIXED_RATES = {1000: 50.0, 5000: 10.0}
+#: seconds between server pings in the soak; a pong must come back within half of it
+SOAK_HEARTBEAT = 10.0
 
 
 def _pad() -> str:
@@ -382,6 +386,7 @@ async def rate_case(
         "gaps": stats["gaps"],
         "duplicates": stats["duplicates"],
         "disconnects": stats["disconnects"],
+        "close_codes": stats["close_codes"],
         "drain_s": finished["drain_s"],
     }
 
@@ -390,7 +395,7 @@ def connect_case(server: Server, workers: Workers, channel_sets: list[list[str]]
     """Open the connections; connect time and RSS per connection."""
     time.sleep(0.5)
     before = server.rss()
-    result = workers.connect("127.0.0.1", server.port, server.token, channel_sets, concurrency=200)
+    result = workers.connect("127.0.0.1", server.port, server.token, channel_sets, concurrency=100)
     time.sleep(1.0)
     after = server.rss()
     n = max(1, result["connected"])
@@ -406,6 +411,32 @@ def connect_case(server: Server, workers: Workers, channel_sets: list[list[str]]
     }
 
 
+@contextlib.contextmanager
+def profiled(server: Server, folder: Path | None, label: str) -> Iterator[None]:
+    """Sample ``server`` with py-spy (collapsed stacks) while the block runs, if ``folder``."""
+    if folder is None:
+        yield
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    out = folder / f"{server.name}-{label}.folded"
+    pid = str(server.process.pid)
+    options = ["--format", "raw", "--rate", "250", "--nonblocking", "--output", str(out)]
+    spy = subprocess.Popen(
+        [str(VENV_BIN / "py-spy"), "record", "--pid", pid, *options],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        yield
+    finally:
+        spy.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
+        try:
+            spy.wait(30)
+        except subprocess.TimeoutExpired:
+            spy.kill()
+        print(f"    profile: {out}", flush=True)
+
+
 def run_target(target: Target, workers: Workers, args: argparse.Namespace) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for n in args.sizes:
@@ -413,53 +444,69 @@ def run_target(target: Target, workers: Workers, args: argparse.Namespace) -> di
         server = target.start(25.0)
         try:
             case = connect_case(server, workers, [["alerts:bench"]] * n)
-            case["throughput"] = asyncio.run(
-                throughput_case(server, workers, "alerts:bench", args.seconds, args.concurrency)
-            )
+            with profiled(server, args.profile, f"throughput-{n}"):
+                case["throughput"] = asyncio.run(
+                    throughput_case(server, workers, "alerts:bench", args.seconds, args.concurrency)
+                )
             rate = FIXED_RATES.get(n, 10.0)
-            case["fixed_rate"] = {
-                "publications_per_s": rate,
-                **asyncio.run(
-                    rate_case(server, workers, [(lambda i: "alerts:bench", rate)], args.seconds * 2)
-                ),
-            }
+            schedule = [(lambda i: "alerts:bench", rate)]
+            with profiled(server, args.profile, f"rate-{n}"):
+                fixed = asyncio.run(rate_case(server, workers, schedule, args.seconds * 2))
+            case["fixed_rate"] = {"publications_per_s": rate, **fixed}
             out[str(n)] = case
         finally:
             workers.call("close")
             server.stop()
     many = args.many
-    print(f"  [{target.name}] many channels: {many} connections", flush=True)
-    server = target.start(25.0)
-    try:
-        sets = [[f"alerts:c{i}", "alerts:shared"] for i in range(many)]
-        case = connect_case(server, workers, sets)
-        case["fixed_rate"] = asyncio.run(
-            rate_case(
-                server,
-                workers,
-                [(lambda i: "alerts:shared", 10.0), (lambda i: f"alerts:c{i % many}", 200.0)],
-                args.seconds * 2,
-            )
-        )
-        out["many"] = case
-    finally:
-        workers.call("close")
-        server.stop()
+    if many > 0:
+        out["many"] = many_case(target, workers, many, args.seconds * 2, args.profile)
     if args.soak:
         out["soak"] = soak(target, workers, args.soak_connections, args.soak_seconds)
     return out
 
 
+def many_case(
+    target: Target, workers: Workers, many: int, seconds: float, profile: Path | None
+) -> dict[str, Any]:
+    """Each connection on its own channel plus one shared channel."""
+    print(f"  [{target.name}] many channels: {many} connections", flush=True)
+    server = target.start(25.0)
+    try:
+        sets = [[f"alerts:c{i}", "alerts:shared"] for i in range(many)]
+        case = connect_case(server, workers, sets)
+        schedule = [(lambda i: "alerts:shared", 10.0), (lambda i: f"alerts:c{i % many}", 200.0)]
+        with profiled(server, profile, f"many-{many}"):
+            case["fixed_rate"] = asyncio.run(rate_case(server, workers, schedule, seconds))
+        return case
+    finally:
+        workers.call("close")
+        server.stop()
+
+
+def server_metrics(server: Server, name: str) -> list[str]:
+    """The project's Prometheus samples whose name contains ``name`` (empty for the raw server)."""
+    if server.publish_token is None:
+        return []
+    try:
+        url = f"{server.base_url}/metrics"  # loopback http only
+        with urllib.request.urlopen(url, timeout=10) as resp:  # noqa: S310
+            text = resp.read().decode()
+    except OSError as exc:
+        return [f"unavailable: {exc}"]
+    return [line for line in text.splitlines() if name in line and not line.startswith("#")]
+
+
 def soak(target: Target, workers: Workers, n: int, seconds: float) -> dict[str, Any]:
-    """Hold ``n`` connections with 5 s heartbeats for ``seconds``; one publication per second."""
+    """Hold ``n`` connections with heartbeats for ``seconds``; one publication per second."""
     print(f"  [{target.name}] soak: {n} connections for {seconds:.0f}s", flush=True)
-    server = target.start(5.0)
+    server = target.start(SOAK_HEARTBEAT)
     try:
         case = connect_case(server, workers, [["alerts:soak"]] * n)
         case["fixed_rate"] = asyncio.run(
             rate_case(server, workers, [(lambda i: "alerts:soak", 1.0)], seconds)
         )
         case["open_at_end"] = workers.stats(None, False)["open"]
+        case["server_disconnect_metrics"] = server_metrics(server, "ws_disconnects")
         return case
     finally:
         workers.call("close")
@@ -615,8 +662,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="short phases to check the tooling")
     parser.add_argument("--seconds", type=float, default=5.0, help="throughput phase length")
-    parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 5000])
-    parser.add_argument("--many", type=int, default=2000, help="connections in the many case")
+    parser.add_argument("--sizes", type=int, nargs="*", default=[1000, 5000])
+    parser.add_argument(
+        "--many", type=int, default=2000, help="connections in the many case (0: skip it)"
+    )
     parser.add_argument("--concurrency", type=int, default=16, help="publishers when flooding")
     parser.add_argument("--workers", type=int, default=2, help="load generator processes")
     parser.add_argument(
@@ -633,6 +682,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--redis-url", default=os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
     )
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        default=None,
+        help="folder for py-spy profiles (collapsed stacks) of each server phase",
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.seconds = min(args.seconds, 2.0)

@@ -306,7 +306,12 @@ class Generator:
         lost = 0
         if final:
             wanted = {channel.encode(): offset for channel, offset in final.items()}
-            lost = sum(client.lost(wanted) for client in self.clients)
+            # Connections the server dropped are reported as disconnects, not as losses.
+            lost = sum(
+                client.lost(wanted)
+                for client in self.clients
+                if client.transport is not None and not client.transport.is_closing()
+            )
         lat = stats.latencies[:MAX_LATENCY_SAMPLES] if latencies else []
         return {
             "frames": stats.frames,
