@@ -193,7 +193,7 @@ async def test_cancel_closes_the_upstream_stream_and_is_recorded(
     ws = await connect(claude_client, token)
     created = await start(claude_client, token, request_id)
     pubs, _ = await subscribe(ws, created["channel"], created["since"])
-    while not any(p["data"]["type"] == "delta" for p in pubs):
+    while check_stream(pubs) != "one two ":  # everything before the provider stalls
         pubs.append(await next_pub(ws, created["channel"]))
 
     resp = await claude_client.delete(f"/api/v1/analyses/{created['id']}", headers=auth(token))
@@ -243,7 +243,7 @@ async def test_partial_text_is_checkpointed_while_streaming(
             row = await pool.fetchrow(
                 "SELECT status, text, seq FROM analyses WHERE id = $1::uuid", created["id"]
             )
-            if row["text"]:
+            if row["text"] == "saved so far ":
                 break
             await asyncio.sleep(0.05)
     assert row["status"] == "running"

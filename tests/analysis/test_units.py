@@ -21,14 +21,20 @@ async def test_coalescer_batches_by_time_and_keeps_order() -> None:
     async def flush(text: str) -> None:
         flushed.append(text)
 
+    loop = asyncio.get_running_loop()
     coalescer = Coalescer(flush, interval=0.05)
+    began = loop.time()
     for i in range(100):
         coalescer.add(f"{i},")
-        if i % 10 == 9:
-            await asyncio.sleep(0.01)
+    async with asyncio.timeout(5):
+        while not flushed:
+            await asyncio.sleep(0.005)
+    waited = loop.time() - began
+    assert flushed == ["".join(f"{i}," for i in range(100))], "100 tokens, one publication"
+    assert waited >= 0.045, "the first token waits for the interval (timers may fire ~1 ms early)"
+    coalescer.add("last")
     await coalescer.close()
-    assert "".join(flushed) == "".join(f"{i}," for i in range(100))
-    assert len(flushed) <= 5  # ~0.1 s of tokens in 50 ms batches, not 100 publishes
+    assert flushed[1:] == ["last"]
 
 
 async def test_coalescer_flushes_early_at_the_size_threshold() -> None:
