@@ -162,6 +162,7 @@ def _number(value: Any) -> Decimal | None:
 
 
 def _time(value: Any) -> datetime | None:
+    parsed: datetime | None = None
     try:
         if isinstance(value, bool):
             return None
@@ -169,15 +170,16 @@ def _time(value: Any) -> datetime | None:
             seconds = float(value)
             if seconds > 1e11:  # milliseconds, as TradingView's {{timenow}} sometimes is
                 seconds /= 1000
-            return datetime.fromtimestamp(seconds, UTC)
-        if isinstance(value, str):
+            parsed = datetime.fromtimestamp(seconds, UTC)
+        elif isinstance(value, str):
             parsed = datetime.fromisoformat(value.strip())
             parsed = parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
-            # Far-off years overflow when converted to UTC for storage.
-            return parsed if 1970 <= parsed.year <= 9998 else None
     except (ValueError, OverflowError, OSError):
         return None
-    return None
+    # Far-off years overflow when converted to UTC for storage; before 1970 is a mistake.
+    if parsed is None or not 1970 <= parsed.year <= 9998:
+        return None
+    return parsed
 
 
 def from_mapping(data: dict[str, Any]) -> AlertFields:

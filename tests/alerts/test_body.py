@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from decimal import Decimal
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from handlers.alert_body import BodyError, parse
 
@@ -82,3 +85,46 @@ def test_bad_bodies_are_rejected(
     with pytest.raises(BodyError) as info:
         parse(body, mimetype, charset)
     assert info.value.status == status
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    body=st.binary(max_size=200) | st.text(max_size=200).map(str.encode),
+    mimetype=st.sampled_from([None, "application/json", "text/plain", "text/csv", "image/gif"]),
+    charset=st.sampled_from([None, "utf-8", "latin-1", "utf-16", "ascii", "nope", "rot13"]),
+)
+def test_any_body_is_accepted_or_rejected_cleanly(
+    body: bytes, mimetype: str | None, charset: str | None
+) -> None:
+    try:
+        parsed = parse(body, mimetype, charset)
+    except BodyError as exc:
+        status = exc.status
+        assert status in (400, 415)
+        return
+    assert "\x00" not in parsed.text
+    parsed.text.encode("utf-8")  # storable
+    fields = parsed.fields
+    for value in (fields.ticker, fields.message):
+        assert value is None or ("\x00" not in value and value.encode("utf-8"))
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.dictionaries(
+        st.sampled_from(["ticker", "action", "qty", "price", "time", "message", "x"]),
+        st.none()
+        | st.booleans()
+        | st.integers()
+        | st.floats(allow_nan=False, allow_infinity=False)
+        | st.text(max_size=80),
+    )
+)
+def test_extracted_fields_always_fit_their_columns(data: dict[str, object]) -> None:
+    parsed = parse(json.dumps(data).encode(), "application/json", None)
+    fields = parsed.fields
+    assert fields.ticker is None or 1 <= len(fields.ticker) <= 64
+    assert fields.action in (None, "buy", "sell")
+    for number in (fields.quantity, fields.price):
+        assert number is None or (number.is_finite() and 0 <= number < Decimal("1e15"))
+    assert fields.alert_time is None or 1970 <= fields.alert_time.year <= 9998

@@ -189,3 +189,29 @@ async def test_webhooks_are_rate_limited_per_ip(aiohttp_client: Any, make_settin
     unknown = await client.post("/webhooks/tv/" + "B" * 43, data="probe")
     assert unknown.status == 429  # brute-forcing secrets is throttled too
     assert await count_rows(client, "alerts", strategy["id"]) == 3
+
+
+@pytest.mark.parametrize(
+    ("body", "status"),
+    [
+        ('{"ticker": "\\u0000", "message": "nul \\u0000 inside", "qty": 1e14}', 201),
+        ('{"ticker": "😀", "message": "\\ud83d\\ude00", "price": "1,234.5"}', 201),
+        ('{"time": "0001-01-01T00:00:00+14:00", "quantity": 1e300, "price": -5}', 201),
+        ('{"time": -1, "action": ["buy"], "ticker": {"a": 1}}', 201),
+        ('{"message": "\\ud800 lone surrogate"}', 400),
+        ('{"quantity": 1e400}', 400),
+    ],
+)
+async def test_odd_values_never_cause_a_500(client: Any, body: str, status: int) -> None:
+    _, token = await make_user(client)
+    strategy = await create_strategy(client, token)
+    response = await client.post(
+        tv_path(strategy), data=body.encode(), headers={"Content-Type": "application/json"}
+    )
+    reply = await response.json()
+    assert response.status == status, reply
+    if status == 201:
+        alert = await (
+            await client.get(f"/api/v1/alerts/{reply['id']}", headers=auth(token))
+        ).json()
+        assert alert["raw_body"] == body
