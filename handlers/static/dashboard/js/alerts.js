@@ -1,0 +1,198 @@
+// Alerts view: create alert feeds (strategies), copy a feed's webhook URL, and watch alerts
+// arrive live in a table and on a chart of the stats series.
+//
+// The webhook URL holds a secret and the API shows it once (on create or rotate); the view
+// keeps it in memory for this page only, never in storage.
+
+import { h, replace, money, time, describeError } from "./dom.js";
+import { barChart } from "./chart.js";
+
+const revealed = new Map(); // strategy id -> secrets, for this page's lifetime only
+const STATS_WINDOW_MS = 60 * 60 * 1000;
+
+function copyButton(text) {
+  const button = h("button", { type: "button", class: "small" }, "Copy");
+  button.addEventListener("click", async () => {
+    try {
+      await navigator.clipboard.writeText(text);
+      button.textContent = "Copied";
+    } catch {
+      button.textContent = "Select and copy";
+    }
+    setTimeout(() => {
+      button.textContent = "Copy";
+    }, 2000);
+  });
+  return button;
+}
+
+function secretsBox(secrets) {
+  return h(
+    "div",
+    { class: "secrets", "data-testid": "webhook" },
+    h("p", {}, "TradingView webhook URL (shown once; keep it secret):"),
+    h("div", { class: "row" }, h("input", { type: "text", readonly: true, value: secrets.webhook_url, class: "mono", "data-testid": "webhook-url" }), copyButton(secrets.webhook_url)),
+    h("p", { class: "muted" }, "Signed webhooks (Standard Webhooks): POST to ", h("code", {}, secrets.signed_webhook_url), " with signing secret ", h("code", {}, secrets.signing_secret)),
+    h("p", { class: "muted" }, "Try it: ", h("code", {}, `curl -X POST -H 'Content-Type: application/json' -d '{"ticker":"BTCUSD","action":"buy","quantity":1,"price":65000}' ${secrets.webhook_url}`)),
+  );
+}
+
+function feedList(root, { session, notice }) {
+  const list = h("ul", { class: "feeds" });
+  const name = h("input", { type: "text", name: "name", required: true, maxlength: "200", placeholder: "Feed name, e.g. BTC breakout" });
+  const status = h("span", { class: "form-status" });
+  const form = h(
+    "form",
+    {
+      class: "card",
+      onsubmit: async (event) => {
+        event.preventDefault();
+        try {
+          const created = await session.api("/api/v1/strategies", { method: "POST", body: { name: name.value } });
+          revealed.set(created.id, created.secrets);
+          location.hash = `#/alerts/${created.id}`;
+        } catch (error) {
+          status.textContent = describeError(error);
+        }
+      },
+    },
+    h("h2", {}, "Alert feeds"),
+    h("p", { class: "muted" }, "A feed receives TradingView (or any) webhooks; its alerts stream here live."),
+    h("div", { class: "row" }, name, h("button", { type: "submit" }, "Create feed"), status),
+    list,
+  );
+  replace(root, form);
+  session
+    .api("/api/v1/strategies")
+    .then((page) =>
+      replace(
+        list,
+        page.items.length
+          ? page.items.map((f) => h("li", {}, h("a", { href: `#/alerts/${f.id}` }, f.name), h("span", { class: "muted" }, ` · ${f.access}`)))
+          : h("li", { class: "muted" }, "No feeds yet."),
+      ),
+    )
+    .catch((error) => notice(describeError(error), "error"));
+  return () => {};
+}
+
+function feed(root, id, { session, client, notice }) {
+  const alerts = new Map();
+  const rows = h("tbody", {});
+  const chartBox = h("div", { class: "chart-box", "data-testid": "alerts-chart" });
+  const title = h("h2", {}, "Feed");
+  const secretsSlot = h("div", {});
+  let statsTimer = null;
+  let closed = false;
+
+  function drawRows() {
+    const items = [...alerts.values()].sort((a, b) => b.received_at.localeCompare(a.received_at));
+    replace(
+      rows,
+      items.length
+        ? items.map((a) =>
+            h(
+              "tr",
+              { "data-alert-id": a.id, class: a.fresh ? "flash" : "" },
+              h("td", {}, time(a.received_at)),
+              h("td", { class: "ticker" }, a.ticker || "—"),
+              h("td", {}, a.action ? h("span", { class: `badge action-${a.action}` }, a.action) : "—"),
+              h("td", { class: "num" }, a.quantity ?? "—"),
+              h("td", { class: "num" }, a.price === null ? "—" : money(a.price)),
+              h("td", { class: "message" }, a.message || ""),
+            ),
+          )
+        : h("tr", {}, h("td", { colspan: "6", class: "muted" }, "No alerts yet: post one to the webhook URL.")),
+    );
+    for (const a of items) a.fresh = false;
+  }
+
+  async function loadStats() {
+    const since = new Date(Date.now() - STATS_WINDOW_MS).toISOString();
+    const stats = await session.api(`/api/v1/alerts/stats?strategy=${id}&bucket=1m&since=${encodeURIComponent(since)}`);
+    if (!closed) replace(chartBox, barChart(stats.series, { label: "alerts per minute, last hour" }));
+  }
+
+  function refreshStatsSoon() {
+    clearTimeout(statsTimer);
+    statsTimer = setTimeout(() => loadStats().catch(() => {}), 250);
+  }
+
+  async function load() {
+    const page = await session.api(`/api/v1/alerts?strategy=${id}&limit=50`);
+    alerts.clear();
+    page.items.forEach((a) => alerts.set(a.id, a));
+    drawRows();
+    await loadStats();
+  }
+
+  async function rotate() {
+    try {
+      const secrets = await session.api(`/api/v1/strategies/${id}/rotate`, { method: "POST", body: {} });
+      revealed.set(id, secrets.secrets ?? secrets);
+      replace(secretsSlot, secretsBox(revealed.get(id)));
+    } catch (error) {
+      notice(describeError(error), "error");
+    }
+  }
+
+  replace(
+    root,
+    h(
+      "article",
+      { class: "card" },
+      h("header", {}, title, h("a", { class: "small-link", href: "#/alerts" }, "All feeds")),
+      secretsSlot,
+      chartBox,
+      h(
+        "table",
+        { class: "alerts", "data-testid": "alerts-table" },
+        h("thead", {}, h("tr", {}, h("th", {}, "Received"), h("th", {}, "Ticker"), h("th", {}, "Action"), h("th", {}, "Qty"), h("th", {}, "Price"), h("th", {}, "Message"))),
+        rows,
+      ),
+    ),
+  );
+
+  session
+    .api(`/api/v1/strategies/${id}`)
+    .then((strategy) => {
+      title.textContent = strategy.name;
+      if (revealed.has(id)) {
+        replace(secretsSlot, secretsBox(revealed.get(id)));
+      } else if (strategy.access !== "shared") {
+        replace(
+          secretsSlot,
+          h("p", { class: "muted" }, "The webhook URL was shown when the feed was created. Lost it? ", h("button", { type: "button", class: "small", onclick: rotate }, "Rotate secrets"), " (the old URL keeps working for the grace period)."),
+        );
+      }
+    })
+    .catch((error) => notice(describeError(error), "error"));
+
+  const sub = client.subscribe(`alerts:${id}`, {
+    publication: (event) => {
+      if (event.type === "alert.created" && event.alert) {
+        alerts.set(event.alert.id, { ...event.alert, fresh: true });
+      } else if (event.type === "alert.deleted") {
+        alerts.delete(event.alert_id);
+      } else {
+        return;
+      }
+      drawRows();
+      refreshStatsSoon();
+    },
+    resync: () => load().catch(() => {}),
+    error: (error) => notice(`Cannot watch this feed: ${describeError(error)}`, "error"),
+  });
+  load().catch((error) => notice(describeError(error), "error"));
+
+  return () => {
+    closed = true;
+    clearTimeout(statsTimer);
+    sub.unsubscribe();
+  };
+}
+
+export function alertsView(root, context) {
+  const [id] = context.params;
+  return id ? feed(root, id, context) : feedList(root, context);
+}
