@@ -88,3 +88,8 @@ async def kill_pubsub(redis_url: str, broker: RedisBroker) -> None:
         await admin.execute_command("CLIENT", "KILL", "ID", client_id)
     finally:
         await admin.aclose()
+
+
+async def wait_for_offsets(sink: Sink, count: int, timeout: float = 10.0) -> None:
+    """Wait until ``sink`` has received at least ``count`` publications."""
+    await eventually(lambda: len(sink.offsets()) >= count, timeout, f"{count} publications")

@@ -25,6 +25,7 @@ from tests.pubsub.support import (
     encode,
     eventually,
     kill_pubsub,
+    wait_for_offsets,
 )
 
 NAMESPACES = {"alerts": NamespaceOptions(), "tiny": NamespaceOptions(history_size=3)}
@@ -238,3 +239,59 @@ async def test_reader_survives_malformed_messages(
     await eventually(lambda: sink.offsets() == [first.offset], what="a good message afterwards")
     assert redis_broker(hub).pubsub.reconnects == 0, "the connection was kept"
     assert "pub/sub message handling failed" in caplog.text
+
+
+async def test_nodes_publishing_concurrently_share_one_offset_sequence(
+    make_hub: MakeHub, redis_url: str, redis_prefix: str
+) -> None:
+    hub = await make_hub()
+    sink = await subscribe(hub, "alerts:shared")
+    nodes = [RedisBroker(redis_url, prefix=redis_prefix) for _ in range(2)]
+    for node in nodes:
+        await node.start(Recorder())
+    try:
+        results = await asyncio.gather(
+            *(
+                node.publish("alerts:shared", b"%d" % n, ALERTS)
+                for n in range(100)
+                for node in nodes
+            )
+        )
+    finally:
+        for node in nodes:
+            await node.close()
+    assert sorted(r.offset for r in results) == list(range(1, 201))
+    await eventually(lambda: len(sink.offsets()) == 200, what="200 publications")
+    assert sink.offsets() == list(range(1, 201))
+
+
+async def test_subscribes_racing_a_publish_stream_miss_nothing(
+    make_hub: MakeHub, publisher: RedisBroker
+) -> None:
+    # Redis delivers asynchronously, so a subscribe can land between a publication's offset
+    # assignment and its arrival on the live stream; the hub must neither skip nor repeat it.
+    hub = await make_hub()
+    total = 200
+
+    async def publish_continuously() -> None:
+        for n in range(total):
+            await publisher.publish("alerts:race", b"%d" % n, ALERTS)
+            if n % 10 == 0:
+                await asyncio.sleep(0.001)
+
+    task = asyncio.create_task(publish_continuously())
+    joined: list[tuple[Sink, int]] = []
+    for _ in range(20):
+        sink = Sink()
+        result = await hub.subscribe(sink, "alerts:race")
+        start = result.tail[0].offset - 1 if result.tail else result.position.offset
+        for pub in result.tail:
+            sink.deliver(encode(pub))
+        joined.append((sink, start))
+        await asyncio.sleep(0.002)
+    await task
+    for sink, start in joined:
+        expected = list(range(start + 1, total + 1))
+        await wait_for_offsets(sink, len(expected))
+        assert sink.losses() == []
+        assert sink.offsets() == expected
