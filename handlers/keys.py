@@ -18,6 +18,7 @@ from handlers.ratelimit import RateLimiter
 from handlers.tokens import TokenService
 from handlers.ws_registry import ConnectionRegistry
 from pubsub.hub import Hub
+from pubsub.presence import Presence
 
 config = web.AppKey("config", HandlersConfig)
 pool = web.AppKey("pool", asyncpg.Pool)
@@ -31,6 +32,7 @@ tokens = web.AppKey("tokens", TokenService)
 redis = web.AppKey("redis", Redis)
 rate_limiter = web.AppKey("rate_limiter", RateLimiter)
 mailer = web.AppKey("mailer", Mailer)
+presence = web.AppKey("presence", Presence)
 analysis_runner = web.AppKey("analysis_runner", AnalysisRunner)
 #: what is in use, for logs and /ready: {"database": "embedded"|"postgres", "broker": ...}
 backends = web.AppKey("backends", dict[str, Any])

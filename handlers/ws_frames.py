@@ -13,6 +13,7 @@ from typing import Any
 import orjson
 
 from pubsub.broker import Publication, StreamPosition
+from pubsub.presence import PresenceEntry
 
 
 def text_frame(payload: bytes) -> bytes:
@@ -80,5 +81,18 @@ def resync(channel: str, position: StreamPosition) -> bytes:
             "recovered": False,
             "offset": position.offset,
             "epoch": position.epoch,
+        }
+    )
+
+
+def presence_event(kind: str, channel: str, entry: PresenceEntry) -> bytes:
+    """A ``join`` or ``leave`` push."""
+    return message(
+        {
+            "type": kind,
+            "channel": channel,
+            "user": entry.user_id,
+            "client": entry.client_id,
+            "info": entry.info,
         }
     )

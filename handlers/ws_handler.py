@@ -34,6 +34,7 @@ from handlers.ws_connection import (
 from pubsub.broker import BrokerError, StreamPosition
 from pubsub.hub import SubscriptionCancelled
 from pubsub.namespaces import InvalidChannel
+from pubsub.presence import PresenceEntry
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +114,11 @@ class Session:
             "unsubscribe": self._unsubscribe,
             "ping": self._ping,
             "history": self._history,
+            "presence": self._presence,
+            "presence_stats": self._presence_stats,
         }
+        self.presence = app.get(keys.presence)
+        self._present: set[str] = set()
 
     @property
     def principal(self) -> Principal | None:
@@ -141,6 +146,8 @@ class Session:
         finally:
             if self._expiry is not None:
                 self._expiry.cancel()
+            for channel in list(self._present):
+                await self._leave(channel)
 
     async def _handle(self, text: str) -> None:
         conn = self.conn
@@ -193,9 +200,13 @@ class Session:
         if conn.closed:
             return
         tail = result.pop("__tail__", None)
+        joined = result.pop("__joined__", None)
         conn.send(ws_frames.reply(command_id, result))
         for pub in tail or ():
             conn.send(ws_frames.publication_frame(pub))
+        if joined is not None:
+            # After the reply, so a subscriber never sees its own join before its subscription.
+            await self._join(joined)
 
     async def _user_allowed(self) -> bool:
         """The per-user limit shared by every connection and instance (``WS_USER_COMMAND_*``).
@@ -304,6 +315,8 @@ class Session:
             reply["recovered"] = bool(result.recovered)
             reply["publications"] = [ws_frames.publication_dict(p) for p in result.publications]
         reply["__tail__"] = result.tail
+        if options.presence:
+            reply["__joined__"] = channel
         return reply
 
     async def _unsubscribe(self, cmd: dict[str, Any]) -> dict[str, Any]:
@@ -312,7 +325,58 @@ class Session:
             raise CommandError("not_subscribed", "not subscribed to this channel")
         self.conn.subscriptions.discard(channel)
         self.hub.unsubscribe(self.conn, channel)
+        await self._leave(channel)
         return {"channel": channel}
+
+    # -- presence --------------------------------------------------------------------------
+
+    def _entry(self) -> PresenceEntry:
+        principal = self.principal
+        assert principal is not None
+        return PresenceEntry(self.conn.conn_id, principal.user_id, {"role": principal.role})
+
+    async def _join(self, channel: str) -> None:
+        if self.presence is None or channel not in self.conn.subscriptions:
+            return
+        try:
+            await self.presence.join(channel, self._entry())
+            self._present.add(channel)
+        except Exception:
+            log.warning("presence join failed", exc_info=True, extra={"channel": channel})
+
+    async def _leave(self, channel: str) -> None:
+        if self.presence is None or channel not in self._present:
+            return
+        self._present.discard(channel)
+        try:
+            await self.presence.leave(channel, self._entry())
+        except Exception:
+            log.warning("presence leave failed", exc_info=True, extra={"channel": channel})
+
+    async def _presence_channel(self, cmd: dict[str, Any]) -> str:
+        channel = await self._checked_channel(cmd)
+        if self.presence is None or not self.hub.options(channel).presence:
+            raise CommandError("not_available", "presence is off in this namespace")
+        return channel
+
+    async def _presence(self, cmd: dict[str, Any]) -> dict[str, Any]:
+        channel = await self._presence_channel(cmd)
+        assert self.presence is not None
+        try:
+            entries = await self.presence.store.entries(channel)
+        except Exception:
+            raise CommandError("broker_unavailable", "presence store unavailable") from None
+        clients = {e.client_id: {"user": e.user_id, "info": e.info} for e in entries}
+        return {"channel": channel, "clients": clients}
+
+    async def _presence_stats(self, cmd: dict[str, Any]) -> dict[str, Any]:
+        channel = await self._presence_channel(cmd)
+        assert self.presence is not None
+        try:
+            stats = await self.presence.store.stats(channel)
+        except Exception:
+            raise CommandError("broker_unavailable", "presence store unavailable") from None
+        return {"channel": channel, "num_clients": stats.clients, "num_users": stats.users}
 
     async def _history(self, cmd: dict[str, Any]) -> dict[str, Any]:
         since = _since(cmd)

@@ -339,6 +339,18 @@ class Hub:
             except Exception:
                 log.warning("upstream unsubscribe failed", extra={"channel": state.name})
 
+    def deliver_local(self, channel: str, frame: bytes) -> int:
+        """Hand ``frame`` to every local subscriber of ``channel`` that is receiving live
+        publications (used for events that are not publications, e.g. join/leave)."""
+        state = self._channels.get(channel)
+        if state is None:
+            return 0
+        for sub in state.live:
+            sub.deliver(frame)
+        for sub in state.skip:
+            sub.deliver(frame)
+        return len(state.live) + len(state.skip)
+
     def subscriber_count(self, channel: str) -> int:
         """Local subscribers of ``channel`` (live, catching up or subscribing)."""
         state = self._channels.get(channel)

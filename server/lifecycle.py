@@ -15,12 +15,13 @@ from handlers.analysis.runner import AnalysisRunner
 from handlers.email import Mailer, make_backend
 from handlers.outbox_relay import OutboxRelay
 from handlers.ratelimit import MemoryRateLimiter, RedisRateLimiter
-from handlers.ws_frames import publication_frame
+from handlers.ws_frames import presence_event, publication_frame
 from handlers.ws_registry import ConnectionRegistry
 from pubsub.broker import Broker
 from pubsub.hub import Hub
 from pubsub.memory import MemoryBroker
 from pubsub.metrics import HubMetrics
+from pubsub.presence import MemoryPresence, Presence, PresenceStore, RedisPresence
 from server.settings import Settings
 from storage.auth_tokens import purge_expired
 from storage.db import create_pool
@@ -82,10 +83,26 @@ async def channels(app: web.Application) -> AsyncIterator[None]:
     app[keys.hub] = hub
     app[keys.connections] = ConnectionRegistry(hub)
     app[keys.backends]["broker"] = broker.name
+    redis = app.get(keys.redis)
+    store: PresenceStore = (
+        MemoryPresence()
+        if redis is None
+        else RedisPresence(redis, settings.redis_prefix, ttl=settings.presence_ttl)
+    )
+    presence = Presence(
+        hub,
+        store,
+        presence_event,
+        refresh_interval=settings.presence_ttl / 3,
+        unique_users=settings.presence_unique_users,
+    )
+    presence.start()
+    app[keys.presence] = presence
     log.info("broker ready", extra={"backend": broker.name})
     try:
         yield
     finally:
+        await presence.close()
         await hub.close()
 
 

@@ -57,6 +57,8 @@ class Settings:
     shutdown_timeout: float = 10.0
     uvloop: bool = True
     migrate_on_start: bool = True
+    presence_ttl: float = 30.0
+    presence_unique_users: bool = True
     namespaces: dict[str, NamespaceOptions] = field(default_factory=default_namespaces)
     handlers: HandlersConfig = field(default_factory=HandlersConfig)
 
@@ -287,6 +289,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         shutdown_timeout=_float(env, "SHUTDOWN_TIMEOUT", 10.0),
         uvloop=_bool(env, "UVLOOP", True),
         migrate_on_start=_bool(env, "MIGRATE_ON_START", True),
+        presence_ttl=_float(env, "PRESENCE_TTL", 30.0, minimum=0.3),
+        presence_unique_users=_bool(env, "PRESENCE_UNIQUE_USERS", True),
         namespaces=default_namespaces(),
         handlers=handlers,
     )
