@@ -148,12 +148,15 @@ class PubSubConnection:
         try:
             async with asyncio.timeout(self._subscribe_timeout):
                 await waiter
-        except TimeoutError:
+        except BaseException as exc:
+            # Timed out or cancelled: nobody will unsubscribe later, so undo it now.
             waiters = self._waiters.get(name)
             if waiters is not None and waiter in waiters:
                 waiters.remove(waiter)
             await self.unsubscribe(name)
-            raise BrokerUnavailable("Redis did not confirm the subscription in time") from None
+            if isinstance(exc, TimeoutError):
+                raise BrokerUnavailable("Redis did not confirm the subscription in time") from None
+            raise
 
     async def unsubscribe(self, name: bytes) -> None:
         """Stop receiving ``name``. Messages already in flight may still arrive."""

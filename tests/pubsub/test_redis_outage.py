@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import shutil
@@ -16,6 +17,7 @@ from typing import Any
 
 import pytest
 import redis
+import redis.asyncio
 
 from handlers import keys
 from pubsub.broker import BrokerError, BrokerUnavailable
@@ -201,3 +203,27 @@ async def test_http_reports_503_while_redis_is_down_and_recovers(
     response = await client.post(url, json={"data": 3}, headers=headers)
     assert response.status == 200
     assert (await response.json())["offset"] == 1, "Redis lost its data: a new epoch"
+
+
+async def test_abandoned_subscribe_leaves_no_subscription_behind(
+    hub: Hub, server: RedisProcess
+) -> None:
+    broker = broker_of(hub)
+    server.stop()
+    await eventually(lambda: not broker.pubsub.connected, what="pub/sub connection lost")
+    pending = asyncio.create_task(hub.subscribe(Sink(), "alerts:gone"))
+    await asyncio.sleep(0.05)
+    pending.cancel()  # the client went away while the subscribe waited for Redis
+    with pytest.raises(asyncio.CancelledError):
+        await pending
+    server.start()
+    await eventually(lambda: broker.pubsub.connected, what="reconnect")
+    admin = redis.asyncio.Redis.from_url(server.url)
+    try:
+        live = broker.keys.live("alerts:gone")
+        control = broker.keys.control
+        counts = dict(await admin.pubsub_numsub(live, control))
+    finally:
+        await admin.aclose()
+    assert counts == {live: 0, control: 1}, "resubscribed the control channel only"
+    assert hub.subscriber_count("alerts:gone") == 0
