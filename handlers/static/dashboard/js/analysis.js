@@ -163,9 +163,9 @@ function watch(root, id, { session, client, notice }) {
 
   (async () => {
     let since = saved ? { offset: saved.offset, epoch: saved.epoch } : null;
+    const info = await session.api(`/api/v1/analyses/${id}`);
+    meta.textContent = `${info.kind} · ${info.provider} ${info.model}`;
     if (!saved) {
-      const info = await session.api(`/api/v1/analyses/${id}`);
-      meta.textContent = `${info.kind} · ${info.provider} ${info.model}`;
       if (FINAL.has(info.status)) {
         await fromRest();
         return; // finished: the stored text is complete, nothing to watch
