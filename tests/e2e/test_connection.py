@@ -1,0 +1,102 @@
+"""The connection indicator, and the page recovering by itself when the server restarts."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import asyncpg
+import pytest
+import redis.asyncio as aioredis
+from playwright.async_api import Page, expect
+
+from tests.e2e.conftest import ConsoleLog, Server, screenshot_path
+from tests.e2e.flows import api, sign_in, user_token
+
+pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="session")]
+
+#: While the server is down the browser logs failed WebSocket handshakes; that is expected.
+DOWN_ERRORS = ("WebSocket connection to", "ERR_CONNECTION_REFUSED")
+
+
+async def _board_with_proposal(page: Page, server: Server) -> tuple[str, str, str]:
+    """Signed-in buyer with one request and one proposal on the board:
+    (buyer token, vendor token, proposal id)."""
+    session = await sign_in(page, server, f"buyer-{uuid.uuid4().hex[:8]}@example.com")
+    buyer = session["access_token"]
+    request = await api(
+        server, buyer, "POST", "/api/v1/requests", {"title": "Payroll"}, expect_status=201
+    )
+    vendor = await user_token(server, f"vendor-{uuid.uuid4().hex[:8]}@example.com", "vendor")
+    proposal = await api(
+        server,
+        vendor,
+        "POST",
+        f"/api/v1/requests/{request['id']}/proposals",
+        {"price": 100, "summary": "Payroll as a service"},
+        expect_status=201,
+    )
+    row = page.locator(f"tr[data-proposal-id='{proposal['id']}']")
+    await expect(row.locator(".status .badge")).to_have_text("submitted")
+    return buyer, vendor, proposal["id"]
+
+
+async def test_page_reconnects_and_recovers_after_a_server_restart(
+    page: Page, e2e_server: Server, console: ConsoleLog
+) -> None:
+    console.allowed.extend(DOWN_ERRORS)
+    buyer, _, proposal_id = await _board_with_proposal(page, e2e_server)
+    badge = page.locator("#conn")
+
+    await asyncio.to_thread(e2e_server.stop)
+    await expect(badge).to_have_attribute("data-state", "reconnecting")
+    await page.screenshot(path=screenshot_path("reconnecting"))
+    await asyncio.to_thread(e2e_server.start)
+    # Redis kept the channel's history: every channel resumes without a gap.
+    await expect(badge).to_have_attribute("data-state", "recovered", timeout=30_000)
+
+    await api(
+        e2e_server,
+        buyer,
+        "PUT",
+        f"/api/v1/proposals/{proposal_id}/status",
+        {"status": "shortlisted"},
+    )
+    row = page.locator(f"tr[data-proposal-id='{proposal_id}']")
+    await expect(row.locator(".status .badge")).to_have_text("shortlisted")
+
+
+async def test_lost_history_is_shown_and_the_board_reloads_over_rest(
+    page: Page, e2e_server: Server, console: ConsoleLog
+) -> None:
+    console.allowed.extend(DOWN_ERRORS)
+    _, _, proposal_id = await _board_with_proposal(page, e2e_server)
+    badge = page.locator("#conn")
+
+    await asyncio.to_thread(e2e_server.stop)
+    await expect(badge).to_have_attribute("data-state", "reconnecting")
+    # While the service is down: Redis loses every channel's history (a flush), and a change
+    # lands in PostgreSQL whose event the page will therefore never receive.
+    client = aioredis.Redis.from_url(e2e_server.env["REDIS_URL"])
+    try:
+        keys = [key async for key in client.scan_iter(match=f"{e2e_server.env['REDIS_PREFIX']}*")]
+        if keys:
+            await client.delete(*keys)
+    finally:
+        await client.aclose()
+    conn = await asyncpg.connect(e2e_server.env["DATABASE_URL"])
+    try:
+        await conn.execute(
+            "UPDATE proposals SET status = 'rejected', version = version + 1,"
+            " updated_at = now() WHERE id = $1",
+            uuid.UUID(proposal_id),
+        )
+    finally:
+        await conn.close()
+    await asyncio.to_thread(e2e_server.start)
+
+    await expect(badge).to_have_attribute("data-state", "lost", timeout=30_000)
+    await expect(badge).to_contain_text("lost history")
+    row = page.locator(f"tr[data-proposal-id='{proposal_id}']")
+    await expect(row.locator(".status .badge")).to_have_text("rejected")
+    await page.screenshot(path=screenshot_path("lost-history"))
