@@ -8,7 +8,7 @@ import aiohttp
 import pytest
 from playwright.async_api import Page, expect
 
-from tests.e2e.conftest import Server, screenshot_path
+from tests.e2e.conftest import Server, copy_to_docs, screenshot_path
 from tests.e2e.flows import sign_in
 
 pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="session")]
@@ -53,7 +53,9 @@ async def test_alert_posted_by_webhook_appears_in_table_and_chart(
     await expect(rows.first).to_contain_text("ETHUSD")
     await expect(rows.first).to_contain_text("take profit")
     await expect(chart).to_have_attribute("data-total", "2")
-    await page.screenshot(path=screenshot_path("alerts"), full_page=True)
+    shot = screenshot_path("alerts")
+    await page.screenshot(path=shot, full_page=True)
+    copy_to_docs(shot)
 
     # After a reload the secret URL is no longer shown, but the alerts and chart are.
     await page.reload()

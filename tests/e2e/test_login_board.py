@@ -7,7 +7,7 @@ import uuid
 import pytest
 from playwright.async_api import Page, expect
 
-from tests.e2e.conftest import ConsoleLog, Server, copy_to_docs, screenshot_path
+from tests.e2e.conftest import ConsoleLog, Server, screenshot_path
 from tests.e2e.flows import api, sign_in, user_token
 
 pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="session")]
@@ -137,9 +137,7 @@ async def test_proposal_status_change_through_the_api_appears_live(
     )
     await expect(row.locator(".status .badge")).to_have_text("withdrawn")
     await expect(row.locator("button")).to_have_count(0)
-    shot = screenshot_path("board")
-    await page.screenshot(path=shot, full_page=True)
-    copy_to_docs(shot)
+    await page.screenshot(path=screenshot_path("board"), full_page=True)
 
 
 async def test_buyer_moves_a_proposal_in_the_page_and_the_vendor_sees_it(
