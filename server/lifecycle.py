@@ -8,6 +8,7 @@ import logging
 from collections.abc import AsyncIterator
 
 from aiohttp import web
+from redis.asyncio import BlockingConnectionPool, Redis
 
 from handlers import keys
 from handlers.analysis.factory import build_provider
@@ -83,12 +84,14 @@ async def channels(app: web.Application) -> AsyncIterator[None]:
     app[keys.hub] = hub
     app[keys.connections] = ConnectionRegistry(hub)
     app[keys.backends]["broker"] = broker.name
-    redis = app.get(keys.redis)
-    store: PresenceStore = (
-        MemoryPresence()
-        if redis is None
-        else RedisPresence(redis, settings.redis_prefix, ttl=settings.presence_ttl)
-    )
+    presence_redis = None
+    store: PresenceStore = MemoryPresence()
+    if settings.redis_url:
+        # Its own blocking pool: thousands of joins/leaves at once wait for a connection
+        # instead of failing.
+        pool = BlockingConnectionPool.from_url(settings.redis_url, max_connections=32, timeout=10)
+        presence_redis = Redis(connection_pool=pool)
+        store = RedisPresence(presence_redis, settings.redis_prefix, ttl=settings.presence_ttl)
     presence = Presence(
         hub,
         store,
@@ -104,6 +107,8 @@ async def channels(app: web.Application) -> AsyncIterator[None]:
     finally:
         await presence.close()
         await hub.close()
+        if presence_redis is not None:
+            await presence_redis.aclose()
 
 
 async def outbox_relay(app: web.Application) -> AsyncIterator[None]:
