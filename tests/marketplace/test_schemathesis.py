@@ -23,7 +23,7 @@ from tests.helpers import make_user
 from tests.marketplace.util import post_proposal, post_request
 
 OUR_PATHS = ("/api/v1/requests", "/api/v1/proposals")
-EXAMPLES = 30
+EXAMPLES = 20
 CHECKS = [
     not_a_server_error,
     status_code_conformance,
