@@ -46,7 +46,7 @@ CHROMIUM_ARGS = [
     "--no-first-run",
 ]
 #: Offline analyser speed: slow enough that a test can reload the page mid-stream.
-ANALYSIS_TPS = "40"
+ANALYSIS_TPS = "30"
 _LINK_RE = re.compile(r"(https?://\S+/login#token=[A-Za-z0-9_\-]+)")
 
 
