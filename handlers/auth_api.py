@@ -9,6 +9,7 @@ import hashlib
 import logging
 import secrets
 import uuid
+from datetime import datetime
 from typing import Any
 
 from aiohttp import web
@@ -18,6 +19,7 @@ from handlers import keys
 from handlers.auth_context import require_principal, require_role
 from handlers.client_ip import client_ip
 from handlers.errors import ApiError, json_response
+from handlers.openapi import describe
 from handlers.principal import ROLES
 from handlers.ratelimit import RateLimiterUnavailable
 from handlers.tokens import REFRESH, TokenError
@@ -55,6 +57,34 @@ class RefreshBody(BaseModel):
 class RoleBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
     role: str = Field(pattern="^(buyer|vendor|admin)$")
+
+
+class LoginAccepted(BaseModel):
+    """The one answer to every accepted login request."""
+
+    status: str
+    message: str
+
+
+class UserOut(BaseModel):
+    """A user as stored (a service token's ``/me`` has no email and no dates)."""
+
+    id: str
+    email: str | None
+    role: str
+    created_at: datetime | None = None
+    last_login_at: datetime | None = None
+
+
+class TokenPair(BaseModel):
+    """A new session: access token (``expires_in`` s) and refresh token."""
+
+    token_type: str
+    access_token: str
+    expires_in: int
+    refresh_token: str
+    refresh_expires_in: int
+    user: UserOut
 
 
 def hash_token(token: str) -> bytes:
@@ -119,6 +149,14 @@ def _refresh_claims(request: web.Request, token: str) -> tuple[str, str, str]:
     return str(claims["sub"]), str(claims["jti"]), family
 
 
+@describe(
+    summary="Request a sign-in link by e-mail",
+    tags=("auth",),
+    body=LoginBody,
+    responses={202: LoginAccepted},
+    errors=(429,),
+    auth=False,
+)
 async def login(request: web.Request) -> web.Response:
     """``POST /api/v1/auth/login {email}`` → 202, the same for every address.
 
@@ -151,6 +189,14 @@ async def login(request: web.Request) -> web.Response:
     return json_response(LOGIN_ACCEPTED, status=202)
 
 
+@describe(
+    summary="Exchange a sign-in link for tokens",
+    tags=("auth",),
+    body=VerifyBody,
+    responses={200: TokenPair},
+    errors=(429,),
+    auth=False,
+)
 async def verify(request: web.Request) -> web.Response:
     """``POST /api/v1/auth/verify {token}``: consume a magic link once, get access + refresh.
 
@@ -185,6 +231,13 @@ _REFRESH_REFUSED = {
 }
 
 
+@describe(
+    summary="Rotate the refresh token",
+    tags=("auth",),
+    body=RefreshBody,
+    responses={200: TokenPair},
+    auth=False,
+)
 async def refresh(request: web.Request) -> web.Response:
     """``POST /api/v1/auth/refresh {refresh_token}``: rotate; a reused token revokes its family."""
     body = await parse_body(request, RefreshBody)
@@ -206,6 +259,13 @@ async def refresh(request: web.Request) -> web.Response:
     raise ApiError(401, _REFRESH_REFUSED.get(used.outcome, "invalid token"))
 
 
+@describe(
+    summary="Revoke the session and close its WebSockets",
+    tags=("auth",),
+    body=RefreshBody,
+    responses={204: None},
+    auth=False,
+)
 async def logout(request: web.Request) -> web.Response:
     """``POST /api/v1/auth/logout {refresh_token}``: revoke the session's token family and close
     the user's WebSocket connections on every node. 204."""
@@ -232,6 +292,7 @@ def _user_uuid(value: str, status: int, message: str) -> str:
         raise ApiError(status, message) from None
 
 
+@describe(summary="The current user", tags=("auth",), responses={200: UserOut})
 async def me(request: web.Request) -> web.Response:
     """``GET /api/v1/auth/me``: the caller as stored now (a service token describes itself)."""
     principal = require_principal(request)
@@ -246,6 +307,14 @@ async def me(request: web.Request) -> web.Response:
     return json_response(_user_dict(user))
 
 
+@describe(
+    summary="Change a user's role (admins)",
+    tags=("users",),
+    body=RoleBody,
+    responses={200: UserOut},
+    errors=(403, 404),
+    path_formats={"user_id": "uuid"},
+)
 async def set_role(request: web.Request) -> web.Response:
     """``PUT /api/v1/users/{user_id}/role {role}`` (admins): takes effect at the user's next
     token (refresh or login)."""
