@@ -6,12 +6,20 @@ a string, returned as a string so no precision is lost); timestamps must carry a
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Annotated, Literal
 from uuid import UUID
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    model_validator,
+)
 
 RequestStatus = Literal["open", "closed", "awarded"]
 ProposalStatus = Literal["submitted", "shortlisted", "rejected", "accepted", "withdrawn"]
@@ -38,6 +46,17 @@ ShortText = Annotated[str, _text(0, 2000)]
 Answer = Annotated[str, _text(0, 5000)]
 Currency = Annotated[str, StringConstraints(pattern=r"^[A-Z]{3}$")]
 Money = Annotated[Decimal, Field(ge=0, max_digits=14, decimal_places=2)]
+
+
+def _utc(value: datetime) -> datetime:
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("date is outside the supported range") from None
+
+
+#: An aware timestamp, normalised to UTC (an offset may not push it past year 9999).
+Timestamp = Annotated[AwareDatetime, AfterValidator(_utc)]
 Version = Annotated[int, Field(ge=1, le=2**31 - 1, strict=True)]
 Cursor = Annotated[str, StringConstraints(max_length=200, pattern=r"^[A-Za-z0-9_\-=]*$")]
 
@@ -75,7 +94,7 @@ class RequestCreate(_Input):
     requirements: list[Requirement] = Field(default_factory=list, max_length=50)
     budget: Money | None = None
     currency: Currency = "USD"
-    deadline: AwareDatetime | None = None
+    deadline: Timestamp | None = None
 
     @model_validator(mode="after")
     def _names_unique(self) -> RequestCreate:
@@ -95,7 +114,7 @@ class RequestPatch(_Input):
     requirements: list[Requirement] | None = Field(default=None, max_length=50)
     budget: Money | None = None
     currency: Currency | None = None
-    deadline: AwareDatetime | None = None
+    deadline: Timestamp | None = None
     status: Literal["open", "closed"] | None = None
     version: Version | None = None
 

@@ -64,11 +64,11 @@ def decode_cursor(cursor: str | None) -> tuple[datetime, UUID] | None:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         created, item = orjson.loads(raw)
         position = datetime.fromisoformat(created), UUID(item)
-    except (binascii.Error, ValueError, TypeError, orjson.JSONDecodeError):
+        if position[0].tzinfo is None:
+            raise ValueError("naive timestamp")
+        return position[0].astimezone(UTC), position[1]
+    except (binascii.Error, ValueError, TypeError, OverflowError, orjson.JSONDecodeError):
         raise ApiError(400, "invalid cursor", errors={"cursor": ["invalid cursor"]}) from None
-    if position[0].tzinfo is None:
-        raise ApiError(400, "invalid cursor", errors={"cursor": ["invalid cursor"]})
-    return position
 
 
 def expected_version(request: web.Request, body_version: int | None) -> int | None:

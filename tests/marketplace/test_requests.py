@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import base64
 from datetime import UTC, datetime, timedelta
 from typing import Any
+
+import orjson
 
 from handlers import keys
 from tests.helpers import make_user
@@ -66,6 +69,7 @@ INVALID_BODIES: list[tuple[dict[str, Any], str]] = [
     ({"title": "ok", "budget": True}, "budget"),
     ({"title": "ok", "currency": "usd"}, "currency"),
     ({"title": "ok", "deadline": "2030-01-01T00:00:00"}, "deadline"),
+    ({"title": "ok", "deadline": "9999-12-31T23:59:59-23:00"}, "deadline"),
     ({"title": "ok", "requirements": "SSO"}, "requirements"),
     ({"title": "ok", "requirements": [{"name": "a", "weight": 3}]}, "requirements.0.weight"),
     (
@@ -152,6 +156,11 @@ async def test_list_paginates_with_a_cursor_newest_first(client: Any) -> None:
     assert pages == 3
 
 
+def _cursor(timestamp: str) -> str:
+    raw = orjson.dumps([timestamp, "00000000-0000-0000-0000-000000000000"])
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
 async def test_bad_list_queries_are_400(client: Any) -> None:
     _, buyer = await make_user(client, "buyer")
     for params in (
@@ -160,6 +169,8 @@ async def test_bad_list_queries_are_400(client: Any) -> None:
         {"limit": "many"},
         {"cursor": "not-a-cursor"},
         {"cursor": "W10"},  # valid base64 of "[]"
+        {"cursor": _cursor("0001-01-01T00:00:00+01:00")},  # before year 1 in UTC
+        {"cursor": _cursor("2030-01-01T00:00:00")},  # no time zone
         {"status": "pending"},
         {"owner": "nobody"},
         {"sort": "title"},
