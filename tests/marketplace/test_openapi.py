@@ -87,3 +87,24 @@ async def test_docs_page_loads_only_same_origin_assets(client: Any) -> None:
         assert asset in html
         loaded = await client.get(asset)
         assert loaded.status == 200, asset
+
+
+async def test_marketplace_operations_are_described_from_the_handler_models(client: Any) -> None:
+    from handlers.marketplace_models import ProposalStatusChange, RequestCreate
+
+    spec = await (await client.get("/api/openapi.json")).json()
+    paths = spec["paths"]
+    assert set(paths["/api/v1/requests"]) == {"get", "post"}
+    assert set(paths["/api/v1/requests/{id}"]) == {"get", "patch", "delete"}
+    assert set(paths["/api/v1/proposals/{id}/status"]) == {"put"}
+    put = paths["/api/v1/proposals/{id}/status"]["put"]
+    assert {"200", "400", "401", "403", "404", "409", "412"} <= set(put["responses"])
+    assert any(p["name"] == "If-Match" for p in put["parameters"])
+    schemas = spec["components"]["schemas"]
+    for model in (RequestCreate, ProposalStatusChange):
+        generated = model.model_json_schema(ref_template="#/components/schemas/{model}")
+        generated.pop("$defs", None)
+        assert schemas[model.__name__] == generated
+    listing = paths["/api/v1/requests"]["get"]
+    limit = next(p for p in listing["parameters"] if p["name"] == "limit")
+    assert limit["schema"]["maximum"] == 100

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -299,3 +300,19 @@ async def test_delete_removes_request_and_proposals_but_not_awarded_ones(client:
     response = await client.patch(url, json={"status": "open"}, headers=auth(buyer))
     assert response.status == 409
     assert (await client.get(url, headers=auth(buyer))).status == 200
+
+
+async def test_racing_patches_with_the_same_version_exactly_one_wins(client: Any) -> None:
+    _, buyer = await make_user(client, "buyer")
+    _, admin = await make_user(client, "admin")
+    created = await post_request(client, buyer)
+    url = f"/api/v1/requests/{created['id']}"
+    responses = await asyncio.gather(
+        client.patch(url, json={"title": "buyer's"}, headers=auth(buyer, **{"If-Match": '"1"'})),
+        client.patch(url, json={"title": "admin's"}, headers=auth(admin, **{"If-Match": '"1"'})),
+    )
+    assert sorted(r.status for r in responses) == [200, 412]
+    winner = await next(r for r in responses if r.status == 200).json()
+    current = await (await client.get(url, headers=auth(buyer))).json()
+    assert current == winner
+    assert current["version"] == 2
