@@ -21,6 +21,7 @@ import re
 import time
 from uuid import UUID
 
+import asyncpg
 from aiohttp import hdrs, web
 from pydantic import BaseModel, Field
 
@@ -117,10 +118,12 @@ def _parse(request: web.Request, body: bytes) -> ParsedBody:
         raise ApiError(exc.status, exc.message) from None
 
 
-async def _store(request: web.Request, new: alerts.NewAlert, dedup_seconds: int) -> web.Response:
+async def _store(
+    request: web.Request, conn: asyncpg.Connection, new: alerts.NewAlert, dedup_seconds: int
+) -> web.Response:
     """Commit the alert and its outbox event together; 201 for a new alert, 200 for a
     duplicate (nothing stored, nothing published)."""
-    async with request.app[keys.pool].acquire() as conn, conn.transaction():
+    async with conn.transaction():
         result = await alerts.insert(conn, new, dedup_seconds)
         if not result.duplicate:
             assert result.alert is not None
@@ -180,15 +183,17 @@ async def tradingview(request: web.Request) -> web.Response:
     if not _URL_SECRET_RE.match(secret):
         raise NotFound("webhook")
     digest = url_secret_hash(secret)
+    # The body (at most 64 KiB) is read before a pooled connection is taken, so a slow
+    # sender never holds one.
+    body = await read_body(request, config.max_body_bytes)
     async with request.app[keys.pool].acquire() as conn:
         match = await strategies.find_by_url_secret(conn, digest)
-    # The index lookup compares bytes with memcmp; compare once more in constant time.
-    if not hmac.compare_digest(match.url_secret_sha256, digest):
-        raise NotFound("webhook")
-    body = await read_body(request, config.max_body_bytes)
-    parsed = _parse(request, body)
-    new = _new_alert(match.strategy_id, "tradingview", body, parsed, None)
-    return await _store(request, new, config.dedup_window)
+        # The index lookup compares bytes with memcmp; compare once more in constant time.
+        if not hmac.compare_digest(match.url_secret_sha256, digest):
+            raise NotFound("webhook")
+        parsed = _parse(request, body)
+        new = _new_alert(match.strategy_id, "tradingview", body, parsed, None)
+        return await _store(request, conn, new, config.dedup_window)
 
 
 @describe(
@@ -223,24 +228,24 @@ async def signed(request: web.Request) -> web.Response:
             raise SignatureError(401, "webhook-timestamp is outside the tolerance window")
     except SignatureError as exc:
         raise ApiError(exc.status, exc.message) from None
+    body = await read_body(request, config.max_body_bytes)
     async with request.app[keys.pool].acquire() as conn:
         sealed = await strategies.signing_secrets(conn, strategy_id)
-    body = await read_body(request, config.max_body_bytes)
-    box = request.app[secret_box_key]
-    secrets = [box.open(strategy_id, item) for item in sealed]
-    try:
-        verify(
-            headers,
-            body,
-            [secret_key(secret) for secret in secrets if secret is not None],
-            now=time.time(),
-            tolerance=config.timestamp_tolerance,
-        )
-    except SignatureError as exc:
-        raise ApiError(exc.status, exc.message) from None
-    parsed = _parse(request, body)
-    new = _new_alert(strategy_id, "signed", body, parsed, headers.msg_id)
-    return await _store(request, new, 0)
+        box = request.app[secret_box_key]
+        secrets = [box.open(strategy_id, item) for item in sealed]
+        try:
+            verify(
+                headers,
+                body,
+                [secret_key(secret) for secret in secrets if secret is not None],
+                now=time.time(),
+                tolerance=config.timestamp_tolerance,
+            )
+        except SignatureError as exc:
+            raise ApiError(exc.status, exc.message) from None
+        parsed = _parse(request, body)
+        new = _new_alert(strategy_id, "signed", body, parsed, headers.msg_id)
+        return await _store(request, conn, new, 0)
 
 
 def ensure_secret_box(app: web.Application) -> SecretBox:
