@@ -347,8 +347,9 @@ async def _serve(commands_in: Pipe, replies_out: Pipe) -> None:
                 command = commands_in.recv()
             except EOFError:
                 command = {"cmd": "exit"}
+            name = command["cmd"]  # read before the loop thread pops it
             loop.call_soon_threadsafe(commands.put_nowait, command)
-            if command["cmd"] == "exit":
+            if name == "exit":
                 return
 
     threading.Thread(target=read_commands, daemon=True).start()
