@@ -1,0 +1,48 @@
+"""``/api/docs`` in a real browser: Swagger UI renders our spec under ``default-src 'self'``."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+from playwright.async_api import ConsoleMessage, async_playwright
+
+CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run"]
+
+
+@pytest.mark.e2e
+async def test_docs_page_renders_the_operations_without_script_errors(
+    client: Any, tmp_path: Path
+) -> None:
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"no Chromium at {CHROMIUM}; set CHROMIUM")
+    errors: list[str] = []
+
+    def on_console(message: ConsoleMessage) -> None:
+        if message.type == "error":
+            errors.append(message.text)
+
+    url = str(client.make_url("/api/docs"))
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        try:
+            page = await browser.new_page()
+            page.on("console", on_console)
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            page.on(
+                "response",
+                lambda r: errors.append(f"{r.status} {r.url}") if r.status >= 400 else None,
+            )
+            await page.goto(url)
+            await page.wait_for_selector(
+                "[data-path='/api/v1/proposals/{id}/status']", timeout=15000
+            )
+            title = await page.inner_text(".info .title")
+            await page.screenshot(path=str(tmp_path / "docs.png"))
+        finally:
+            await browser.close()
+    assert "Arena Realtime" in title
+    assert errors == []  # no CSP violation, no failed asset, no script error
