@@ -12,6 +12,7 @@ proposal's id, vendor and status so that no vendor learns another's price.
 from __future__ import annotations
 
 import dataclasses
+import logging
 from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
@@ -49,6 +50,8 @@ from handlers.validation import parse_body, query_params
 from storage import outbox, proposals
 from storage import requests as requests_db
 from storage.errors import NotFound, StaleVersion
+
+log = logging.getLogger(__name__)
 
 TAGS = ("proposals",)
 
@@ -247,6 +250,16 @@ async def put_status(request: web.Request) -> web.Response:
             awarded = await requests_db.update(conn, parent.id, {"status": "awarded"})
             await record_request_event(conn, "updated", awarded)
     kick_relay(request)
+    log.info(
+        "proposal status changed",
+        extra={
+            "proposal_id": str(row.id),
+            "request_id": str(row.request_id),
+            "previous_status": previous,
+            "status": row.status,
+            "actor_id": principal.user_id,
+        },
+    )
     return json_response(proposal_json(row), headers=etag(row.version))
 
 
