@@ -1,6 +1,6 @@
 """Browser tests: the real service as a subprocess, driven by headless Chromium.
 
-One server per test session (``arena-realtime serve`` on a free loopback port) with its own
+One server for the package's tests (``arena-realtime serve`` on a free loopback port) with its own
 PostgreSQL database (copied from the migrated template), the Redis broker under a private key
 prefix, the console e-mail backend (magic links are read from its log) and the offline
 analyser. Chromium is Debian's ``/usr/bin/chromium`` driven by Playwright; screenshots go to
@@ -162,11 +162,12 @@ def chromium() -> str:
     return CHROMIUM
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def e2e_server(
     chromium: str, pg_admin_url: str, pg_template: str, redis_url: str, tmp_path_factory: Any
 ) -> Iterator[Server]:
-    """One running service for the browser tests (every test uses its own users)."""
+    """One running service for the browser tests (every test uses its own users); stopped
+    when the package's tests are done, so the rest of the suite does not carry it."""
     name = f"arena_e2e_{uuid.uuid4().hex[:12]}"
     asyncio.run(_create_database(pg_admin_url, name, pg_template))
     prefix = f"e2e-{uuid.uuid4().hex[:12]}"
@@ -206,9 +207,9 @@ def e2e_server(
             client.close()
 
 
-@pytest_asyncio.fixture(scope="session", loop_scope="session")
+@pytest_asyncio.fixture(scope="package", loop_scope="package")
 async def browser(chromium: str) -> AsyncIterator[Browser]:
-    """One headless Chromium for the whole run; each test gets its own context."""
+    """One headless Chromium for these tests; each test gets its own context."""
     async with async_playwright() as playwright:
         launched = await playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
         try:
@@ -240,7 +241,7 @@ def console() -> ConsoleLog:
     return ConsoleLog()
 
 
-@pytest_asyncio.fixture(loop_scope="session")
+@pytest_asyncio.fixture(loop_scope="package")
 async def page(browser: Browser, e2e_server: Server, console: ConsoleLog) -> AsyncIterator[Page]:
     """A fresh browser context (its own storage) on the dashboard's origin. The test fails if
     the page logged an error it did not expect (a CSP violation would be one)."""

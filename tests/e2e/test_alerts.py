@@ -11,7 +11,7 @@ from playwright.async_api import Page, expect
 from tests.e2e.conftest import Server, copy_to_docs, screenshot_path
 from tests.e2e.flows import sign_in
 
-pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="session")]
+pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="package")]
 
 
 async def _post(url: str, body: object) -> int:

@@ -12,7 +12,7 @@ from playwright.async_api import Page, WebSocket, expect
 from tests.e2e.conftest import Server, screenshot_path
 from tests.e2e.flows import api, sign_in, user_token
 
-pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="session")]
+pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="package")]
 
 
 async def _request_with_proposals(server: Server, buyer_token: str) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from playwright.async_api import Page, expect
 from tests.e2e.conftest import ConsoleLog, Server, screenshot_path
 from tests.e2e.flows import api, sign_in, user_token
 
-pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="session")]
+pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="package")]
 
 #: While the server is down the browser logs failed WebSocket handshakes; that is expected.
 DOWN_ERRORS = ("WebSocket connection to", "ERR_CONNECTION_REFUSED")

@@ -10,7 +10,7 @@ from playwright.async_api import Page, expect
 from tests.e2e.conftest import ConsoleLog, Server, screenshot_path
 from tests.e2e.flows import api, sign_in, user_token
 
-pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="session")]
+pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="package")]
 
 
 def _email(who: str) -> str:
