@@ -60,6 +60,12 @@ def free_port() -> int:
         return port
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (Linux ``/proc``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def percentiles(values: list[float]) -> dict[str, float | None]:
     """p50/p90/p99/max in milliseconds."""
     if not values:
@@ -207,6 +213,7 @@ async def burst(
     count: int,
     concurrency: int,
     phase: str,
+    server_pid: int,
 ) -> dict[str, Any]:
     """``count`` webhooks by ``concurrency`` senders; accepted/s and ack latency."""
     keys = [f"{phase}:{n}" for n in range(count)]
@@ -223,10 +230,12 @@ async def burst(
             if 200 <= status < 300:
                 accepted.add(key)
 
+    cpu_before = cpu_seconds(server_pid)
     started = time.perf_counter()
     await asyncio.gather(*(sender() for _ in range(concurrency)))
     elapsed = time.perf_counter() - started
     drain = await subscriber.wait_for(accepted)
+    cpu = cpu_seconds(server_pid) - cpu_before
     return {
         "count": count,
         "concurrency": concurrency,
@@ -236,6 +245,9 @@ async def burst(
         "ack_ms": percentiles(acks),
         "delivered": len(accepted & subscriber.arrivals.keys()),
         "drain_after_last_ack_s": round(drain, 3),
+        # Load-independent cost: server process CPU per accepted webhook (PostgreSQL's own
+        # CPU not included).
+        "server_cpu_ms_per_webhook": round(cpu * 1000 / max(1, len(accepted)), 3),
     }
 
 
@@ -307,6 +319,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     args.count,
                     args.concurrency,
                     "signed",
+                    process.pid,
                 )
                 results["tradingview"] = await burst(
                     session,
@@ -315,6 +328,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     args.count,
                     args.concurrency,
                     "tv",
+                    process.pid,
                 )
                 results["latency"] = await steady(
                     session,
