@@ -443,10 +443,14 @@ class Hub:
 
     async def _fill(self, state: _Channel) -> None:
         """Deliver what the live stream skipped, from history, then the buffered backlog."""
+        stale_epoch_checked = False
         try:
             while True:
                 try:
                     hist = await self.broker.history(state.name, state.options, since=state.offset)
+                    if hist.position.epoch != state.epoch:
+                        # A new stream: our offset means nothing in it, take all it has.
+                        hist = await self.broker.history(state.name, state.options, since=0)
                 except Exception:
                     log.warning("history refill failed; retrying", extra={"channel": state.name})
                     await asyncio.sleep(0.5)
@@ -460,7 +464,7 @@ class Hub:
                     self._lose(state, position)
                 elif position.epoch != state.epoch:
                     self._lose(state, StreamPosition(0, position.epoch))
-                else:
+                elif pubs:
                     self._metrics.gaps.labels("filled").inc()
                 for pub in pubs:
                     if pub.offset == state.offset + 1:
@@ -470,8 +474,12 @@ class Hub:
                 for pub in backlog:
                     if gap:
                         state.backlog.append(pub)
+                    elif pub.epoch != state.epoch and stale_epoch_checked:
+                        # History was just read and is in another epoch: this one is stale.
+                        self._metrics.drops.inc()
                     elif pub.epoch != state.epoch or pub.offset > state.offset + 1:
                         gap = True
+                        stale_epoch_checked = pub.epoch != state.epoch
                         state.backlog.append(pub)
                     elif pub.offset == state.offset + 1:
                         self._dispatch(state, pub)

@@ -284,3 +284,26 @@ async def test_control_messages_reach_handlers(hub: Hub) -> None:
     hub.add_control_handler(seen.append)
     await hub.publish_control(b"hello")
     assert seen == [b"hello"]
+
+
+async def test_new_epoch_on_the_live_stream_is_reported_and_delivered_from_its_start(
+    hub: Hub,
+) -> None:
+    channel = "alerts:epoch"
+    sub = Recorder()
+    await hub.subscribe(sub, channel)
+    first = await hub.publish(channel, 1)
+    await hub.publish(channel, 2)
+    broker = hub.broker
+    assert isinstance(broker, MemoryBroker)
+    del broker._streams[channel]  # history lost (e.g. Redis restarted empty)
+    fresh = await hub.publish(channel, "new")
+    assert fresh.epoch != first.epoch
+    assert fresh.offset == 1
+    await hub.publish(channel, "newer")
+    for _ in range(50):
+        if len(sub.offsets) == 4:
+            break
+        await asyncio.sleep(0.01)
+    assert sub.lost_positions == [StreamPosition(0, fresh.epoch)]
+    assert sub.offsets == [1, 2, 1, 2]  # old epoch 1, 2; then the new epoch from its start
