@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from handlers import keys
@@ -134,7 +135,8 @@ async def test_rotation_grace_is_capped_by_configuration(client: Any) -> None:
     body = await rotated.json()
     assert rotated.status == 200
     old, new = body["secret_generations"]
-    assert old["expires_at"] is not None
+    expires = datetime.fromisoformat(old["expires_at"]) - datetime.now(UTC)
+    assert timedelta(hours=23, minutes=59) < expires <= timedelta(hours=24)
     assert new["expires_at"] is None
     # Both URL secrets work during the grace period.
     assert (await client.post(tv_path(strategy), data="old url")).status == 201

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
+import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
+from handlers import keys
 from server.app import create_app
+from storage import alerts
+from storage.errors import NotFound
 from tests.alerts.util import auth, count_rows, create_strategy, tv_path
 from tests.helpers import make_user
 
@@ -215,3 +220,33 @@ async def test_odd_values_never_cause_a_500(client: Any, body: str, status: int)
             await client.get(f"/api/v1/alerts/{reply['id']}", headers=auth(token))
         ).json()
         assert alert["raw_body"] == body
+
+
+async def test_rate_limit_is_shared_by_instances_through_redis(
+    aiohttp_client: Any, make_settings: Any, redis_url: str, redis_prefix: str
+) -> None:
+    env = {"REDIS_URL": redis_url, "REDIS_PREFIX": redis_prefix, "WEBHOOK_RATE_PER_IP": "4"}
+    first = await aiohttp_client(create_app(make_settings(**env)))
+    second = await aiohttp_client(create_app(make_settings(**env)))
+    _, token = await make_user(first)
+    strategy = await create_strategy(first, token)
+    statuses = []
+    for n in range(6):
+        instance = first if n % 2 == 0 else second
+        statuses.append((await instance.post(tv_path(strategy), data=f"alert {n}")).status)
+    assert statuses == [201, 201, 201, 201, 429, 429]
+
+
+async def test_alert_for_a_strategy_deleted_meanwhile_is_not_found(client: Any) -> None:
+    new = alerts.NewAlert(
+        strategy_id=uuid.uuid4(),
+        source="tradingview",
+        raw_body="buy",
+        content_type="text/plain",
+        body_sha256=hashlib.sha256(b"buy").digest(),
+    )
+    async with client.server.app[keys.pool].acquire() as conn:
+        for dedup in (0, 60):
+            with pytest.raises(NotFound):
+                async with conn.transaction():
+                    await alerts.insert(conn, new, dedup)
