@@ -129,3 +129,11 @@ async def test_metrics_track_open_websockets_and_channels(client: TestClient) ->
     assert sample(text, "arena_ws_connections") == 0
     assert sample(text, "arena_subscriptions") == 0
     assert (sample(text, "arena_ws_disconnects_total", code="1000") or 0) >= 1
+
+
+async def test_ready_reports_redis_when_redis_url_is_set(redis_client: TestClient) -> None:
+    response = await redis_client.get("/ready")
+    body = await response.json()
+    assert response.status == 200, body
+    assert body["broker"] == {"ok": True, "backend": "redis"}
+    assert body["database"] == {"ok": True, "backend": "postgres"}
