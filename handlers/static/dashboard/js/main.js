@@ -85,7 +85,9 @@ session.addEventListener("change", (event) => {
   }
 });
 session.addEventListener("signedout", (event) => {
-  notice(`Signed out: ${event.detail.reason}`, "error");
+  const reason = event.detail.reason;
+  if (reason === "signed out") notice("Signed out.");
+  else notice(`Signed out: ${reason}`, "error");
   render();
 });
 logoutButton.addEventListener("click", () => session.logout());
