@@ -202,3 +202,14 @@ def test_console_script_and_layout() -> None:
     quick_start = readme.split("## Quick start", 1)[1].split("\n## ", 1)[0]
     assert "python3 dev.py serve" in quick_start
     assert "python3 dev.py test" in quick_start
+
+
+def test_nginx_never_logs_secrets_from_urls() -> None:
+    conf = (ROOT / "deploy" / "nginx.conf").read_text()
+    log_format = conf.split("log_format", 1)[1].split(";", 1)[0]
+    assert "$request_uri" not in log_format
+    assert "$request" not in log_format.replace("$request_method", "").replace("$request_time", "")
+    assert "$args" not in log_format
+    assert "$uri" not in log_format, "raw paths carry webhook secrets; log the route"
+    assert '~^/webhooks/tv/  "/webhooks/tv/{secret}"' in conf
+    assert re.search(r"error_log \S+ (crit|alert|emerg);", conf)
