@@ -132,10 +132,20 @@ async def test_late_joiner_gets_the_whole_analysis(
     await ws.close()
 
 
-async def test_overloaded_error_event_midstream_fails_the_analysis(
-    claude_client: Any, fake_anthropic: FakeAnthropic
+@pytest.mark.parametrize(
+    ("error_type", "code"),
+    [
+        ("overloaded_error", "overloaded"),
+        ("rate_limit_error", "rate_limited"),
+        ("api_error", "provider_error"),
+    ],
+)
+async def test_error_event_midstream_fails_the_analysis(
+    claude_client: Any, fake_anthropic: FakeAnthropic, error_type: str, code: str
 ) -> None:
-    fake_anthropic.script = Script(tokens=["a ", "b ", "c ", "d ", "e ", "f "], error_after=4)
+    fake_anthropic.script = Script(
+        tokens=["a ", "b ", "c ", "d ", "e ", "f "], error_after=4, error_type=error_type
+    )
     owner, token = await make_user(claude_client, "buyer")
     request_id = await seed_request(claude_client, owner)
     ws = await connect(claude_client, token)
@@ -146,10 +156,10 @@ async def test_overloaded_error_event_midstream_fails_the_analysis(
     assert check_stream(pubs) == "a b c d "
     end = pubs[-1]["data"]
     assert end["type"] == "error"
-    assert end["code"] == "overloaded"
+    assert end["code"] == code
     stored = await get(claude_client, token, created["id"])
     assert stored["status"] == "failed"
-    assert stored["error"]["code"] == "overloaded"
+    assert stored["error"]["code"] == code
     assert stored["text"] == "a b c d "
     assert len(fake_anthropic.requests) == 1, "a stream that failed midway must not be retried"
     await ws.close()
