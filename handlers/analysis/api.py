@@ -143,9 +143,11 @@ def analysis_json(
 ) -> dict[str, Any]:
     """An analysis as the API shows it, with the live text when it runs in this process."""
     status, text, seq = analysis.status, analysis.text, analysis.seq
+    first_token_at = analysis.first_token_at
     live = request.app[keys.analysis_runner].live(analysis.id)
     if live is not None and analysis.status in store.ACTIVE and live.seq >= seq:
         status, text, seq = live.status, live.text, live.seq
+        first_token_at = first_token_at or live.first_token_at
     error = None
     if analysis.error_code is not None:
         error = {"code": analysis.error_code, "message": analysis.error_message or ""}
@@ -167,11 +169,11 @@ def analysis_json(
         "error": error,
         "created_at": analysis.created_at,
         "started_at": analysis.started_at,
-        "first_token_at": analysis.first_token_at,
+        "first_token_at": first_token_at,
         "finished_at": analysis.finished_at,
         "timings": {
             "queued_ms": _ms(analysis.created_at, analysis.started_at),
-            "first_token_ms": _ms(analysis.started_at, analysis.first_token_at),
+            "first_token_ms": _ms(analysis.started_at, first_token_at),
             "duration_ms": _ms(analysis.started_at, analysis.finished_at),
         },
     }

@@ -99,6 +99,7 @@ class LiveState:
     status: str
     text: str
     seq: int
+    first_token_at: datetime | None
 
 
 class AnalysisRunner:
@@ -205,7 +206,7 @@ class AnalysisRunner:
         job = self._jobs.get(analysis_id)
         if job is None:
             return None
-        return LiveState(job.state, job.text, job.seq)
+        return LiveState(job.state, job.text, job.seq, job.first_token_at)
 
     async def cancel(self, analysis_id: uuid.UUID, *, wait: float = 5.0) -> bool:
         """Cancel an analysis; returns True when it ran here and has finished recording.
