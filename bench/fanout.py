@@ -461,7 +461,7 @@ def run_target(target: Target, workers: Workers, args: argparse.Namespace) -> di
     if many > 0:
         out["many"] = many_case(target, workers, many, args.seconds * 2, args.profile)
     if args.soak:
-        out["soak"] = soak(target, workers, args.soak_connections, args.soak_seconds)
+        out["soak"] = soak(target, workers, args.soak_connections, args.soak_seconds, args.profile)
     return out
 
 
@@ -496,15 +496,18 @@ def server_metrics(server: Server, name: str) -> list[str]:
     return [line for line in text.splitlines() if name in line and not line.startswith("#")]
 
 
-def soak(target: Target, workers: Workers, n: int, seconds: float) -> dict[str, Any]:
+def soak(
+    target: Target, workers: Workers, n: int, seconds: float, profile: Path | None = None
+) -> dict[str, Any]:
     """Hold ``n`` connections with heartbeats for ``seconds``; one publication per second."""
     print(f"  [{target.name}] soak: {n} connections for {seconds:.0f}s", flush=True)
     server = target.start(SOAK_HEARTBEAT)
     try:
         case = connect_case(server, workers, [["alerts:soak"]] * n)
-        case["fixed_rate"] = asyncio.run(
-            rate_case(server, workers, [(lambda i: "alerts:soak", 1.0)], seconds)
-        )
+        with profiled(server, profile, f"soak-{n}"):
+            case["fixed_rate"] = asyncio.run(
+                rate_case(server, workers, [(lambda i: "alerts:soak", 1.0)], seconds)
+            )
         case["open_at_end"] = workers.stats(None, False)["open"]
         case["server_disconnect_metrics"] = server_metrics(server, "ws_disconnects")
         return case
