@@ -1,6 +1,7 @@
 """Fan-out benchmark: the project against a naive aiohttp broadcast server, same run, same load.
 
-One command, loopback only, bounded in time (about 4 minutes; ``--quick`` about 1)::
+One command, loopback only, bounded in time (about 5 minutes, 10 with ``--soak``; ``--quick``
+about 1)::
 
     .venv/bin/python -m bench.fanout                # memory + Redis brokers and the raw ceiling
     .venv/bin/python -m bench.fanout --quick        # shorter phases, to check the tooling
@@ -505,9 +506,10 @@ def soak(
     try:
         case = connect_case(server, workers, [["alerts:soak"]] * n)
         with profiled(server, profile, f"soak-{n}"):
-            case["fixed_rate"] = asyncio.run(
+            fixed = asyncio.run(
                 rate_case(server, workers, [(lambda i: "alerts:soak", 1.0)], seconds)
             )
+        case["fixed_rate"] = {"publications_per_s": 1.0, **fixed}
         case["open_at_end"] = workers.stats(None, False)["open"]
         case["server_disconnect_metrics"] = server_metrics(server, "ws_disconnects")
         return case
