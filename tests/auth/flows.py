@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import re
+import time
 from email.message import EmailMessage
 from typing import Any
 
+from aiohttp import WSMsgType
 from aiohttp.test_utils import TestClient
 
 from handlers import keys
@@ -50,3 +52,13 @@ async def sign_in(client: TestClient, email: str) -> dict[str, Any]:
 
 def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
+
+
+async def closed_with(ws: Any, code: int, timeout: float = 5.0) -> None:
+    """Read (and drop) frames until the server closes ``ws``; assert the close code."""
+    deadline = time.monotonic() + timeout
+    while True:
+        msg = await ws.receive(timeout=max(0.1, deadline - time.monotonic()))
+        if msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSED, WSMsgType.CLOSING):
+            break
+    assert ws.close_code == code

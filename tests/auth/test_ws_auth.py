@@ -6,31 +6,21 @@ import asyncio
 import time
 from typing import Any
 
-from aiohttp import WSMsgType
-
 from handlers.ws_connection import (
     CLOSE_RATE_LIMITED,
     CLOSE_TOO_MANY_CONNECTIONS,
     CLOSE_UNAUTHENTICATED,
 )
 from server.app import create_app
+from tests.auth.flows import closed_with
 from tests.auth.tokens import forge
 from tests.helpers import connect, make_user, request, send
-
-
-async def _closed_with(ws: Any, code: int, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        msg = await ws.receive(timeout=max(0.1, deadline - time.monotonic()))
-        if msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSED, WSMsgType.CLOSING):
-            break
-    assert ws.close_code == code
 
 
 async def test_authenticate_must_come_first(client: Any) -> None:
     ws = await client.ws_connect("/ws")
     await send(ws, "subscribe", channel="user:someone")
-    await _closed_with(ws, CLOSE_UNAUTHENTICATED)
+    await closed_with(ws, CLOSE_UNAUTHENTICATED)
 
 
 async def test_no_authenticate_within_the_timeout_closes(
@@ -38,27 +28,27 @@ async def test_no_authenticate_within_the_timeout_closes(
 ) -> None:
     client = await aiohttp_client(create_app(make_settings(WS_AUTH_TIMEOUT="0.3")))
     ws = await client.ws_connect("/ws")
-    await _closed_with(ws, CLOSE_UNAUTHENTICATED)
+    await closed_with(ws, CLOSE_UNAUTHENTICATED)
 
 
 async def test_bad_and_expired_tokens_close(client: Any) -> None:
     for token in ("not-a-jwt", forge(exp=int(time.time()) - 60, iat=int(time.time()) - 120)):
         ws = await client.ws_connect("/ws")
         await send(ws, "authenticate", token=token)
-        await _closed_with(ws, CLOSE_UNAUTHENTICATED)
+        await closed_with(ws, CLOSE_UNAUTHENTICATED)
 
 
 async def test_token_in_query_string_is_ignored(client: Any) -> None:
     _, token = await make_user(client)
     ws = await client.ws_connect(f"/ws?token={token}&access_token={token}")
     await send(ws, "ping")
-    await _closed_with(ws, CLOSE_UNAUTHENTICATED)
+    await closed_with(ws, CLOSE_UNAUTHENTICATED)
 
 
 async def test_access_expiry_without_refresh_closes(client: Any) -> None:
     user_id, _ = await make_user(client)
     ws = await connect(client, forge(sub=user_id, exp=int(time.time()) + 1))
-    await _closed_with(ws, CLOSE_UNAUTHENTICATED, timeout=5)
+    await closed_with(ws, CLOSE_UNAUTHENTICATED, timeout=5)
 
 
 async def test_in_band_refresh_extends_the_session(client: Any) -> None:
@@ -89,7 +79,7 @@ async def test_per_user_connection_limit(make_settings: Any, aiohttp_client: Any
     first, second = await connect(client, token), await connect(client, token)
     third = await client.ws_connect("/ws")
     await send(third, "authenticate", token=token)
-    await _closed_with(third, CLOSE_TOO_MANY_CONNECTIONS)
+    await closed_with(third, CLOSE_TOO_MANY_CONNECTIONS)
     _, other = await make_user(client)
     await (await connect(client, other)).close()
     await first.close()
@@ -109,5 +99,5 @@ async def test_per_user_command_limit_spans_connections(
     # the user's burst of 4 is spent across both connections (each alone allows 100)
     for _ in range(3):
         await send(one, "ping")
-    await _closed_with(one, CLOSE_RATE_LIMITED)
+    await closed_with(one, CLOSE_RATE_LIMITED)
     await two.close()
