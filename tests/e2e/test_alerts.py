@@ -31,6 +31,14 @@ async def test_alert_posted_by_webhook_appears_in_table_and_chart(
     url_box = page.get_by_test_id("webhook-url")
     webhook_url = await url_box.input_value()
     assert webhook_url.startswith(f"{e2e_server.url}/webhooks/tv/")
+    await page.context.grant_permissions(
+        ["clipboard-read", "clipboard-write"], origin=e2e_server.url
+    )
+    copy = page.get_by_test_id("webhook").locator("button")
+    await expect(copy).to_have_text("Copy")
+    await copy.click()
+    await expect(copy).to_have_text("Copied")
+    assert await page.evaluate("navigator.clipboard.readText()") == webhook_url
     table = page.get_by_test_id("alerts-table")
     chart = page.locator("[data-testid='alerts-chart'] svg")
     await expect(table).to_contain_text("No alerts yet")

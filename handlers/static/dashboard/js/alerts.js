@@ -153,13 +153,12 @@ function feed(root, id, { session, client, notice }) {
     ),
   );
 
+  if (revealed.has(id)) replace(secretsSlot, secretsBox(revealed.get(id)));
   session
     .api(`/api/v1/strategies/${id}`)
     .then((strategy) => {
       title.textContent = strategy.name;
-      if (revealed.has(id)) {
-        replace(secretsSlot, secretsBox(revealed.get(id)));
-      } else if (strategy.access !== "shared") {
+      if (!revealed.has(id) && strategy.access !== "shared") {
         replace(
           secretsSlot,
           h("p", { class: "muted" }, "The webhook URL was shown when the feed was created. Lost it? ", h("button", { type: "button", class: "small", onclick: rotate }, "Rotate secrets"), " (the old URL keeps working for the grace period)."),
