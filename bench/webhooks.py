@@ -5,9 +5,10 @@ One command, loopback only, bounded (about a minute with the defaults)::
 
     .venv/bin/python -m bench.webhooks
     .venv/bin/python -m bench.webhooks --count 1000 --rate 50 --seconds 5   # quick check
+    .venv/bin/python -m bench.webhooks --redis redis://127.0.0.1:6379/0      # Redis broker
 
-It starts the real server (``python -m server.cli serve``, memory broker, uvloop) on a fresh
-PostgreSQL database, creates a user and a strategy over the REST API, subscribes one WebSocket
+It starts the real server (``python -m server.cli serve``, memory broker unless ``--redis``,
+uvloop) on a fresh PostgreSQL database, creates a user and a strategy over the REST API, subscribes one WebSocket
 client to ``alerts:{strategy}``, then runs three phases from one client process:
 
 * ``signed``: ``--count`` Standard Webhooks messages (unique ids, valid signatures) sent by
@@ -91,8 +92,10 @@ async def bench_database(admin_url: str) -> AsyncIterator[str]:
         await admin.close()
 
 
-def server_env(database_url: str, port: int) -> dict[str, str]:
+def server_env(database_url: str, port: int, redis_url: str | None) -> dict[str, str]:
+    broker = {"REDIS_URL": redis_url, "REDIS_PREFIX": f"bench-{uuid.uuid4().hex[:8]}"}
     return {
+        **(broker if redis_url else {}),
         **os.environ,
         "ENV": "development",
         "HOST": "127.0.0.1",
@@ -295,7 +298,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     async with bench_database(args.database) as database_url:
-        env = server_env(database_url, port)
+        env = server_env(database_url, port, args.redis)
         process = subprocess.Popen([sys.executable, "-m", "server.cli", "serve"], env=env, cwd=ROOT)
         try:
             await wait_ready(base, process)
@@ -355,6 +358,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--rate", type=float, default=100.0, help="latency phase webhooks/s")
     parser.add_argument("--seconds", type=float, default=10.0, help="latency phase length")
+    parser.add_argument("--redis", default=None, help="a Redis URL: use the Redis broker")
     parser.add_argument(
         "--database",
         default=os.environ.get("BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test"),
@@ -368,6 +372,7 @@ def main() -> None:
         "concurrency": args.concurrency,
         "rate": args.rate,
         "seconds": args.seconds,
+        "broker": "redis" if args.redis else "memory",
         "cpus": os.cpu_count(),
         "python": platform.python_version(),
         # The machine may be shared: high load averages mean noisy numbers.
