@@ -8,8 +8,9 @@ One command, loopback only, bounded (about a minute with the defaults)::
     .venv/bin/python -m bench.webhooks --redis redis://127.0.0.1:6379/0      # Redis broker
 
 It starts the real server (``python -m server.cli serve``, memory broker unless ``--redis``,
-uvloop) on a fresh PostgreSQL database, creates a user and a strategy over the REST API, subscribes one WebSocket
-client to ``alerts:{strategy}``, then runs three phases from one client process:
+uvloop) on a fresh PostgreSQL database, creates a user and a strategy over the REST API,
+subscribes one WebSocket client to ``alerts:{strategy}``, then runs three phases from one
+client process:
 
 * ``signed``: ``--count`` Standard Webhooks messages (unique ids, valid signatures) sent by
   ``--concurrency`` concurrent senders as fast as the server acknowledges them;
