@@ -216,8 +216,15 @@ def _cli(env: dict[str, str], *args: str) -> str:
     return lines[-1] if lines else ""
 
 
-def project_target(name: str, database_url: str, redis_url: str | None, workdir: Path) -> Target:
+def project_target(
+    name: str, database_url: str, redis_url: str | None, workdir: Path, gc_probe: bool = False
+) -> Target:
     env = project_env(database_url, redis_url, workdir)
+    command = (
+        [sys.executable, "-m", "bench.gc_probe"]
+        if gc_probe
+        else [str(VENV_BIN / "arena-realtime"), "serve"]
+    )
     tokens: dict[str, str] = {}
 
     def start(heartbeat: float) -> Server:
@@ -228,7 +235,7 @@ def project_target(name: str, database_url: str, redis_url: str | None, workdir:
         port = free_port()
         log_path = workdir / f"{name}-{port}.log"
         process = subprocess.Popen(
-            [str(VENV_BIN / "arena-realtime"), "serve"],
+            command,
             env={**env, "PORT": str(port), "WS_HEARTBEAT": str(heartbeat)},
             cwd=ROOT,
             stdout=log_path.open("wb"),
@@ -374,8 +381,10 @@ async def rate_case(
     """Fixed-rate publications: latency percentiles, losses, drain time."""
     publisher = Publisher(server)
     await workers.acall("reset")
+    started = time.time()
     await asyncio.gather(*(publisher.at_rate(pick, rate, seconds) for pick, rate in schedules))
     finished = await drain(workers, publisher.final, 15.0)
+    window = (started, time.time())
     stats = await asyncio.to_thread(workers.stats, publisher.final, True)
     await publisher.close()
     return {
@@ -389,6 +398,7 @@ async def rate_case(
         "disconnects": stats["disconnects"],
         "close_codes": stats["close_codes"],
         "drain_s": finished["drain_s"],
+        "gc2_pauses_ms": gc_pauses(server, window),
     }
 
 
@@ -482,6 +492,20 @@ def many_case(
     finally:
         workers.call("close")
         server.stop()
+
+
+def gc_pauses(server: Server, window: tuple[float, float]) -> list[float] | None:
+    """Full-collection pauses (ms) the server logged during ``window`` (``--gc-probe`` only)."""
+    pauses: list[float] = []
+    probed = False
+    for line in server.log_path.read_text(errors="replace").splitlines():
+        if not line.startswith("GC2 "):
+            continue
+        probed = True
+        fields = dict(part.split("=", 1) for part in line.split()[1:])
+        if window[0] <= float(fields["at"]) <= window[1]:
+            pauses.append(float(fields["dur"].removesuffix("ms")))
+    return pauses if probed else None
 
 
 def server_metrics(server: Server, name: str) -> list[str]:
@@ -688,6 +712,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument(
+        "--gc-probe",
+        action="store_true",
+        help="run the project under bench.gc_probe; report full GC pauses in each latency phase",
+    )
+    parser.add_argument(
         "--profile",
         type=Path,
         default=None,
@@ -738,10 +767,10 @@ def main(argv: list[str] | None = None) -> int:
             with bench_database(args.database_url) as database_url:
                 available = {
                     "arena-memory": lambda: project_target(
-                        "arena-memory", database_url, None, workdir
+                        "arena-memory", database_url, None, workdir, args.gc_probe
                     ),
                     "arena-redis": lambda: project_target(
-                        "arena-redis", database_url, args.redis_url, workdir
+                        "arena-redis", database_url, args.redis_url, workdir, args.gc_probe
                     ),
                     "raw-aiohttp": lambda: raw_target(workdir),
                 }
