@@ -71,7 +71,9 @@ class OutboxRelay:
                 raise
             except Exception:
                 log.warning("outbox relay failed; retrying", exc_info=True)
-            await self._wait(self._poll_interval)
+            # A standby (or failed) relay only retries leadership; kicks are for the leader, and
+            # waiting on them here would spin once one arrives.
+            await asyncio.sleep(self._poll_interval)
 
     async def _lead(self, conn: asyncpg.Connection) -> None:
         await conn.add_listener(outbox.NOTIFY_CHANNEL, self._on_notify)
