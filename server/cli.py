@@ -24,6 +24,7 @@ from handlers import keys
 from handlers.principal import ROLES
 from handlers.tokens import TokenService
 from pubsub.broker import BrokerError
+from server import lifecycle
 from server.app import create_app
 from server.logs import configure_logging
 from server.settings import Settings, SettingsError, load_settings
@@ -59,6 +60,8 @@ def serve(settings: Settings) -> None:
         except ImportError:  # pragma: no cover - uvloop is a dependency on Linux and macOS
             log.warning("uvloop not available; using the default event loop")
     app = create_app(settings)
+    # Only for a real server: a test process creates many apps and must keep collecting them.
+    app.on_startup.append(lifecycle.freeze_startup_objects)
     log.info(
         "starting",
         extra={"host": settings.host, "port": settings.port, "env": settings.env},

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 from collections.abc import AsyncIterator
 
@@ -209,3 +210,17 @@ async def analyses(app: web.Application) -> AsyncIterator[None]:
         yield
     finally:
         await runner.close()
+
+
+async def freeze_startup_objects(app: web.Application) -> None:
+    """``on_startup``, after every resource is open: move everything allocated so far (imported
+    modules, the SDKs, pydantic models, pools) out of the garbage collector's sight.
+
+    Full collections then only scan what connections and requests allocate, so their pauses
+    (which stall every WebSocket on the loop) shrink with the startup heap they no longer walk.
+    """
+    gc.collect()
+    gc.freeze()
+    log.info(
+        "startup objects frozen for the garbage collector", extra={"objects": gc.get_freeze_count()}
+    )
