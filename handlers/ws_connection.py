@@ -73,6 +73,7 @@ class Connection:
         "_flusher",
         "_queue",
         "_transport",
+        "close_code",
         "closed",
         "conn_id",
         "max_bytes",
@@ -102,6 +103,8 @@ class Connection:
         self.max_messages = max_messages
         self.max_bytes = max_bytes
         self.closed = False
+        #: the code this side closed with (None while open or when the client closed first)
+        self.close_code: int | None = None
         self.principal: Any = None
         self.subscriptions: set[str] = set()
         #: called once when the connection starts closing (the registry detaches it from the hub)
@@ -164,6 +167,7 @@ class Connection:
         if flush:
             self.flush()
         self.closed = True
+        self.close_code = code
         self._queue = []
         self._bytes = 0
         loop = asyncio.get_running_loop()

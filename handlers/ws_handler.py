@@ -454,7 +454,9 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     finally:
         registry.remove(conn)
         metrics.ws_connections.dec()
-        code = ws.close_code or (1006 if not conn.closed else 0)
+        # Our own code when the server closed (4004 = slow consumer, 4001, ...), else the
+        # client's, else 1006 (the connection just vanished).
+        code = conn.close_code or ws.close_code or 1006
         metrics.ws_disconnects.labels(str(code)).inc()
         if not conn.closed:
             conn.close_soon(CLOSE_PROTOCOL if ws.close_code is None else 1000, "bye", flush=True)

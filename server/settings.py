@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -172,6 +173,51 @@ def _jwt_keys(env: Mapping[str, str], primary: str) -> dict[str, str]:
     return keys
 
 
+_NAMESPACE_FIELDS: dict[str, type] = {
+    "history_size": int,
+    "history_ttl": int,
+    "recovery": bool,
+    "presence": bool,
+    "join_leave": bool,
+}
+_NAMESPACE_NAME = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
+
+
+def _namespaces(env: Mapping[str, str]) -> dict[str, NamespaceOptions]:
+    """The built-in namespaces, overridden or extended by ``CHANNEL_NAMESPACES`` (a JSON object:
+    ``{"alerts": {"history_size": 5000}, "news": {"history_ttl": 3600, "recovery": false}}``)."""
+    namespaces = default_namespaces()
+    raw = _str(env, "CHANNEL_NAMESPACES", "")
+    if not raw:
+        return namespaces
+    try:
+        overrides = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise SettingsError(f"CHANNEL_NAMESPACES is not valid JSON: {exc.msg}") from None
+    if not isinstance(overrides, dict):
+        raise SettingsError("CHANNEL_NAMESPACES must be a JSON object of namespace -> options")
+    for name, options in overrides.items():
+        if not _NAMESPACE_NAME.match(name):
+            raise SettingsError(f"CHANNEL_NAMESPACES: bad namespace name {name!r}")
+        if not isinstance(options, dict):
+            raise SettingsError(f"CHANNEL_NAMESPACES: options of {name!r} must be an object")
+        values: dict[str, Any] = {}
+        for key, value in options.items():
+            kind = _NAMESPACE_FIELDS.get(key)
+            if kind is None:
+                raise SettingsError(f"CHANNEL_NAMESPACES: unknown option {key!r} in {name!r}")
+            negative = isinstance(value, int) and value < 0
+            if type(value) is not kind or negative:
+                raise SettingsError(
+                    f"CHANNEL_NAMESPACES: {name}.{key} must be a "
+                    + ("non-negative integer" if kind is int else "boolean")
+                )
+            values[key] = value
+        base = namespaces.get(name, NamespaceOptions())
+        namespaces[name] = replace(base, **values)
+    return namespaces
+
+
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     """Build :class:`Settings` from ``env`` (default ``os.environ``).
 
@@ -291,6 +337,6 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         migrate_on_start=_bool(env, "MIGRATE_ON_START", True),
         presence_ttl=_float(env, "PRESENCE_TTL", 30.0, minimum=0.3),
         presence_unique_users=_bool(env, "PRESENCE_UNIQUE_USERS", True),
-        namespaces=default_namespaces(),
+        namespaces=_namespaces(env),
         handlers=handlers,
     )

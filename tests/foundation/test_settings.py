@@ -143,3 +143,36 @@ def test_cli_reports_configuration_errors_without_traceback(
     err = capsys.readouterr().err
     assert "configuration error: JWT_SECRET is required when ENV=production" in err
     assert "Traceback" not in err
+
+
+def test_channel_namespaces_override_and_extend_the_defaults(tmp_path: Path) -> None:
+    env = {
+        "DATA_DIR": str(tmp_path),
+        "CHANNEL_NAMESPACES": (
+            '{"alerts": {"history_size": 5000}, "news": {"history_ttl": 60, "recovery": false}}'
+        ),
+    }
+    namespaces = load_settings(env).namespaces
+    assert namespaces["alerts"].history_size == 5000
+    assert namespaces["alerts"].history_ttl == 24 * 3600  # untouched options keep defaults
+    assert namespaces["news"].history_ttl == 60
+    assert namespaces["news"].recovery is False
+    assert namespaces["user"].history_size == 200
+
+
+@pytest.mark.parametrize(
+    ("raw", "fragment"),
+    [
+        ("{", "not valid JSON"),
+        ("[1]", "JSON object"),
+        ('{"Bad Name": {}}', "bad namespace name"),
+        ('{"news": {"history_size": -1}}', "non-negative integer"),
+        ('{"news": {"history_size": true}}', "non-negative integer"),
+        ('{"news": {"recovery": "no"}}', "boolean"),
+        ('{"news": {"colour": 1}}', "unknown option"),
+    ],
+)
+def test_bad_channel_namespaces_name_the_variable(tmp_path: Path, raw: str, fragment: str) -> None:
+    with pytest.raises(SettingsError, match="CHANNEL_NAMESPACES") as info:
+        load_settings({"DATA_DIR": str(tmp_path), "CHANNEL_NAMESPACES": raw})
+    assert fragment in str(info.value)

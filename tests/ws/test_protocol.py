@@ -28,6 +28,37 @@ async def _closed_with(ws: Any, timeout: float = 5.0) -> int | None:
     raise AssertionError("connection was not closed")
 
 
+def _masked(text: str) -> bytes:
+    """A client-to-server text frame (clients must mask)."""
+    payload = text.encode()
+    mask = b"\x01\x02\x03\x04"
+    body = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+    assert len(payload) < 65536
+    if len(payload) < 126:
+        return bytes((0x81, 0x80 | len(payload))) + mask + body
+    return bytes((0x81, 0x80 | 126)) + len(payload).to_bytes(2, "big") + mask + body
+
+
+async def raw_subscriber(
+    client: Any, token: str, channel: str
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A bare socket that upgrades, authenticates and subscribes, then does nothing at all:
+    it never reads and never answers pings."""
+    reader, writer = await asyncio.open_connection(client.host, client.port)
+    writer.write(
+        (
+            f"GET /ws HTTP/1.1\r\nHost: {client.host}:{client.port}\r\nUpgrade: websocket\r\n"
+            "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+            "Sec-WebSocket-Version: 13\r\n\r\n"
+        ).encode()
+    )
+    await reader.readuntil(b"\r\n\r\n")
+    writer.write(_masked(orjson.dumps({"id": 1, "type": "authenticate", "token": token}).decode()))
+    writer.write(_masked(orjson.dumps({"id": 2, "type": "subscribe", "channel": channel}).decode()))
+    await writer.drain()
+    return reader, writer
+
+
 @pytest.fixture
 async def admin(client: Any) -> str:
     return (await make_user(client, "admin"))[1]
@@ -298,7 +329,8 @@ async def test_slow_consumer_is_disconnected_without_delaying_others(
             make_settings(
                 WS_MAX_QUEUE_BYTES="65536",
                 WS_MAX_QUEUE_MESSAGES="100000",
-                WS_MAX_CONNECTIONS_PER_USER="100",
+                WS_MAX_CONNECTIONS_PER_USER="200",
+                WS_USER_COMMAND_BURST="1000",
             )
         )
     )
@@ -306,33 +338,15 @@ async def test_slow_consumer_is_disconnected_without_delaying_others(
     hub = client.server.app[keys.hub]
     channel = "alerts:slow"
     # The stalled client is a raw socket that completes the handshake and then never reads.
-    reader, writer = await asyncio.open_connection(client.host, client.port)
-    writer.write(
-        (
-            f"GET /ws HTTP/1.1\r\nHost: {client.host}:{client.port}\r\nUpgrade: websocket\r\n"
-            "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-            "Sec-WebSocket-Version: 13\r\n\r\n"
-        ).encode()
-    )
-    await reader.readuntil(b"\r\n\r\n")
-
-    def masked(text: str) -> bytes:
-        payload = text.encode()
-        mask = b"\x01\x02\x03\x04"
-        body = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-        assert len(payload) < 65536
-        if len(payload) < 126:
-            return bytes((0x81, 0x80 | len(payload))) + mask + body
-        return bytes((0x81, 0x80 | 126)) + len(payload).to_bytes(2, "big") + mask + body
-
-    writer.write(masked(orjson.dumps({"id": 1, "type": "authenticate", "token": token}).decode()))
-    writer.write(masked(orjson.dumps({"id": 2, "type": "subscribe", "channel": channel}).decode()))
-    await writer.drain()
+    reader, writer = await raw_subscriber(client, token, channel)
     others = [await connect(client, token) for _ in range(10)]
     for ws in others:
         await request(ws, "subscribe", channel=channel)
-    while hub.subscriber_count(channel) < len(others) + 1:
+    for _ in range(500):
+        if hub.subscriber_count(channel) == len(others) + 1:
+            break
         await asyncio.sleep(0.01)
+    assert hub.subscriber_count(channel) == len(others) + 1
     payload = {"blob": "x" * 2000}
     published = 0
     counts = [0] * len(others)
@@ -344,6 +358,13 @@ async def test_slow_consumer_is_disconnected_without_delaying_others(
             counts[index] += 1
 
     readers = [asyncio.create_task(drain(i)) for i in range(len(others))]
+
+    def _check(tasks: list[asyncio.Task[None]]) -> None:
+        for task in tasks:
+            if task.done():
+                task.result()  # a healthy reader failed: raise its error instead of waiting
+                raise AssertionError("a healthy reader stopped")
+
     # Publish until the stalled client overflows (kernel buffers on loopback hold a few MB).
     while hub.subscriber_count(channel) > len(others) and published < 20000:
         for _ in range(4):
@@ -351,6 +372,7 @@ async def test_slow_consumer_is_disconnected_without_delaying_others(
             published += 1
         while min(counts) < published - 8:  # healthy readers stay within 16 KB
             await asyncio.sleep(0.001)
+            _check(readers)
     assert hub.subscriber_count(channel) == len(others), "the stalled client must be dropped"
     # Reading again, the stalled client finds everything up to the slow-consumer close code.
     close_frame = b"\x88\x0f" + (4004).to_bytes(2, "big") + b"slow consumer"
@@ -359,9 +381,13 @@ async def test_slow_consumer_is_disconnected_without_delaying_others(
         chunk = await asyncio.wait_for(reader.read(1 << 20), 4)
         assert chunk, "connection ended without the slow-consumer close frame"
         data = data[-64:] + chunk
-    for _ in range(20):
-        await hub.publish(channel, payload)
-        published += 1
+    for _ in range(5):  # and delivery to everyone else goes on
+        for _ in range(4):
+            await hub.publish(channel, payload)
+            published += 1
+        while min(counts) < published - 8:
+            await asyncio.sleep(0.001)
+            _check(readers)
     for _ in range(3000):
         if counts == [published] * len(others):
             break
@@ -369,6 +395,8 @@ async def test_slow_consumer_is_disconnected_without_delaying_others(
     for task in readers:
         task.cancel()
     assert counts == [published] * len(others)
+    metrics = await (await client.get("/metrics")).text()
+    assert 'arena_ws_disconnects_total{code="4004"}' in metrics
     writer.close()
 
 
@@ -476,3 +504,44 @@ async def test_engine_metrics_are_exported(client: Any, admin: str) -> None:
         "arena_ws_commands_total",
     ):
         assert name in text, name
+
+
+async def test_dead_peer_is_dropped_by_the_heartbeat(
+    aiohttp_client: Any, make_settings: Any
+) -> None:
+    client = await aiohttp_client(create_app(make_settings(WS_HEARTBEAT="1")))
+    _, token = await make_user(client, "admin")
+    registry = client.server.app[keys.connections]
+    reader, writer = await raw_subscriber(client, token, "alerts:hb")
+    while not registry.connections():
+        await asyncio.sleep(0.01)
+    # It never answers the server's pings: the server gives up and closes the socket.
+    data = b""
+    while True:
+        chunk = await asyncio.wait_for(reader.read(65536), 10)
+        if not chunk:
+            break
+        data += chunk
+    assert b"\x89" in data  # at least one ping was sent before giving up
+    for _ in range(100):
+        if not registry.connections():
+            break
+        await asyncio.sleep(0.02)
+    assert registry.connections() == []
+    writer.close()
+
+
+async def test_configured_namespace_is_usable(aiohttp_client: Any, make_settings: Any) -> None:
+    settings = make_settings(CHANNEL_NAMESPACES='{"news": {"history_size": 2}}')
+    client = await aiohttp_client(create_app(settings))
+    _, admin = await make_user(client, "admin")
+    _, buyer = await make_user(client, "buyer")
+    hub = client.server.app[keys.hub]
+    for i in range(3):
+        await hub.publish("news:today", i)
+    ws = await connect(client, admin)
+    history = await request(ws, "history", channel="news:today")
+    assert [p["data"] for p in history["result"]["publications"]] == [1, 2]
+    stranger = await connect(client, buyer)
+    denied = await request(stranger, "subscribe", channel="news:today")
+    assert denied["error"]["code"] == "permission_denied"
