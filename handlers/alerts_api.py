@@ -11,14 +11,11 @@ A user sees the alerts of strategies they own or that are shared with them; only
 
 from __future__ import annotations
 
-import base64
-import binascii
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any, Literal
 from uuid import UUID
 
-import orjson
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -26,6 +23,7 @@ from handlers import keys
 from handlers.auth_context import require_principal
 from handlers.errors import ApiError, json_response
 from handlers.openapi import describe
+from handlers.paging import decode_cursor, encode_cursor
 from handlers.permissions import register
 from handlers.principal import Principal
 from handlers.validation import query_params
@@ -140,23 +138,6 @@ class StatsQuery(_Filters):
     bucket: str = Field(default="1h", description="1m, 5m, 15m, 1h, 4h, 1d or seconds (>= 60)")
 
 
-def _encode_cursor(alert: alerts.Alert) -> str:
-    raw = orjson.dumps([alert.received_at.isoformat(), str(alert.id)])
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def _decode_cursor(cursor: str) -> tuple[datetime, UUID]:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        stamp, ident = orjson.loads(raw)
-        when = datetime.fromisoformat(stamp)
-        if when.tzinfo is None:
-            raise ValueError("naive")
-        return when, UUID(ident)
-    except (binascii.Error, ValueError, TypeError, orjson.JSONDecodeError):
-        raise ApiError(400, "invalid cursor", errors={"cursor": ["invalid cursor"]}) from None
-
-
 def _viewer(principal: Principal) -> str | None:
     return None if principal.is_privileged else principal.user_id
 
@@ -182,7 +163,7 @@ async def list_alerts(request: web.Request) -> web.Response:
     principal = require_principal(request)
     query = query_params(request, ListQuery)
     _check_range(query.since, query.until)
-    after = _decode_cursor(query.cursor) if query.cursor else None
+    after = decode_cursor(query.cursor)
     if query.strategy is not None:
         await _check_strategy(request, principal, query.strategy)
     async with request.app[keys.pool].acquire() as conn:
@@ -198,7 +179,10 @@ async def list_alerts(request: web.Request) -> web.Response:
             limit=query.limit + 1,
         )
     page = rows[: query.limit]
-    next_cursor = _encode_cursor(page[-1]) if len(rows) > query.limit else None
+    last = page[-1] if page else None
+    next_cursor = (
+        encode_cursor(last.received_at, last.id) if last and len(rows) > query.limit else None
+    )
     return json_response(
         {"items": [alert_json(a, raw_limit=0) for a in page], "next_cursor": next_cursor}
     )

@@ -31,17 +31,15 @@ from handlers.marketplace_models import (
     ProposalStatusChange,
 )
 from handlers.openapi import describe
+from handlers.paging import decode_cursor, encode_cursor, path_uuid
 from handlers.permissions import register
 from handlers.principal import Principal
 from handlers.requests_api import (
     IF_MATCH,
-    decode_cursor,
-    encode_cursor,
     etag,
     expected_version,
     is_owner,
     kick_relay,
-    path_uuid,
     record_request_event,
     viewer_id,
     visible_request,

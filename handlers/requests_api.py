@@ -8,15 +8,12 @@ Every change records its outbox event in the same transaction; the relay publish
 
 from __future__ import annotations
 
-import base64
-import binascii
 import dataclasses
 from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
 import asyncpg
-import orjson
 from aiohttp import web
 
 from handlers import keys
@@ -30,6 +27,7 @@ from handlers.marketplace_models import (
     RequestQuery,
 )
 from handlers.openapi import describe
+from handlers.paging import decode_cursor, encode_cursor, path_uuid
 from handlers.principal import Principal
 from handlers.validation import parse_body, query_params
 from storage import outbox, proposals
@@ -40,35 +38,6 @@ TAGS = ("requests",)
 IF_MATCH = 'Only act if the resource still has this version (ETag, e.g. "3")'
 
 # -- helpers shared with proposals_api ------------------------------------------------------
-
-
-def path_uuid(request: web.Request, name: str = "id") -> UUID:
-    """The UUID in path segment ``name``; a malformed id cannot name anything, so 404."""
-    try:
-        return UUID(request.match_info[name])
-    except ValueError:
-        raise ApiError(404, "not found") from None
-
-
-def encode_cursor(created_at: datetime, item_id: UUID) -> str:
-    """An opaque keyset position (the last item's creation time and id)."""
-    raw = orjson.dumps([created_at.isoformat(), str(item_id)])
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str | None) -> tuple[datetime, UUID] | None:
-    """The position in ``cursor``; 400 when it is not one this API issued."""
-    if not cursor:
-        return None
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        created, item = orjson.loads(raw)
-        position = datetime.fromisoformat(created), UUID(item)
-        if position[0].tzinfo is None:
-            raise ValueError("naive timestamp")
-        return position[0].astimezone(UTC), position[1]
-    except (binascii.Error, ValueError, TypeError, OverflowError, orjson.JSONDecodeError):
-        raise ApiError(400, "invalid cursor", errors={"cursor": ["invalid cursor"]}) from None
 
 
 def expected_version(request: web.Request, body_version: int | None) -> int | None:

@@ -27,6 +27,7 @@ from handlers.analysis.runner import Busy
 from handlers.auth_context import require_principal
 from handlers.errors import ApiError, json_response
 from handlers.openapi import describe
+from handlers.paging import path_uuid
 from handlers.principal import Principal
 from handlers.validation import parse_body, query_params
 from pubsub.broker import BrokerError
@@ -108,13 +109,6 @@ class AnalysisListQuery(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     limit: int = Field(default=20, ge=1, le=100)
-
-
-def _uuid(request: web.Request, name: str = "id") -> UUID:
-    try:
-        return UUID(request.match_info[name])
-    except ValueError:
-        raise ApiError(404, "not found") from None
 
 
 def _ms(start: datetime | None, end: datetime | None) -> int | None:
@@ -207,7 +201,7 @@ async def start_analysis(request: web.Request) -> web.Response:
     analyses queued or running as allowed.
     """
     principal = require_principal(request)
-    request_id = _uuid(request)
+    request_id = path_uuid(request)
     body = await parse_body(request, AnalysisStart)
     app = request.app
     pool = app[keys.pool]
@@ -269,7 +263,7 @@ async def start_analysis(request: web.Request) -> web.Response:
 async def list_analyses(request: web.Request) -> web.Response:
     """Newest first, without their text (read one analysis for it)."""
     principal = require_principal(request)
-    request_id = _uuid(request)
+    request_id = path_uuid(request)
     query = query_params(request, AnalysisListQuery)
     async with request.app[keys.pool].acquire() as conn:
         owner = await store.request_owner(conn, request_id)
@@ -289,7 +283,7 @@ async def list_analyses(request: web.Request) -> web.Response:
 async def get_analysis(request: web.Request) -> web.Response:
     """Status, the final text (or the text so far while it runs), usage and timings."""
     principal = require_principal(request)
-    analysis = await _readable(request, principal, _uuid(request))
+    analysis = await _readable(request, principal, path_uuid(request))
     try:
         since = await stream_start(request.app, analysis.channel)
     except BrokerError:
@@ -311,7 +305,7 @@ async def cancel_analysis(request: web.Request) -> web.Response:
     409 when it had already finished.
     """
     principal = require_principal(request)
-    analysis_id = _uuid(request)
+    analysis_id = path_uuid(request)
     analysis = await _readable(request, principal, analysis_id)
     if analysis.status not in store.ACTIVE:
         raise ApiError(409, f"the analysis has already finished ({analysis.status})")
