@@ -23,7 +23,7 @@ from handlers import keys
 from handlers.auth_context import require_principal
 from handlers.errors import ApiError, json_response
 from handlers.openapi import describe
-from handlers.paging import decode_cursor, encode_cursor
+from handlers.paging import decode_cursor, split_page
 from handlers.permissions import register
 from handlers.principal import Principal
 from handlers.validation import query_params
@@ -178,11 +178,7 @@ async def list_alerts(request: web.Request) -> web.Response:
             after=after,
             limit=query.limit + 1,
         )
-    page = rows[: query.limit]
-    last = page[-1] if page else None
-    next_cursor = (
-        encode_cursor(last.received_at, last.id) if last and len(rows) > query.limit else None
-    )
+    page, next_cursor = split_page(rows, query.limit, lambda row: (row.received_at, row.id))
     return json_response(
         {"items": [alert_json(a, raw_limit=0) for a in page], "next_cursor": next_cursor}
     )

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import base64
 import binascii
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
+from typing import TypeVar
 from uuid import UUID
 
 import orjson
@@ -19,6 +21,19 @@ def path_uuid(request: web.Request, name: str = "id") -> UUID:
         return UUID(request.match_info[name])
     except ValueError:
         raise ApiError(404, "not found") from None
+
+
+T = TypeVar("T")
+
+
+def split_page(
+    rows: Sequence[T], limit: int, position: Callable[[T], tuple[datetime, UUID]]
+) -> tuple[Sequence[T], str | None]:
+    """``rows`` fetched with ``limit + 1``: the page to return and the cursor of the next one
+    (None on the last page). ``position`` gives an item's sort time and id."""
+    page = rows[:limit]
+    cursor = encode_cursor(*position(page[-1])) if len(rows) > limit else None
+    return page, cursor
 
 
 def encode_cursor(stamp: datetime, item_id: UUID) -> str:

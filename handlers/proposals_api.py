@@ -31,7 +31,7 @@ from handlers.marketplace_models import (
     ProposalStatusChange,
 )
 from handlers.openapi import describe
-from handlers.paging import decode_cursor, encode_cursor, path_uuid
+from handlers.paging import decode_cursor, path_uuid, split_page
 from handlers.permissions import register
 from handlers.principal import Principal
 from handlers.requests_api import (
@@ -180,10 +180,7 @@ async def list_proposals(request: web.Request) -> web.Response:
             after=after,
             limit=query.limit + 1,
         )
-    page = rows[: query.limit]
-    cursor = None
-    if len(rows) > query.limit:
-        cursor = encode_cursor(page[-1].created_at, page[-1].id)
+    page, cursor = split_page(rows, query.limit, lambda row: (row.created_at, row.id))
     return json_response({"items": [proposal_json(row) for row in page], "next_cursor": cursor})
 
 
