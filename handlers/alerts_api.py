@@ -23,7 +23,7 @@ from handlers import keys
 from handlers.auth_context import require_principal
 from handlers.errors import ApiError, json_response
 from handlers.openapi import describe
-from handlers.paging import decode_cursor, split_page
+from handlers.paging import decode_cursor, path_uuid, split_page
 from handlers.permissions import register
 from handlers.principal import Principal
 from handlers.validation import query_params
@@ -254,13 +254,6 @@ async def alert_stats(request: web.Request) -> web.Response:
     )
 
 
-def _alert_id(request: web.Request) -> UUID:
-    try:
-        return UUID(request.match_info["alert_id"])
-    except ValueError:
-        raise NotFound("alert") from None
-
-
 @describe(
     summary="Read an alert",
     tags=TAGS,
@@ -271,7 +264,7 @@ def _alert_id(request: web.Request) -> UUID:
 async def get_alert(request: web.Request) -> web.Response:
     """One alert with its full raw body; 404 when missing or not visible."""
     principal = require_principal(request)
-    alert_id = _alert_id(request)
+    alert_id = path_uuid(request, "alert_id")
     async with request.app[keys.pool].acquire() as conn:
         alert = await alerts.get(conn, alert_id)
         if not principal.is_privileged and not await strategies.can_read(
@@ -291,7 +284,7 @@ async def get_alert(request: web.Request) -> web.Response:
 async def delete_alert(request: web.Request) -> web.Response:
     """Delete an alert (strategy owner or admin); subscribers get ``alert.deleted``."""
     principal = require_principal(request)
-    alert_id = _alert_id(request)
+    alert_id = path_uuid(request, "alert_id")
     async with request.app[keys.pool].acquire() as conn, conn.transaction():
         alert = await alerts.get(conn, alert_id)
         strategy = await strategies.get(conn, alert.strategy_id)

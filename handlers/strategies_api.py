@@ -26,6 +26,7 @@ from handlers.alerts_api import channel
 from handlers.auth_context import require_principal
 from handlers.errors import ApiError, json_response
 from handlers.openapi import describe
+from handlers.paging import path_uuid
 from handlers.principal import Principal
 from handlers.validation import parse_body
 from handlers.webhook_signature import new_signing_secret, url_secret, url_secret_hash
@@ -151,10 +152,7 @@ def _owner_principal(principal: Principal) -> None:
 
 
 async def _load(request: web.Request, principal: Principal, *, write: bool) -> strategies.Strategy:
-    try:
-        strategy_id = UUID(request.match_info["strategy_id"])
-    except ValueError:
-        raise NotFound("strategy") from None
+    strategy_id = path_uuid(request, "strategy_id")
     async with request.app[keys.pool].acquire() as conn:
         strategy = await strategies.get(conn, strategy_id)
     if principal.is_privileged or str(strategy.owner_id) == principal.user_id:

@@ -31,6 +31,7 @@ from handlers.alerts_api import FEED_RAW_LIMIT, alert_json, channel
 from handlers.client_ip import client_ip
 from handlers.errors import ApiError, json_response
 from handlers.openapi import describe
+from handlers.paging import path_uuid
 from handlers.ratelimit import Decision, RateLimiterUnavailable
 from handlers.webhook_signature import (
     SecretBox,
@@ -214,10 +215,7 @@ async def signed(request: web.Request) -> web.Response:
     await _rate_limit(request)
     config = request.app[keys.config].webhook
     _check_declared_length(request, config.max_body_bytes)
-    try:
-        strategy_id = UUID(request.match_info["strategy_id"])
-    except ValueError:
-        raise NotFound("strategy") from None
+    strategy_id = path_uuid(request, "strategy_id")
     try:
         headers = parse_headers(
             request.headers.get("webhook-id"),
