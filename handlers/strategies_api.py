@@ -63,7 +63,7 @@ class UpdateBody(BaseModel):
 
     name: str | None = Field(default=None, min_length=1, max_length=200)
     shared_with: list[UUID] | None = Field(default=None, max_length=MAX_SHARES)
-    version: int | None = Field(default=None, ge=1)
+    version: int | None = Field(default=None, ge=1, strict=True)
 
     @field_validator("name")
     @classmethod
@@ -74,7 +74,7 @@ class UpdateBody(BaseModel):
 class RotateBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    grace_seconds: int | None = Field(default=None, ge=0)
+    grace_seconds: int | None = Field(default=None, ge=0, strict=True)
 
 
 class SecretGenerationOut(BaseModel):

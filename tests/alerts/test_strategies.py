@@ -7,6 +7,8 @@ import hashlib
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
+
 from handlers import keys
 from tests.alerts.util import auth, create_strategy, tv_path
 from tests.helpers import connect, make_user, request, service_token
@@ -186,3 +188,24 @@ async def test_endpoints_are_in_the_openapi_document(client: Any) -> None:
     assert "get" in paths["/api/v1/alerts/stats"]
     assert "201" in paths["/webhooks/alerts/{strategy_id}"]["post"]["responses"]
     assert "404" in paths["/webhooks/tv/{secret}"]["post"]["responses"]
+
+
+@pytest.mark.parametrize(
+    ("path_suffix", "method", "body"),
+    [
+        ("/rotate", "POST", {"grace_seconds": False}),
+        ("", "PATCH", {"name": "x", "version": True}),
+    ],
+)
+async def test_booleans_are_not_integers(
+    client: Any, path_suffix: str, method: str, body: dict[str, Any]
+) -> None:
+    _, token = await make_user(client, "buyer")
+    headers = {"Authorization": f"Bearer {token}"}
+    created = await client.post("/api/v1/strategies", json={"name": "Feed"}, headers=headers)
+    strategy = await created.json()
+    response = await client.request(
+        method, f"/api/v1/strategies/{strategy['id']}{path_suffix}", json=body, headers=headers
+    )
+    assert response.status == 400
+    assert (await response.json())["status_code"] == 400
