@@ -9,44 +9,15 @@ from typing import Any
 
 import requests
 import schemathesis
-from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis.errors import Unsatisfiable
-from schemathesis.checks import not_a_server_error
 from schemathesis.generation import GenerationMode
-from schemathesis.specs.openapi.checks import (
-    content_type_conformance,
-    negative_data_rejection,
-    response_schema_conformance,
-    status_code_conformance,
-)
 
 from tests.alerts.util import create_strategy, tv_path
 from tests.helpers import make_user
+from tests.schemathesis_support import checks_for, explore
 
 OUR_PATHS = ("/api/v1/strategies", "/api/v1/alerts", "/webhooks/")
 EXAMPLES = 15
-CHECKS = [
-    not_a_server_error,
-    status_code_conformance,
-    content_type_conformance,
-    response_schema_conformance,
-]
-
-
-def _explore(strategy: Any, send: Any) -> None:
-    @given(case=strategy)
-    @settings(
-        max_examples=EXAMPLES,
-        deadline=None,
-        database=None,
-        derandomize=True,
-        phases=[Phase.explicit, Phase.generate],
-        suppress_health_check=list(HealthCheck),
-    )
-    def run(case: Any) -> None:
-        send(case)
-
-    run()
 
 
 def fuzz(
@@ -58,7 +29,7 @@ def fuzz(
 ) -> int:
     """Every alert-feed operation with generated data, as each caller; returns calls made."""
     schema = schemathesis.openapi.from_dict(spec)
-    checks = [*CHECKS, negative_data_rejection] if mode is GenerationMode.NEGATIVE else CHECKS
+    checks = checks_for(mode)
     calls = 0
     with requests.Session() as session:
         for result in schema.get_all_operations():
@@ -87,7 +58,7 @@ def fuzz(
                     # have no negative cases.
                     expected = Unsatisfiable if mode is GenerationMode.NEGATIVE else ()
                     with contextlib.suppress(expected):
-                        _explore(strategy, send)
+                        explore(strategy, send, EXAMPLES)
     return calls
 
 

@@ -4,50 +4,18 @@ checks the real app (real PostgreSQL) never answers 500 or breaks the documented
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from typing import Any
 
 import requests
 import schemathesis
-from hypothesis import HealthCheck, Phase, given, settings
-from schemathesis.checks import not_a_server_error
 from schemathesis.generation import GenerationMode
-from schemathesis.specs.openapi.checks import (
-    content_type_conformance,
-    negative_data_rejection,
-    response_schema_conformance,
-    status_code_conformance,
-)
 
 from tests.helpers import make_user
 from tests.marketplace.util import post_proposal, post_request
+from tests.schemathesis_support import checks_for, explore
 
 OUR_PATHS = ("/api/v1/requests", "/api/v1/proposals")
 EXAMPLES = 20
-CHECKS = [
-    not_a_server_error,
-    status_code_conformance,
-    content_type_conformance,
-    response_schema_conformance,
-]
-
-
-def _explore(strategy: Any, send: Callable[[Any], None]) -> None:
-    """Run ``send`` on cases drawn from ``strategy`` (deterministic, no example database)."""
-
-    @given(case=strategy)
-    @settings(
-        max_examples=EXAMPLES,
-        deadline=None,
-        database=None,
-        derandomize=True,
-        phases=[Phase.explicit, Phase.generate],
-        suppress_health_check=list(HealthCheck),
-    )
-    def run(case: Any) -> None:
-        send(case)
-
-    run()
 
 
 def fuzz(
@@ -62,7 +30,7 @@ def fuzz(
     """Run every marketplace operation with generated data as each caller; returns calls."""
     schema = schemathesis.openapi.from_dict(spec)
     calls = 0
-    checks = [*CHECKS, negative_data_rejection] if mode is GenerationMode.NEGATIVE else CHECKS
+    checks = checks_for(mode)
     with requests.Session() as session:
         for result in schema.get_all_operations():
             operation = result.ok()
@@ -84,7 +52,9 @@ def fuzz(
 
                 # Random ids exercise the 404 paths; the real ones reach the handlers' logic.
                 for path_parameters in ({}, fixed) if fixed and random_ids else (fixed,):
-                    _explore(operation.as_strategy(mode, path_parameters=path_parameters), send)
+                    explore(
+                        operation.as_strategy(mode, path_parameters=path_parameters), send, EXAMPLES
+                    )
     return calls
 
 
