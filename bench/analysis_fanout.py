@@ -35,7 +35,6 @@ import multiprocessing
 import os
 import platform
 import resource
-import socket
 import subprocess
 import sys
 import time
@@ -49,6 +48,7 @@ import aiohttp
 import asyncpg
 import orjson
 
+from bench.common import free_port, wait_ready
 from server.settings import load_settings
 from storage import users
 from tests.analysis.fake_anthropic import API_KEY, FakeAnthropic, Script
@@ -57,13 +57,6 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 JWT_SECRET = "bench-jwt-secret-that-is-long-enough-0123456789abcdef"  # noqa: S105
 SERVICE_SECRET = "bench-service-secret-that-is-long-enough-0123456789"  # noqa: S105
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def percentiles(values: list[float]) -> dict[str, float | None]:
@@ -186,19 +179,6 @@ def server_env(database_url: str, port: int, fake_url: str, flush_ms: float) -> 
         "WS_USER_COMMAND_RATE": "1000000",
         "WS_USER_COMMAND_BURST": "1000000",
     }
-
-
-async def wait_ready(base_url: str, process: subprocess.Popen[bytes]) -> None:
-    async with aiohttp.ClientSession() as session:
-        for _ in range(300):
-            if process.poll() is not None:
-                raise RuntimeError("server exited during startup")
-            with contextlib.suppress(aiohttp.ClientError):
-                async with session.get(f"{base_url}/health") as resp:
-                    if resp.status == 200:
-                        return
-            await asyncio.sleep(0.1)
-    raise RuntimeError("server did not become ready")
 
 
 async def seed(database_url: str, env: dict[str, str]) -> tuple[str, str]:

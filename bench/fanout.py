@@ -53,6 +53,7 @@ import aiohttp
 import asyncpg
 import orjson
 
+from bench.common import free_port
 from bench.loadgen import Workers
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -72,13 +73,6 @@ def _pad() -> str:
 
 
 PAD = _pad()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def rss_bytes(pid: int) -> int:

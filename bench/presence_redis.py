@@ -5,7 +5,7 @@ opens N connections each subscribed to one of C ``proposals:*`` channels, then r
 ``total_commands_processed`` over an idle window and over a window with publications, so the
 presence cost (refresh batches) and the per-message cost are separated.
 
-    .venv/bin/python bench/presence_redis.py --connections 5000 --channels 100 --window 30
+    .venv/bin/python -m bench.presence_redis --connections 5000 --channels 100 --window 30
 
 Loopback only; bounded in time. Needs PostgreSQL and Redis on 127.0.0.1.
 """
@@ -17,7 +17,6 @@ import asyncio
 import json
 import os
 import resource
-import socket
 import subprocess
 import sys
 import tempfile
@@ -30,29 +29,10 @@ import aiohttp
 import asyncpg
 import redis.asyncio as redis
 
+from bench.common import free_port, wait_ready
+
 ROOT = Path(__file__).resolve().parents[1]
 BIN = ROOT / ".venv" / "bin"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-async def wait_ready(url: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    async with aiohttp.ClientSession() as session:
-        while time.monotonic() < deadline:
-            try:
-                async with session.get(url + "/ready") as response:
-                    if response.status == 200:
-                        return
-            except aiohttp.ClientError:
-                pass
-            await asyncio.sleep(0.2)
-    raise RuntimeError("server did not become ready")
 
 
 async def commands(client: redis.Redis) -> int:
@@ -95,7 +75,7 @@ async def main() -> None:
     sockets: list[aiohttp.ClientWebSocketResponse] = []
     try:
         base = f"http://127.0.0.1:{port}"
-        await wait_ready(base)
+        await wait_ready(base, server)
         token = subprocess.run(
             [str(BIN / "arena-realtime"), "token", "--role", "admin", "--email", "b@example.com"],
             env=env,

@@ -32,7 +32,6 @@ import contextlib
 import json
 import os
 import platform
-import socket
 import subprocess
 import sys
 import time
@@ -45,6 +44,7 @@ import aiohttp
 import asyncpg
 import orjson
 
+from bench.common import free_port, wait_ready
 from handlers.webhook_signature import sign
 from server.settings import load_settings
 from storage import users
@@ -53,13 +53,6 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 JWT_SECRET = "bench-jwt-secret-that-is-long-enough-0123456789abcdef"  # noqa: S105
 SERVICE_SECRET = "bench-service-secret-that-is-long-enough-0123456789"  # noqa: S105
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def cpu_seconds(pid: int) -> float:
@@ -109,19 +102,6 @@ def server_env(database_url: str, port: int, redis_url: str | None) -> dict[str,
         # Every request comes from 127.0.0.1: the per-IP limit would measure itself.
         "WEBHOOK_RATE_PER_IP": "100000000",
     }
-
-
-async def wait_ready(base_url: str, process: subprocess.Popen[bytes]) -> None:
-    async with aiohttp.ClientSession() as session:
-        for _ in range(300):
-            if process.poll() is not None:
-                raise RuntimeError("server exited during startup")
-            with contextlib.suppress(aiohttp.ClientError):
-                async with session.get(f"{base_url}/ready") as resp:
-                    if resp.status == 200:
-                        return
-            await asyncio.sleep(0.1)
-    raise RuntimeError("server did not become ready")
 
 
 async def user_token(database_url: str, env: dict[str, str]) -> str:
