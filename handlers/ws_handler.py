@@ -382,9 +382,12 @@ class Session:
         channel = await self._checked_channel(cmd)
         options = self.hub.options(channel)
         try:
-            position = await self.hub.broker.position(channel, options)
-            after = since.offset if since is not None and since.epoch == position.epoch else None
-            hist = await self.hub.broker.history(channel, options, since=after, limit=limit)
+            broker = self.hub.broker
+            after = since.offset if since is not None else None
+            hist = await broker.history(channel, options, since=after, limit=limit)
+            if since is not None and hist.position.epoch != since.epoch:
+                # Offsets of another epoch mean nothing here: answer with the newest instead.
+                hist = await broker.history(channel, options, limit=limit)
         except BrokerError:
             raise CommandError("broker_unavailable", "message broker unavailable") from None
         return {

@@ -172,6 +172,11 @@ async def test_history_command(client: Any, admin: str) -> None:
     )
     assert [p["offset"] for p in since["result"]["publications"]] == [2, 3, 4, 5]
     assert since["result"]["offset"] == 5
+    other_epoch = await request(
+        ws, "history", channel="alerts:h", since={"offset": 3, "epoch": "old"}, limit=2
+    )
+    assert [p["offset"] for p in other_epoch["result"]["publications"]] == [4, 5]
+    assert other_epoch["result"]["epoch"] == epoch
 
 
 async def test_unsubscribe_stops_pushes(client: Any, admin: str) -> None:
