@@ -89,8 +89,11 @@ class OutboxRelay:
                 await conn.remove_listener(outbox.NOTIFY_CHANNEL, self._on_notify)
 
     async def _wait(self, seconds: float) -> None:
+        # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancellation that
+        # races the event being set, and the relay then never stops (shutdown hangs on it).
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wakeup.wait(), seconds)
+            async with asyncio.timeout(seconds):
+                await self._wakeup.wait()
 
     async def relay_once(self, conn: asyncpg.Connection) -> tuple[int, bool]:
         """Publish one batch; returns (events published, whether no broker error stopped it)."""

@@ -75,8 +75,10 @@ class Coalescer:
             await self._wake.wait()
             remaining = self._since + self._interval - loop.time()
             if remaining > 0 and not self._urgent.is_set():
+                # asyncio.timeout: wait_for may swallow a racing cancellation on Python 3.11.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._urgent.wait(), remaining)
+                    async with asyncio.timeout(remaining):
+                        await self._urgent.wait()
             text = "".join(self._parts)
             self._parts.clear()
             self._size = 0
