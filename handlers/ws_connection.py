@@ -1,9 +1,19 @@
 """One WebSocket client's outgoing side: a bounded queue flushed with one write per loop tick.
 
 A naive broadcast calls ``send_str`` once per message per socket, so each delivery costs a
-coroutine and a socket write. Here a delivery only appends pre-built frame bytes to the
-connection's queue; :class:`Flusher` then writes every dirty connection's queue with a single
-``transport.writelines`` in the next loop iteration. Under load many frames share one write.
+coroutine and a socket write. Here a publication is encoded once into frame bytes and
+:class:`Flusher` picks one of two regimes from what it saw in the last loop iteration:
+
+* **light load** (fewer than two frames per connection per iteration): the first frame a
+  connection gets in an iteration is written to its transport at once, so subscribers early in
+  a fan-out do not wait for the loop over every other subscriber nor for the next iteration;
+  any further frame in the same iteration is queued;
+* **load** (a flush found a connection with queued frames): every delivery only appends to the
+  connection's queue and each dirty connection gets a single ``transport.writelines`` in the
+  next iteration, so many frames share one write; the flusher goes back to light load as soon
+  as a flush finds no connection with more than one frame.
+
+Frames are never reordered: a frame is written at once only when nothing is queued before it.
 
 A client that stops reading makes its transport's buffer grow. When queue plus transport buffer
 exceed ``max_queue_bytes`` (or the queue exceeds ``max_queue_messages``) the connection is closed
@@ -40,11 +50,21 @@ CLOSE_TIMEOUT = 5.0
 
 
 class Flusher:
-    """Writes the queues of all connections that got frames during this loop iteration."""
+    """Writes the queues of all connections that got frames during this loop iteration, and
+    decides whether a connection with an empty queue may write its first frame of an iteration
+    at once (``direct``, light load) or must queue it (load)."""
+
+    __slots__ = ("_dirty", "_scheduled", "direct", "tick", "ticking", "writes")
 
     def __init__(self) -> None:
         self._dirty: list[Connection] = []
         self._scheduled = False
+        #: light load: a connection's first frame in an iteration is written at once
+        self.direct = True
+        #: counts loop iterations in which something was written at once
+        self.tick = 0
+        self.ticking = False
+        #: coalesced writes made by flushes (the direct writes are not counted)
         self.writes = 0
 
     def mark(self, conn: Connection) -> None:
@@ -53,16 +73,36 @@ class Flusher:
             self._scheduled = True
             asyncio.get_running_loop().call_soon(self._flush)
 
+    def start_tick(self) -> None:
+        """A direct write happened in this iteration: the next one starts a new tick."""
+        self.ticking = True
+        asyncio.get_running_loop().call_soon(self._next_tick)
+
+    def _next_tick(self) -> None:
+        self.tick += 1
+        self.ticking = False
+
     def _flush(self) -> None:
         self._scheduled = False
         dirty, self._dirty = self._dirty, []
+        most = 0
         for conn in dirty:
             try:
-                conn.flush()
+                written = conn.flush()
             except Exception:  # one broken transport must not stall everyone else's writes
                 log.exception("flush failed", extra={"conn_id": conn.conn_id})
                 conn.close_soon(CLOSE_GOING_AWAY, "internal error")
+                continue
+            if written > most:
+                most = written
         self.writes += len(dirty)
+        if self.direct:
+            # Something was queued behind a direct write: a connection got two frames in one
+            # iteration. Coalesce from now on.
+            self.direct = most == 0
+        else:
+            # Back to direct writes once no connection had more than one frame to write.
+            self.direct = most <= 1
 
 
 class Connection:
@@ -72,6 +112,7 @@ class Connection:
         "_bytes",
         "_flusher",
         "_queue",
+        "_tick",
         "_transport",
         "close_code",
         "closed",
@@ -100,6 +141,7 @@ class Connection:
         self._flusher = flusher
         self._queue: list[bytes] = []
         self._bytes = 0
+        self._tick = -1  # the flusher tick of this connection's last direct write
         self.max_messages = max_messages
         self.max_bytes = max_bytes
         self.closed = False
@@ -117,7 +159,20 @@ class Connection:
             return
         queue = self._queue
         if not queue:
-            self._flusher.mark(self)
+            flusher = self._flusher
+            if flusher.direct and self._tick != flusher.tick:
+                # Light load and nothing queued: write now (see the module docstring).
+                self._tick = flusher.tick
+                if not flusher.ticking:
+                    flusher.start_tick()
+                transport = self._transport
+                if transport.is_closing():
+                    return
+                transport.write(frame)
+                if transport.get_write_buffer_size() > self.max_bytes:
+                    self.close_soon(CLOSE_SLOW_CONSUMER, "slow consumer")
+                return
+            flusher.mark(self)
         queue.append(frame)
         self._bytes += len(frame)
         if len(queue) > self.max_messages or self._bytes > self.max_bytes:
@@ -132,21 +187,23 @@ class Connection:
         """Queue a reply or push frame; it goes out in order with publications."""
         self.deliver(frame)
 
-    def flush(self) -> None:
+    def flush(self) -> int:
+        """Write what is queued in one call; returns the number of frames written."""
         queue = self._queue
         if not queue or self.closed:
-            return
+            return 0
         self._queue = []
         self._bytes = 0
         transport = self._transport
         if transport.is_closing():
-            return
+            return 0
         if len(queue) == 1:
             transport.write(queue[0])
         else:
             transport.writelines(queue)
         if transport.get_write_buffer_size() > self.max_bytes:
             self.close_soon(CLOSE_SLOW_CONSUMER, "slow consumer")
+        return len(queue)
 
     def buffered_bytes(self) -> int:
         """Bytes queued here plus bytes the transport has not sent yet."""

@@ -313,17 +313,39 @@ async def test_allowed_origin_connects(client: Any, admin: str) -> None:
 
 
 async def test_queued_frames_are_written_together(client: Any, admin: str) -> None:
-    """Publications produced in one loop iteration reach a connection in one write."""
+    """Under load, publications produced in one loop iteration reach a connection in one write;
+    at a light load a publication is written at once, without waiting for the next iteration."""
     app = client.server.app
     hub, flusher = app[keys.hub], app[keys.connections].flusher
     ws = await connect(client, admin)
     await request(ws, "subscribe", channel="alerts:batch")
+    assert flusher.direct  # nothing was queued yet
+
+    async def burst(start: int) -> int:
+        """100 publications in one iteration (the memory broker delivers synchronously);
+        returns the number of coalesced writes they took."""
+        before = flusher.writes
+        for i in range(start, start + 100):
+            await hub.publish("alerts:batch", i)
+        received = [await receive(ws) for _ in range(100)]
+        assert [m["data"] for m in received] == list(range(start, start + 100))
+        return flusher.writes - before
+
+    # Light load: the first frame is written at once, the 99 queued behind it in one write,
+    # and the flusher switches to coalescing.
+    assert await burst(0) == 1
+    assert not flusher.direct
+    # Load: all 100 in one write.
+    assert await burst(100) == 1
+    # One publication per iteration: the next flush finds single frames (back to direct
+    # writes), after which a publication costs no coalesced write at all.
+    await hub.publish("alerts:batch", 200)
+    assert (await receive(ws))["data"] == 200
+    assert flusher.direct
     before = flusher.writes
-    for i in range(100):  # the memory broker delivers synchronously: no loop iteration between
-        await hub.publish("alerts:batch", i)
-    received = [await receive(ws) for _ in range(100)]
-    assert [m["data"] for m in received] == list(range(100))
-    assert flusher.writes - before == 1
+    await hub.publish("alerts:batch", 201)
+    assert (await receive(ws))["data"] == 201
+    assert flusher.writes == before
 
 
 async def test_slow_consumer_is_disconnected_without_delaying_others(
