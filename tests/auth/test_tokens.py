@@ -138,3 +138,20 @@ def test_malformed_trusted_proxy_is_a_settings_error(make_settings: Any) -> None
     with pytest.raises(SettingsError, match="TRUSTED_PROXIES"):
         make_settings(TRUSTED_PROXIES="10.0.0.0/8,not-an-ip")
     assert make_settings(TRUSTED_PROXIES="10.0.0.0/8, ::1").handlers.http.trusted_proxies
+
+
+def test_verified_tokens_are_reused_only_until_they_expire() -> None:
+    """The verification cache never outlives a token, and only the exact token hits it."""
+    service = TokenService(AuthConfig(jwt_keys={"k1": TEST_SECRET}, access_ttl=1, leeway=0))
+    issued = service.issue_access("u1", "buyer", None)
+    assert service.principal(issued.token).user_id == "u1"
+    assert service.principal(issued.token).user_id == "u1"  # from the cache
+    head, _, signature = issued.token.rpartition(".")
+    forged = f"{head}.{signature[:-2]}{'AA' if signature[-2:] != 'AA' else 'BB'}"
+    with pytest.raises(TokenError, match="invalid token"):
+        service.principal(forged)
+    with pytest.raises(TokenError, match="malformed token"):
+        service.principal({"token": issued.token})  # type: ignore[arg-type]
+    time.sleep(max(0.0, issued.expires_at - time.time()) + 1.05)
+    with pytest.raises(TokenError, match="token expired"):
+        service.principal(issued.token)
