@@ -1,6 +1,6 @@
 """Fan-out benchmark: the project against a naive aiohttp broadcast server, same run, same load.
 
-One command, loopback only, bounded in time (about 5 minutes, 10 with ``--soak``; ``--quick``
+One command, loopback only, bounded in time (about 8 minutes, 12 with ``--soak``; ``--quick``
 about 1)::
 
     .venv/bin/python -m bench.fanout                # memory + Redis brokers and the raw ceiling
@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import bisect
 import contextlib
 import json
 import os
@@ -279,6 +280,8 @@ class Publisher:
         self.final: dict[str, int] = {}
         self.sent = 0
         self.errors = 0
+        #: ``time.monotonic()`` of every acknowledged publication, in order
+        self.acked: list[float] = []
 
     async def publish(self, channel: str) -> None:
         body = orjson.dumps({"data": {"t": int(time.time() * 1e6), "p": PAD}})
@@ -292,15 +295,15 @@ class Publisher:
             self.errors += 1
             return
         self.sent += 1
+        self.acked.append(time.monotonic())
         if offset > self.final.get(channel, 0):
             self.final[channel] = offset
 
-    async def flood(self, channel: str, seconds: float, concurrency: int) -> None:
-        """``concurrency`` loops publishing back to back until ``seconds`` have passed."""
-        deadline = time.monotonic() + seconds
+    async def flood(self, channel: str, stop: asyncio.Event, concurrency: int) -> None:
+        """``concurrency`` loops publishing back to back until ``stop`` is set."""
 
         async def loop() -> None:
-            while time.monotonic() < deadline:
+            while not stop.is_set():
                 await self.publish(channel)
 
         await asyncio.gather(*(loop() for _ in range(concurrency)))
@@ -339,25 +342,38 @@ async def drain(workers: Workers, final: dict[str, int], timeout: float) -> dict
 async def throughput_case(
     server: Server, workers: Workers, channel: str, seconds: float, concurrency: int
 ) -> dict[str, Any]:
-    """Delivered messages/s while publishers flood one channel."""
+    """Delivered messages/s while publishers flood one channel.
+
+    The window is measured with each generator process's own clock: a saturated generator may
+    answer a snapshot request late, so the controller's clock would misplace the window (and
+    the flood only stops after the second snapshot, so it always covers the window).
+    """
     publisher = Publisher(server)
     await workers.acall("reset")
     warmup = 1.0
-    flood = asyncio.create_task(publisher.flood(channel, warmup + seconds, concurrency))
+    stop = asyncio.Event()
+    flood = asyncio.create_task(publisher.flood(channel, stop, concurrency))
     await asyncio.sleep(warmup)
     before = await asyncio.to_thread(workers.stats, None, False)
-    sent_before, started = publisher.sent, time.perf_counter()
     await asyncio.sleep(seconds)
     after = await asyncio.to_thread(workers.stats, None, False)
-    elapsed = time.perf_counter() - started
-    sent = publisher.sent - sent_before
+    stop.set()
     await flood
+    delivered_per_s = sum(
+        (frames_after - frames_before) / (at_after - at_before)
+        for (at_before, frames_before), (at_after, frames_after) in zip(
+            before["by_worker"], after["by_worker"], strict=True
+        )
+    )
+    window = (min(before["at"]), max(after["at"]))
+    acked = bisect.bisect(publisher.acked, window[1]) - bisect.bisect(publisher.acked, window[0])
     finished = await drain(workers, publisher.final, 15.0)
     stats = await asyncio.to_thread(workers.stats, publisher.final, True)
     await publisher.close()
     return {
-        "delivered_per_s": (after["frames"] - before["frames"]) / elapsed,
-        "publications_per_s": sent / elapsed,
+        "delivered_per_s": delivered_per_s,
+        "publications_per_s": acked / (window[1] - window[0]),
+        "window_s": window[1] - window[0],
         "publish_errors": publisher.errors,
         "lost": finished["lost"],
         "gaps": stats["gaps"],
@@ -456,7 +472,7 @@ def run_target(target: Target, workers: Workers, args: argparse.Namespace) -> di
             rate = FIXED_RATES.get(n, 10.0)
             schedule = [(lambda i: "alerts:bench", rate)]
             with profiled(server, args.profile, f"rate-{n}"):
-                fixed = asyncio.run(rate_case(server, workers, schedule, args.seconds * 2))
+                fixed = asyncio.run(rate_case(server, workers, schedule, args.latency_seconds))
             case["fixed_rate"] = {"publications_per_s": rate, **fixed}
             out[str(n)] = case
         finally:
@@ -464,7 +480,7 @@ def run_target(target: Target, workers: Workers, args: argparse.Namespace) -> di
             server.stop()
     many = args.many
     if many > 0:
-        out["many"] = many_case(target, workers, many, args.seconds * 2, args.profile)
+        out["many"] = many_case(target, workers, many, args.latency_seconds, args.profile)
     if args.soak:
         out["soak"] = soak(target, workers, args.soak_connections, args.soak_seconds, args.profile)
     return out
@@ -685,6 +701,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="short phases to check the tooling")
     parser.add_argument("--seconds", type=float, default=5.0, help="throughput phase length")
+    parser.add_argument(
+        "--latency-seconds",
+        type=float,
+        default=30.0,
+        help="length of each fixed-rate phase (at 10/s, 30 s gives 300 publications: one slow"
+        " publication out of 100 would otherwise decide p99 on its own)",
+    )
     parser.add_argument("--sizes", type=int, nargs="*", default=[1000, 5000])
     parser.add_argument(
         "--many", type=int, default=2000, help="connections in the many case (0: skip it)"
@@ -719,6 +742,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.quick:
         args.seconds = min(args.seconds, 2.0)
+        args.latency_seconds = min(args.latency_seconds, 4.0)
         args.sizes = [min(n, 1000) for n in args.sizes[:1]] + (
             [2000] if len(args.sizes) > 1 else []
         )
@@ -743,6 +767,7 @@ def main(argv: list[str] | None = None) -> int:
         "settings": {
             "sizes": args.sizes,
             "seconds": args.seconds,
+            "latency_seconds": args.latency_seconds,
             "publisher_concurrency": args.concurrency,
             "payload_bytes": PAYLOAD_BYTES,
             "fixed_rates": {str(n): FIXED_RATES.get(n, 10.0) for n in args.sizes},

@@ -7,8 +7,9 @@ latency outliers can be matched against collector pauses. Same environment as th
     PORT=8080 DATABASE_URL=... .venv/bin/python -m bench.gc_probe
     .venv/bin/python -m bench.fanout --gc-probe ...     # the fan-out benchmark uses it
 
-With ``GC_FREEZE=1`` every object alive after the imports is moved to the permanent generation
-(``gc.freeze()``) before serving, to see what that changes.
+With ``GC_PROBE_ALL=1`` every collection (``GC0``/``GC1``/``GC2`` lines) is printed, not only
+the full ones. With ``GC_FREEZE=1`` every object alive after the imports is moved to the
+permanent generation (``gc.freeze()``) before serving, to see what that changes.
 """
 
 from __future__ import annotations
@@ -31,8 +32,12 @@ def _callback(phase: str, info: dict[str, Any]) -> None:
         return
     pause = time.perf_counter() - _started[0]
     _pauses.append((info["generation"], pause))
-    if info["generation"] == 2:
-        print(f"GC2 at={time.time():.3f} dur={pause * 1000:.1f}ms", file=sys.stderr, flush=True)
+    if info["generation"] == 2 or os.environ.get("GC_PROBE_ALL"):
+        print(
+            f"GC{info['generation']} at={time.time():.3f} dur={pause * 1000:.2f}ms",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 def _summary() -> None:

@@ -314,6 +314,8 @@ class Generator:
             )
         lat = stats.latencies[:MAX_LATENCY_SAMPLES] if latencies else []
         return {
+            # CLOCK_MONOTONIC is system-wide: the controller compares it across processes
+            "at": time.monotonic(),
             "frames": stats.frames,
             "bytes": stats.bytes,
             "gaps": stats.gaps,
@@ -440,12 +442,17 @@ class Workers:
         }
 
     def stats(self, final: dict[str, int] | None = None, latencies: bool = True) -> dict[str, Any]:
-        """Counters summed over the workers; ``latencies`` concatenated (microseconds)."""
+        """Counters summed over the workers; ``latencies`` concatenated (microseconds);
+        ``at`` and ``by_worker`` keep each worker's own snapshot time (``time.monotonic()``)
+        and frame count, since a busy worker may answer late."""
         replies = self.call("stats", final=final, latencies=latencies)
-        merged: dict[str, Any] = {"latencies": [], "close_codes": {}}
+        merged: dict[str, Any] = {"latencies": [], "close_codes": {}, "at": [], "by_worker": []}
         for reply in replies:
+            merged["by_worker"].append((reply["at"], reply["frames"]))
             for key, value in reply.items():
-                if key == "latencies":
+                if key == "at":
+                    merged["at"].append(value)
+                elif key == "latencies":
                     merged["latencies"].extend(value)
                 elif key == "close_codes":
                     for code, n in value.items():
