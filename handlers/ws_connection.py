@@ -168,8 +168,14 @@ class Connection:
                 transport = self._transport
                 if transport.is_closing():
                     return
-                transport.write(frame)
-                if transport.get_write_buffer_size() > self.max_bytes:
+                try:
+                    transport.write(frame)
+                    backlog = transport.get_write_buffer_size()
+                except Exception:  # never let one broken transport stop the hub's fan-out loop
+                    log.exception("write failed", extra={"conn_id": self.conn_id})
+                    self.close_soon(CLOSE_GOING_AWAY, "internal error")
+                    return
+                if backlog > self.max_bytes:
                     self.close_soon(CLOSE_SLOW_CONSUMER, "slow consumer")
                 return
             flusher.mark(self)
@@ -222,7 +228,10 @@ class Connection:
         if self.closed:
             return
         if flush:
-            self.flush()
+            try:
+                self.flush()
+            except Exception:  # the transport is broken: close it all the same
+                log.warning("flush before close failed", extra={"conn_id": self.conn_id})
         self.closed = True
         self.close_code = code
         self._queue = []
@@ -235,8 +244,12 @@ class Connection:
         if transport.is_closing():
             return
         payload = code.to_bytes(2, "big") + reason.encode()[:120]
-        transport.write(bytes((0x88, len(payload))) + payload)
-        transport.close()
+        try:
+            transport.write(bytes((0x88, len(payload))) + payload)
+            transport.close()
+        except Exception:  # a broken transport gets no close frame; drop it at once
+            self._abort()
+            return
         loop.call_later(CLOSE_TIMEOUT, self._abort)
 
     def _abort(self) -> None:
