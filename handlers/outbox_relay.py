@@ -7,7 +7,10 @@ the next one re-publishes and the broker drops the repeat. Events carry ``event_
 clients can drop duplicates that outlive the idempotency window.
 
 If the broker is down, the relay stops at the first event it cannot publish and retries
-later: nothing is skipped and order is kept.
+later: nothing is skipped and order is kept, however long the outage lasts. Any other failure
+(a bug, not an outage) is retried the same way ``max_attempts`` times; then the event is set
+aside with an error log naming it, so one poisoned event cannot hold back every later one.
+Its row stays in the ``outbox`` table (marked published) and can be re-published by id.
 """
 
 from __future__ import annotations
@@ -38,14 +41,20 @@ class OutboxRelay:
         poll_interval: float = 1.0,
         batch_size: int = 500,
         retry_delay: float = 0.5,
+        max_attempts: int = 5,
     ) -> None:
         self._pool = pool
         self._hub = hub
         self._poll_interval = poll_interval
         self._batch_size = batch_size
         self._retry_delay = retry_delay
+        self._max_attempts = max_attempts
+        #: failed attempts of events that failed with something other than a broker outage
+        self._attempts: dict[int, int] = {}
         self._wakeup = asyncio.Event()
         self.published = 0
+        #: events set aside after ``max_attempts`` failures
+        self.set_aside = 0
 
     def kick(self) -> None:
         """Wake the relay now (called after a commit that wrote events)."""
@@ -112,6 +121,26 @@ class OutboxRelay:
             except InvalidChannel:
                 # A bad channel name is a bug in the writer; retrying cannot fix it.
                 log.error("outbox event names an invalid channel", extra={"event_id": event.id})
+            except Exception:
+                attempts = self._attempts.pop(event.id, 0) + 1
+                if attempts < self._max_attempts:
+                    self._attempts[event.id] = attempts
+                    log.warning(
+                        "outbox event failed; retrying",
+                        exc_info=True,
+                        extra={"event_id": event.id, "attempt": attempts},
+                    )
+                    complete = False
+                    break
+                log.error(
+                    "outbox event set aside after repeated failures",
+                    exc_info=True,
+                    extra={"event_id": event.id, "attempt": attempts, "channels": event.channels},
+                )
+                self.set_aside += 1
+            else:
+                if self._attempts:
+                    self._attempts.pop(event.id, None)
             done.append(event.id)
         if done:
             await outbox.mark_published(conn, done)

@@ -89,3 +89,64 @@ async def test_leader_publishes_events_in_order_and_marks_them(client: Any) -> N
     ids = [int(p.data.split(b'"event_id":')[1].split(b"}")[0]) for p in history.publications]
     assert ids == sorted(ids)
     assert position.offset == 5
+
+
+class FlakyHub:
+    """The app's hub, but publishing event ``i`` fails ``failures[i]`` times first (a bug)."""
+
+    def __init__(self, hub: Any, failures: dict[int, int]) -> None:
+        self.hub = hub
+        self.failures = failures
+
+    async def publish(self, channel: str, data: Any, *, idempotency_key: str | None = None) -> Any:
+        left = self.failures.get(data["i"], 0)
+        if left:
+            self.failures[data["i"]] = left - 1
+            raise RuntimeError("not a broker outage")
+        return await self.hub.publish(channel, data, idempotency_key=idempotency_key)
+
+
+async def _own_relay(app: Any, failures: dict[int, int], channel: str) -> tuple[OutboxRelay, list]:
+    """Stop the app's relay and make one over a flaky hub; subscribe to ``channel``."""
+    for task in asyncio.all_tasks():
+        if task.get_name() == "outbox-relay":
+            await _stop(task)
+    seen: list[int] = []
+
+    class Sub:
+        def deliver(self, frame: bytes) -> None:
+            seen.append(int(frame.split(b'"i":')[1].split(b",")[0].split(b"}")[0]))
+
+        def lost(self, channel: str, position: Any) -> None:
+            raise AssertionError("nothing may be lost")
+
+    await app[keys.hub].subscribe(Sub(), channel)
+    relay = OutboxRelay(app[keys.pool], FlakyHub(app[keys.hub], failures), max_attempts=3)  # type: ignore[arg-type]
+    return relay, seen
+
+
+async def test_a_failing_event_is_retried_in_order_then_published(client: Any) -> None:
+    app = client.server.app
+    relay, seen = await _own_relay(app, {1: 2}, "alerts:flaky")
+    async with app[keys.pool].acquire() as conn:
+        for i in range(3):
+            await outbox.add_event(conn, ["alerts:flaky"], {"type": "t", "i": i})
+        results = [await relay.relay_once(conn) for _ in range(3)]
+        assert await outbox.pending_count(conn) == 0
+    # Event 1 failed twice: nothing after it went out before it did.
+    assert results == [(1, False), (0, False), (2, True)]
+    assert seen == [0, 1, 2]
+    assert relay.set_aside == 0
+
+
+async def test_an_event_that_always_fails_is_set_aside_after_max_attempts(client: Any) -> None:
+    app = client.server.app
+    relay, seen = await _own_relay(app, {1: 1_000}, "alerts:poison")
+    async with app[keys.pool].acquire() as conn:
+        for i in range(3):
+            await outbox.add_event(conn, ["alerts:poison"], {"type": "t", "i": i})
+        results = [await relay.relay_once(conn) for _ in range(3)]
+        assert await outbox.pending_count(conn) == 0
+    assert results == [(1, False), (0, False), (2, True)]
+    assert seen == [0, 2]  # the later event is not held back forever
+    assert relay.set_aside == 1
