@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
-from handlers.analysis.anthropic_provider import AnthropicProvider
 from handlers.analysis.offline_provider import OfflineProvider
 from handlers.analysis.providers import Provider
 from handlers.config import AnalysisConfig
 
 
 def build_provider(config: AnalysisConfig) -> Provider:
-    """Claude when an API key is configured, the offline analyser otherwise."""
+    """Claude when an API key is configured, the offline analyser otherwise.
+
+    The Anthropic SDK is imported only when it is used: it is most of the process's start-up
+    time (about 0.9 s) and a good part of its baseline memory.
+    """
     if config.anthropic_api_key:
+        from handlers.analysis.anthropic_provider import AnthropicProvider
+
         return AnthropicProvider(
             api_key=config.anthropic_api_key,
             model=config.model,
