@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import re
 import uuid
 
 import aiohttp
 import pytest
-from playwright.async_api import Page, expect
+from playwright.async_api import Page, Route, expect
 
 from tests.e2e.conftest import Server, copy_to_docs, screenshot_path
 from tests.e2e.flows import sign_in
@@ -85,3 +87,33 @@ async def test_wrong_webhook_secret_adds_nothing(page: Page, e2e_server: Server)
     rows = page.get_by_test_id("alerts-table").locator("tbody tr[data-alert-id]")
     await expect(rows).to_have_count(1)
     await expect(rows.first).to_contain_text("SOLUSD")
+
+
+async def test_alert_arriving_while_the_table_loads_is_kept(page: Page, e2e_server: Server) -> None:
+    """The live push can beat the REST snapshot it is missing from; the snapshot must not
+    wipe it out (held here: the list is fetched before the alert, delivered after it)."""
+    held: asyncio.Queue[Route] = asyncio.Queue()
+    release = asyncio.Event()
+
+    async def hold_alert_list(route: Route) -> None:
+        response = await route.fetch()  # the server's answer now: no alerts yet
+        await held.put(route)
+        await release.wait()
+        await route.fulfill(response=response)
+
+    await page.route(re.compile(r"/api/v1/alerts\?strategy="), hold_alert_list)
+    await sign_in(page, e2e_server, f"trader-{uuid.uuid4().hex[:8]}@example.com")
+    await page.goto("/#/alerts")
+    await page.get_by_placeholder("Feed name").fill("Race feed")
+    await page.get_by_role("button", name="Create feed").click()
+    webhook_url = await page.get_by_test_id("webhook-url").input_value()
+    await asyncio.wait_for(held.get(), 10)  # the feed's first load is in flight
+    assert await _post(webhook_url, {"ticker": "XRPUSD", "action": "sell"}) == 201
+    rows = page.get_by_test_id("alerts-table").locator("tbody tr[data-alert-id]")
+    await expect(rows).to_have_count(1)  # from the live push
+    async with page.expect_response(re.compile(r"/api/v1/alerts\?strategy=")) as answered:
+        release.set()
+    await answered.value
+    await page.wait_for_timeout(500)  # the snapshot (without the alert) has been applied
+    await expect(rows).to_have_count(1)
+    await expect(rows.first).to_contain_text("XRPUSD")

@@ -118,10 +118,29 @@ function feed(root, id, { session, client, notice }) {
     statsTimer = setTimeout(() => loadStats().catch(() => {}), 250);
   }
 
+  // Live changes that arrive while a load is in flight may be missing from its (older)
+  // snapshot: remember them and apply them again on top of it. Only the newest load applies.
+  let loads = 0;
+  let pending = null;
+
   async function load() {
-    const page = await session.api(`/api/v1/alerts?strategy=${id}&limit=50`);
+    const generation = ++loads;
+    pending ??= { added: new Map(), deleted: new Set() };
+    const changes = pending;
+    let page;
+    try {
+      page = await session.api(`/api/v1/alerts?strategy=${id}&limit=50`);
+    } catch (error) {
+      if (generation === loads) pending = null;
+      throw error;
+    }
+    if (closed || generation !== loads) return;
+    pending = null;
     alerts.clear();
-    page.items.forEach((a) => alerts.set(a.id, a));
+    page.items.forEach((a) => {
+      if (!changes.deleted.has(a.id)) alerts.set(a.id, a);
+    });
+    for (const [key, a] of changes.added) alerts.set(key, a);
     drawRows();
     await loadStats();
   }
@@ -170,9 +189,13 @@ function feed(root, id, { session, client, notice }) {
   const sub = client.subscribe(`alerts:${id}`, {
     publication: (event) => {
       if (event.type === "alert.created" && event.alert) {
-        alerts.set(event.alert.id, { ...event.alert, fresh: true });
+        const alert = { ...event.alert, fresh: true };
+        alerts.set(alert.id, alert);
+        pending?.added.set(alert.id, alert);
       } else if (event.type === "alert.deleted") {
         alerts.delete(event.alert_id);
+        pending?.added.delete(event.alert_id);
+        pending?.deleted.add(event.alert_id);
       } else {
         return;
       }
