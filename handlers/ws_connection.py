@@ -87,12 +87,7 @@ class Flusher:
         dirty, self._dirty = self._dirty, []
         most = 0
         for conn in dirty:
-            try:
-                written = conn.flush()
-            except Exception:  # one broken transport must not stall everyone else's writes
-                log.exception("flush failed", extra={"conn_id": conn.conn_id})
-                conn.close_soon(CLOSE_GOING_AWAY, "internal error")
-                continue
+            written = conn.flush()
             if written > most:
                 most = written
         self.writes += len(dirty)
@@ -165,18 +160,7 @@ class Connection:
                 self._tick = flusher.tick
                 if not flusher.ticking:
                     flusher.start_tick()
-                transport = self._transport
-                if transport.is_closing():
-                    return
-                try:
-                    transport.write(frame)
-                    backlog = transport.get_write_buffer_size()
-                except Exception:  # never let one broken transport stop the hub's fan-out loop
-                    log.exception("write failed", extra={"conn_id": self.conn_id})
-                    self.close_soon(CLOSE_GOING_AWAY, "internal error")
-                    return
-                if backlog > self.max_bytes:
-                    self.close_soon(CLOSE_SLOW_CONSUMER, "slow consumer")
+                self._write(frame)
                 return
             flusher.mark(self)
         queue.append(frame)
@@ -200,16 +184,32 @@ class Connection:
             return 0
         self._queue = []
         self._bytes = 0
+        return len(queue) if self._write(queue[0] if len(queue) == 1 else queue) else 0
+
+    def _write(self, data: bytes | list[bytes]) -> bool:
+        """Write one frame, or a list of frames in one call; whether anything was written.
+
+        The one place that writes frames (direct writes and flushes): a transport that raises is
+        closed with 1001 without stopping anyone else's writes (the hub's fan-out loop or the
+        flush of every other connection), and one whose unsent buffer passes ``max_bytes`` is
+        closed as a slow consumer.
+        """
         transport = self._transport
         if transport.is_closing():
-            return 0
-        if len(queue) == 1:
-            transport.write(queue[0])
-        else:
-            transport.writelines(queue)
-        if transport.get_write_buffer_size() > self.max_bytes:
+            return False
+        try:
+            if isinstance(data, bytes):
+                transport.write(data)
+            else:
+                transport.writelines(data)
+            backlog = transport.get_write_buffer_size()
+        except Exception:
+            log.exception("write failed", extra={"conn_id": self.conn_id})
+            self.close_soon(CLOSE_GOING_AWAY, "internal error")
+            return False
+        if backlog > self.max_bytes:
             self.close_soon(CLOSE_SLOW_CONSUMER, "slow consumer")
-        return len(queue)
+        return True
 
     def buffered_bytes(self) -> int:
         """Bytes queued here plus bytes the transport has not sent yet."""
@@ -228,10 +228,9 @@ class Connection:
         if self.closed:
             return
         if flush:
-            try:
-                self.flush()
-            except Exception:  # the transport is broken: close it all the same
-                log.warning("flush before close failed", extra={"conn_id": self.conn_id})
+            self.flush()
+            if self.closed:  # the write failed or overflowed, and that closed the connection
+                return
         self.closed = True
         self.close_code = code
         self._queue = []
