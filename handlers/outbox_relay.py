@@ -139,8 +139,7 @@ class OutboxRelay:
                 )
                 self.set_aside += 1
             else:
-                if self._attempts:
-                    self._attempts.pop(event.id, None)
+                self._attempts.pop(event.id, None)
             done.append(event.id)
         if done:
             await outbox.mark_published(conn, done)

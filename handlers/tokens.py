@@ -217,9 +217,8 @@ class TokenService:
     def principal(self, token: str) -> Principal:
         """The caller behind an access or service token (verified tokens are cached until they
         expire, for at most :data:`PRINCIPAL_CACHE_SECONDS`)."""
-        if not isinstance(token, str):
-            raise TokenError("malformed token")
-        cached = self._principals.get(token)
+        # (``decode`` refuses anything that is not a string; it may not even be hashable)
+        cached = self._principals.get(token) if isinstance(token, str) else None
         if cached is not None:
             return cached
         principal = self._principal(token)
