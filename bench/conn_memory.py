@@ -25,7 +25,8 @@ from pathlib import Path
 from aiohttp import web
 
 from bench import raw_server
-from bench.fanout import JWT_SECRET, SERVICE_SECRET, bench_database, free_port, rss_bytes
+from bench.common import DATABASE_URL, free_port
+from bench.fanout import JWT_SECRET, SERVICE_SECRET, bench_database, rss_bytes
 from bench.loadgen import Workers
 
 
@@ -94,7 +95,7 @@ def main() -> int:
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument(
         "--database-url",
-        default=os.environ.get("BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test"),
+        default=DATABASE_URL,
     )
     args = parser.parse_args()
     import uvloop

@@ -35,7 +35,6 @@ import bisect
 import contextlib
 import json
 import os
-import platform
 import resource
 import signal
 import socket
@@ -54,11 +53,9 @@ import aiohttp
 import asyncpg
 import orjson
 
-from bench.common import free_port
+from bench.common import DATABASE_URL, REDIS_URL, RESULTS, ROOT, free_port, machine
 from bench.loadgen import Workers
 
-ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "bench" / "results"
 VENV_BIN = Path(sys.executable).parent
 JWT_SECRET = "bench-jwt-secret-that-is-long-enough-0123456789abcdef"  # noqa: S105
 SERVICE_SECRET = "bench-service-secret-that-is-long-enough-0123456789"  # noqa: S105
@@ -722,11 +719,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--soak-seconds", type=float, default=60.0)
     parser.add_argument(
         "--database-url",
-        default=os.environ.get("BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test"),
+        default=DATABASE_URL,
     )
-    parser.add_argument(
-        "--redis-url", default=os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
-    )
+    parser.add_argument("--redis-url", default=REDIS_URL)
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument(
         "--gc-probe",
@@ -758,12 +753,7 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, Any] = {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "command": "python -m bench.fanout " + " ".join(sys.argv[1:] if argv is None else argv),
-        "machine": {
-            "cores": os.cpu_count(),
-            "platform": platform.platform(),
-            "python": platform.python_version(),
-            "load_avg_at_start": os.getloadavg(),
-        },
+        "machine": {**machine(), "load_avg_at_start": os.getloadavg()},
         "settings": {
             "sizes": args.sizes,
             "seconds": args.seconds,

@@ -17,7 +17,6 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -26,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import fanout
+from bench.common import DATABASE_URL, REDIS_URL, RESULTS, machine
 from bench.loadgen import Workers
 
 TARGETS = ["arena-memory", "arena-redis", "raw-aiohttp"]
@@ -85,11 +85,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "command": "python -m bench.latency " + " ".join(sys.argv[1:]),
-        "machine": {
-            "cores": os.cpu_count(),
-            "platform": platform.platform(),
-            "python": platform.python_version(),
-        },
+        "machine": machine(),
         "seconds": args.seconds,
         "heartbeat": args.heartbeat,
         "runs": rows,
@@ -158,12 +154,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--database-url",
-        default=os.environ.get("BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test"),
+        default=DATABASE_URL,
     )
-    parser.add_argument(
-        "--redis-url", default=os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
-    )
-    parser.add_argument("--out", type=Path, default=fanout.RESULTS)
+    parser.add_argument("--redis-url", default=REDIS_URL)
+    parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     results = run(args)
     args.out.mkdir(parents=True, exist_ok=True)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import secrets
 import statistics
 import tempfile
@@ -25,6 +24,7 @@ from pathlib import Path
 import asyncpg
 from aiohttp.test_utils import TestClient, TestServer
 
+from bench.common import DATABASE_URL
 from handlers import keys
 from server.app import create_app
 from server.settings import load_settings
@@ -47,7 +47,7 @@ async def _measure(client: TestClient, email: str) -> float:
 
 
 async def main(rounds: int) -> None:
-    admin_url = os.environ.get("BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
+    admin_url = DATABASE_URL
     name = f"arena_bench_{uuid.uuid4().hex[:8]}"
     admin = await asyncpg.connect(admin_url)
     await admin.execute(f'CREATE DATABASE "{name}"')

@@ -23,15 +23,13 @@ import tempfile
 import time
 import uuid
 from datetime import UTC, datetime
-from pathlib import Path
 
 import aiohttp
 import asyncpg
 import redis.asyncio as redis
 
-from bench.common import free_port, wait_ready
+from bench.common import ROOT, free_port, save_json, wait_ready
 
-ROOT = Path(__file__).resolve().parents[1]
 BIN = ROOT / ".venv" / "bin"
 
 
@@ -147,10 +145,7 @@ async def main() -> None:
             "redis_commands_per_publication": round((busy - idle) / rate, 2) if rate else None,
         }
         print(json.dumps(result, indent=2))
-        out = ROOT / "bench" / "results"
-        out.mkdir(exist_ok=True)
-        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-        (out / f"presence-{stamp}.json").write_text(json.dumps(result, indent=2))
+        save_json("presence", result)
         for task in readers:
             task.cancel()
         await session.close()

@@ -44,13 +44,11 @@ import aiohttp
 import asyncpg
 import orjson
 
-from bench.common import free_port, wait_ready
+from bench.common import DATABASE_URL, ROOT, free_port, save_json, wait_ready
 from handlers.webhook_signature import sign
 from server.settings import load_settings
 from storage import users
 
-ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "bench" / "results"
 JWT_SECRET = "bench-jwt-secret-that-is-long-enough-0123456789abcdef"  # noqa: S105
 SERVICE_SECRET = "bench-service-secret-that-is-long-enough-0123456789"  # noqa: S105
 
@@ -342,7 +340,7 @@ def main() -> None:
     parser.add_argument("--redis", default=None, help="a Redis URL: use the Redis broker")
     parser.add_argument(
         "--database",
-        default=os.environ.get("BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test"),
+        default=DATABASE_URL,
         help="an admin URL; a fresh database is created and dropped",
     )
     args = parser.parse_args()
@@ -360,10 +358,7 @@ def main() -> None:
         "loadavg_1m_before": round(load_before[0], 2),
         "loadavg_1m_after": round(os.getloadavg()[0], 2),
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    path = RESULTS / f"webhooks-{stamp}.json"
-    path.write_text(json.dumps(summary, indent=2))
+    path = save_json("webhooks", summary)
     print(json.dumps(summary, indent=2))
     print(f"written to {path.relative_to(ROOT)}")
 
