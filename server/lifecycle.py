@@ -6,7 +6,8 @@ import asyncio
 import contextlib
 import gc
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
+from typing import Any
 
 from aiohttp import web
 from redis.asyncio import BlockingConnectionPool, Redis
@@ -31,6 +32,19 @@ from storage.embedded import start_embedded
 from storage.migrate import migrate
 
 log = logging.getLogger("arena.lifecycle")
+
+
+@contextlib.asynccontextmanager
+async def _running(coro: Coroutine[Any, Any, None], name: str) -> AsyncIterator[None]:
+    """Run ``coro`` as a background task while the block runs; cancel and await it after."""
+    task = asyncio.create_task(coro, name=name)
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
 
 settings_key = web.AppKey("settings", Settings)
 
@@ -102,14 +116,11 @@ async def channels(app: web.Application) -> AsyncIterator[None]:
     )
     presence.start()
     app[keys.presence] = presence
-    expiry = asyncio.create_task(app[keys.connections].expire_forever(), name="ws-token-expiry")
-    log.info("broker ready", extra={"backend": broker.name})
     try:
-        yield
+        async with _running(app[keys.connections].expire_forever(), "ws-token-expiry"):
+            log.info("broker ready", extra={"backend": broker.name})
+            yield
     finally:
-        expiry.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await expiry
         await presence.close()
         await hub.close()
         if presence_redis is not None:
@@ -120,13 +131,8 @@ async def outbox_relay(app: web.Application) -> AsyncIterator[None]:
     """The background task that publishes outbox events."""
     relay = OutboxRelay(app[keys.pool], app[keys.hub])
     app[keys.relay] = relay
-    task = asyncio.create_task(relay.run(), name="outbox-relay")
-    try:
+    async with _running(relay.run(), "outbox-relay"):
         yield
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
 
 
 async def close_websockets(app: web.Application) -> None:
@@ -174,13 +180,8 @@ async def _purge_auth_tokens(app: web.Application) -> None:
 
 async def auth_janitor(app: web.Application) -> AsyncIterator[None]:
     """Background task deleting long-expired magic links and refresh tokens every hour."""
-    task = asyncio.create_task(_purge_auth_tokens(app), name="auth-janitor")
-    try:
+    async with _running(_purge_auth_tokens(app), "auth-janitor"):
         yield
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
 
 
 async def mail(app: web.Application) -> AsyncIterator[None]:
