@@ -6,6 +6,8 @@ import asyncio
 import contextlib
 from typing import Any
 
+import pytest
+
 from handlers import keys
 from handlers.outbox_relay import OutboxRelay
 from storage import outbox
@@ -125,28 +127,27 @@ async def _own_relay(app: Any, failures: dict[int, int], channel: str) -> tuple[
     return relay, seen
 
 
-async def test_a_failing_event_is_retried_in_order_then_published(client: Any) -> None:
+@pytest.mark.parametrize(
+    ("failures", "published", "set_aside"),
+    [
+        # Event 1 fails twice, then goes out: nothing after it went out before it did.
+        (2, [0, 1, 2], 0),
+        # Event 1 always fails: set aside after max_attempts (3), so event 2 is not held back.
+        (1_000, [0, 2], 1),
+    ],
+    ids=["retried-in-order", "set-aside"],
+)
+async def test_an_event_failing_with_a_bug_is_retried_then_set_aside(
+    client: Any, failures: int, published: list[int], set_aside: int
+) -> None:
     app = client.server.app
-    relay, seen = await _own_relay(app, {1: 2}, "alerts:flaky")
+    channel = f"alerts:flaky-{failures}"
+    relay, seen = await _own_relay(app, {1: failures}, channel)
     async with app[keys.pool].acquire() as conn:
         for i in range(3):
-            await outbox.add_event(conn, ["alerts:flaky"], {"type": "t", "i": i})
-        results = [await relay.relay_once(conn) for _ in range(3)]
-        assert await outbox.pending_count(conn) == 0
-    # Event 1 failed twice: nothing after it went out before it did.
-    assert results == [(1, False), (0, False), (2, True)]
-    assert seen == [0, 1, 2]
-    assert relay.set_aside == 0
-
-
-async def test_an_event_that_always_fails_is_set_aside_after_max_attempts(client: Any) -> None:
-    app = client.server.app
-    relay, seen = await _own_relay(app, {1: 1_000}, "alerts:poison")
-    async with app[keys.pool].acquire() as conn:
-        for i in range(3):
-            await outbox.add_event(conn, ["alerts:poison"], {"type": "t", "i": i})
+            await outbox.add_event(conn, [channel], {"type": "t", "i": i})
         results = [await relay.relay_once(conn) for _ in range(3)]
         assert await outbox.pending_count(conn) == 0
     assert results == [(1, False), (0, False), (2, True)]
-    assert seen == [0, 2]  # the later event is not held back forever
-    assert relay.set_aside == 1
+    assert seen == published
+    assert relay.set_aside == set_aside
