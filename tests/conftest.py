@@ -216,6 +216,11 @@ def redis_prefix(redis_url: str) -> Iterator[str]:
     """A key prefix private to this test; its keys are deleted afterwards."""
     prefix = f"test-{uuid.uuid4().hex[:12]}"
     yield prefix
+    delete_redis_keys(redis_url, prefix)
+
+
+def delete_redis_keys(redis_url: str, prefix: str) -> None:
+    """Delete every key under ``prefix``."""
     client = redis.Redis.from_url(redis_url)
     try:
         keys = list(client.scan_iter(match=f"{prefix}*", count=1000))

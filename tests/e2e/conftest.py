@@ -27,10 +27,15 @@ import asyncpg
 import orjson
 import pytest
 import pytest_asyncio
-import redis
 from playwright.async_api import Browser, ConsoleMessage, Page, async_playwright
 
-from tests.conftest import CI, TEST_SECRET, TEST_SERVICE_SECRET, with_database
+from tests.conftest import (
+    CI,
+    TEST_SECRET,
+    TEST_SERVICE_SECRET,
+    delete_redis_keys,
+    with_database,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -198,13 +203,7 @@ def e2e_server(
     finally:
         server.stop()
         asyncio.run(_drop_database(pg_admin_url, name))
-        client = redis.Redis.from_url(redis_url)
-        try:
-            keys = list(client.scan_iter(match=f"{prefix}*", count=1000))
-            if keys:
-                client.delete(*keys)
-        finally:
-            client.close()
+        delete_redis_keys(redis_url, prefix)
 
 
 @pytest_asyncio.fixture(scope="package", loop_scope="package")
