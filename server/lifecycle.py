@@ -6,8 +6,7 @@ import asyncio
 import contextlib
 import gc
 import logging
-from collections.abc import AsyncIterator, Coroutine
-from typing import Any
+from collections.abc import AsyncIterator
 
 from aiohttp import web
 from redis.asyncio import BlockingConnectionPool, Redis
@@ -32,19 +31,6 @@ from storage.embedded import start_embedded
 from storage.migrate import migrate
 
 log = logging.getLogger("arena.lifecycle")
-
-
-@contextlib.asynccontextmanager
-async def _running(coro: Coroutine[Any, Any, None], name: str) -> AsyncIterator[None]:
-    """Run ``coro`` as a background task while the block runs; cancel and await it after."""
-    task = asyncio.create_task(coro, name=name)
-    try:
-        yield
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-
 
 settings_key = web.AppKey("settings", Settings)
 
@@ -116,11 +102,14 @@ async def channels(app: web.Application) -> AsyncIterator[None]:
     )
     presence.start()
     app[keys.presence] = presence
+    expiry = asyncio.create_task(app[keys.connections].expire_forever(), name="ws-token-expiry")
+    log.info("broker ready", extra={"backend": broker.name})
     try:
-        async with _running(app[keys.connections].expire_forever(), "ws-token-expiry"):
-            log.info("broker ready", extra={"backend": broker.name})
-            yield
+        yield
     finally:
+        expiry.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await expiry
         await presence.close()
         await hub.close()
         if presence_redis is not None:
@@ -131,8 +120,13 @@ async def outbox_relay(app: web.Application) -> AsyncIterator[None]:
     """The background task that publishes outbox events."""
     relay = OutboxRelay(app[keys.pool], app[keys.hub])
     app[keys.relay] = relay
-    async with _running(relay.run(), "outbox-relay"):
+    task = asyncio.create_task(relay.run(), name="outbox-relay")
+    try:
         yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 async def close_websockets(app: web.Application) -> None:
@@ -180,8 +174,13 @@ async def _purge_auth_tokens(app: web.Application) -> None:
 
 async def auth_janitor(app: web.Application) -> AsyncIterator[None]:
     """Background task deleting long-expired magic links and refresh tokens every hour."""
-    async with _running(_purge_auth_tokens(app), "auth-janitor"):
+    task = asyncio.create_task(_purge_auth_tokens(app), name="auth-janitor")
+    try:
         yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 async def mail(app: web.Application) -> AsyncIterator[None]:
