@@ -391,8 +391,14 @@ class Hub:
 
     def on_reconnected(self) -> None:
         """Refill every channel: messages may have been published while we were away."""
-        for state in list(self._channels.values()):
-            if state.offset >= 0 and not state.filling:
+        self.on_resubscribed(list(self._channels))
+
+    def on_resubscribed(self, channels: list[str]) -> None:
+        """Refill ``channels``: their upstream subscription was re-made (a Redis Cluster slot
+        moved, or its node's connection came back)."""
+        for name in channels:
+            state = self._channels.get(name)
+            if state is not None and state.offset >= 0 and not state.filling:
                 self._spawn_fill(state, None)
 
     # -- delivery --------------------------------------------------------------------------
