@@ -8,6 +8,7 @@ import asyncpg
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 
 from handlers.analysis.runner import AnalysisRunner
 from handlers.config import HandlersConfig
@@ -28,8 +29,8 @@ http_metrics = web.AppKey("http_metrics", HttpMetrics)
 connections = web.AppKey("connections", ConnectionRegistry)
 relay = web.AppKey("relay", OutboxRelay)
 tokens = web.AppKey("tokens", TokenService)
-#: the shared Redis client, present only when REDIS_URL is set
-redis = web.AppKey("redis", Redis)
+#: the shared Redis client (a cluster client for a redis+cluster:// URL), only with REDIS_URL
+redis: web.AppKey[Redis | RedisCluster] = web.AppKey("redis")
 rate_limiter = web.AppKey("rate_limiter", RateLimiter)
 mailer = web.AppKey("mailer", Mailer)
 presence = web.AppKey("presence", Presence)

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError
 
 
@@ -118,7 +119,7 @@ class RedisRateLimiter:
 
     name = "redis"
 
-    def __init__(self, client: Redis, prefix: str) -> None:
+    def __init__(self, client: Redis | RedisCluster, prefix: str) -> None:
         self._client = client
         self._prefix = f"{prefix}:rl:"
         self._script = client.register_script(_GCRA_LUA)

@@ -5,11 +5,14 @@ A :class:`PresenceStore` keeps, per channel, one entry per subscribed client
 and "last tab of this user" are known cluster-wide:
 
 * :class:`MemoryPresence` for a single node;
-* :class:`RedisPresence` for a cluster. Per channel (one hash slot)::
+* :class:`RedisPresence` for a cluster. Per channel (one hash slot, the channel's)::
 
       <prefix>:{<channel>}:presence        hash  client_id -> JSON {"user": ..., "info": ...}
       <prefix>:{<channel>}:presence:exp    zset  client_id scored by its expiry (Unix seconds)
       <prefix>:{<channel>}:presence:users  hash  user_id -> number of clients
+
+  On Redis Cluster the base name is ``<prefix>:{<partition tag>}:<channel>:presence``, the
+  broker's hash tag of the channel (see :mod:`pubsub.redis_keys`).
 
   Entries expire ``ttl`` seconds after their last refresh. Each node refreshes all of its own
   entries once per ``ttl / 3`` in one pipelined batch, so Redis traffic depends on the number of
@@ -35,6 +38,7 @@ from typing import Any
 
 import orjson
 from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError
 
 from pubsub.hub import Hub
@@ -166,18 +170,28 @@ return out
 
 
 class RedisPresence(PresenceStore):
-    """Cluster-wide presence in Redis (see the module docstring for the layout)."""
+    """Cluster-wide presence in Redis (see the module docstring for the layout).
 
-    def __init__(self, redis: Redis, prefix: str, ttl: float = 30.0) -> None:
+    ``keys`` is a key prefix (the single-Redis layout) or a function giving a channel's base
+    key name (``PartitionedKeySpace.presence`` on Redis Cluster).
+    """
+
+    def __init__(
+        self, redis: Redis | RedisCluster, keys: str | Callable[[str], str], ttl: float = 30.0
+    ) -> None:
         self._redis = redis
-        self._prefix = prefix
+        if isinstance(keys, str):
+            prefix = keys
+            self._base: Callable[[str], str] = lambda channel: f"{prefix}:{{{channel}}}:presence"
+        else:
+            self._base = keys
         self.ttl = ttl
         self._add = redis.register_script(_ADD)
         self._remove = redis.register_script(_REMOVE)
         self._sweep = redis.register_script(_SWEEP)
 
     def _keys(self, channel: str) -> list[str]:
-        base = f"{self._prefix}:{{{channel}}}:presence"
+        base = self._base(channel)
         return [base, f"{base}:exp", f"{base}:users"]
 
     def _key_ttl(self) -> int:

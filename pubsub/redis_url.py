@@ -66,8 +66,15 @@ def parse_cluster_url(url: str) -> ClusterURL:
 
 
 def cluster_client(url: str, **kwargs: Any) -> RedisCluster:
-    """A ``RedisCluster`` client for a cluster URL; ``kwargs`` go to ``RedisCluster``."""
+    """A ``RedisCluster`` client for a cluster URL; ``kwargs`` go to ``RedisCluster``.
+
+    A MOVED reply only patches the slot it names (``reinitialize_steps=0``): redis-py's
+    periodic full refresh on MOVED closes every connection of the client, in-flight
+    commands of other tasks included, and a publish whose reply is lost that way may or may
+    not have happened.
+    """
     parsed = parse_cluster_url(url)
+    kwargs.setdefault("reinitialize_steps", 0)
     return RedisCluster(
         startup_nodes=[ClusterNode(host, port) for host, port in parsed.nodes],
         username=parsed.username,

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.cluster import RedisCluster
 
 from handlers import keys
 from handlers.analysis.factory import build_provider
@@ -24,6 +25,9 @@ from pubsub.hub import Hub
 from pubsub.memory import MemoryBroker
 from pubsub.metrics import HubMetrics
 from pubsub.presence import MemoryPresence, Presence, PresenceStore, RedisPresence
+from pubsub.redis_keys import KeySpace, PartitionedKeySpace, Partitioning
+from pubsub.redis_url import cluster_client
+from pubsub.redis_url import redis_client as make_redis_client
 from server.settings import Settings
 from storage.auth_tokens import purge_expired
 from storage.db import create_pool
@@ -63,12 +67,44 @@ async def database(app: web.Application) -> AsyncIterator[None]:
 
 
 def make_broker(settings: Settings) -> Broker:
-    """The Redis broker when ``REDIS_URL`` is set, the in-process one otherwise."""
+    """The Redis Cluster broker for a ``redis+cluster://`` URL, the Redis broker for another
+    ``REDIS_URL``, the in-process one without."""
+    if settings.redis_url and settings.redis_cluster:
+        from pubsub.redis_cluster import RedisClusterBroker
+
+        return RedisClusterBroker(
+            settings.redis_url,
+            prefix=settings.redis_prefix,
+            partitions=settings.redis_cluster_partitions,
+        )
     if settings.redis_url:
         from pubsub.redis_broker import RedisBroker
 
         return RedisBroker(settings.redis_url, prefix=settings.redis_prefix)
     return MemoryBroker()
+
+
+def _presence_store(settings: Settings) -> tuple[PresenceStore, Redis | RedisCluster | None]:
+    """Presence in Redis (keys next to the channel's, same hash tag) with ``REDIS_URL``,
+    in memory without; and the client to close at shutdown."""
+    url = settings.redis_url
+    if not url:
+        return MemoryPresence(), None
+    client: Redis | RedisCluster
+    keys: KeySpace | PartitionedKeySpace
+    if settings.redis_cluster:
+        client = cluster_client(url, max_connections=32)
+        keys = PartitionedKeySpace(
+            settings.redis_prefix, Partitioning(settings.redis_cluster_partitions)
+        )
+    else:
+        # Its own blocking pool: thousands of joins/leaves at once wait for a connection
+        # instead of failing.
+        pool = BlockingConnectionPool.from_url(url, max_connections=32, timeout=10)
+        client = Redis(connection_pool=pool)
+        keys = KeySpace(settings.redis_prefix)
+    store = RedisPresence(client, keys.presence, ttl=settings.presence_ttl)
+    return store, client
 
 
 async def channels(app: web.Application) -> AsyncIterator[None]:
@@ -85,14 +121,7 @@ async def channels(app: web.Application) -> AsyncIterator[None]:
     app[keys.hub] = hub
     app[keys.connections] = ConnectionRegistry(hub)
     app[keys.backends]["broker"] = broker.name
-    presence_redis = None
-    store: PresenceStore = MemoryPresence()
-    if settings.redis_url:
-        # Its own blocking pool: thousands of joins/leaves at once wait for a connection
-        # instead of failing.
-        pool = BlockingConnectionPool.from_url(settings.redis_url, max_connections=32, timeout=10)
-        presence_redis = Redis(connection_pool=pool)
-        store = RedisPresence(presence_redis, settings.redis_prefix, ttl=settings.presence_ttl)
+    store, presence_redis = _presence_store(settings)
     presence = Presence(
         hub,
         store,
@@ -138,16 +167,14 @@ async def close_websockets(app: web.Application) -> None:
 
 
 async def redis_client(app: web.Application) -> AsyncIterator[None]:
-    """The shared Redis client (when ``REDIS_URL`` is set) and the rate limiter built on it;
-    without Redis the rate limiter lives in process memory."""
+    """The shared Redis client (when ``REDIS_URL`` is set; a cluster client for a cluster URL)
+    and the rate limiter built on it; without Redis the rate limiter lives in process memory."""
     settings = app[settings_key]
     if not settings.redis_url:
         app[keys.rate_limiter] = MemoryRateLimiter()
         yield
         return
-    from redis.asyncio import Redis
-
-    client = Redis.from_url(settings.redis_url, socket_connect_timeout=5, socket_timeout=5)
+    client = make_redis_client(settings.redis_url, socket_connect_timeout=5, socket_timeout=5)
     app[keys.redis] = client
     app[keys.rate_limiter] = RedisRateLimiter(client, settings.redis_prefix)
     try:

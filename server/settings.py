@@ -29,6 +29,7 @@ from handlers.config import (
 )
 from handlers.tokens import KeyConfigError, TokenService
 from pubsub.namespaces import NamespaceOptions, default_namespaces
+from pubsub.redis_url import is_cluster_url, parse_cluster_url
 
 
 class SettingsError(ValueError):
@@ -51,6 +52,7 @@ class Settings:
     database_url: str | None = None
     redis_url: str | None = None
     redis_prefix: str = "arena"
+    redis_cluster_partitions: int = 64
     data_dir: Path = Path(".data")
     log_level: str = "INFO"
     db_pool_min: int = 1
@@ -66,6 +68,11 @@ class Settings:
     @property
     def production(self) -> bool:
         return self.env == "production"
+
+    @property
+    def redis_cluster(self) -> bool:
+        """Whether ``REDIS_URL`` names a Redis Cluster (``redis+cluster://``)."""
+        return self.redis_url is not None and is_cluster_url(self.redis_url)
 
     def with_handlers(self, **changes: Any) -> Settings:
         """Copy with some handler config sections replaced (used by tests)."""
@@ -156,6 +163,25 @@ def _secret(env: Mapping[str, str], name: str, production: bool, data_dir: Path)
     if len(value.encode()) < MIN_SECRET_BYTES:
         raise SettingsError(f"{name} must be at least {MIN_SECRET_BYTES} bytes long")
     return value
+
+
+def _redis_url(env: Mapping[str, str]) -> str | None:
+    """``REDIS_URL``: one Redis (``redis://``, ``rediss://``) or a Redis Cluster
+    (``redis+cluster://host:port,host:port``, ``rediss+cluster://`` with TLS)."""
+    url = _opt(env, "REDIS_URL")
+    if url is not None and is_cluster_url(url):
+        try:
+            parse_cluster_url(url)
+        except ValueError as exc:
+            raise SettingsError(f"REDIS_URL: {exc}") from None
+    return url
+
+
+def _partitions(env: Mapping[str, str]) -> int:
+    count = _int(env, "REDIS_CLUSTER_PARTITIONS", 64, minimum=1)
+    if count > 16384:
+        raise SettingsError(f"REDIS_CLUSTER_PARTITIONS must be <= 16384 (hash slots), got {count}")
+    return count
 
 
 def _jwt_keys(env: Mapping[str, str], primary: str) -> dict[str, str]:
@@ -326,8 +352,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         host=_str(env, "HOST", "127.0.0.1"),
         port=port,
         database_url=_opt(env, "DATABASE_URL"),
-        redis_url=_opt(env, "REDIS_URL"),
+        redis_url=_redis_url(env),
         redis_prefix=_str(env, "REDIS_PREFIX", "arena"),
+        redis_cluster_partitions=_partitions(env),
         data_dir=data_dir,
         log_level=_str(env, "LOG_LEVEL", "INFO").upper(),
         db_pool_min=_int(env, "DB_POOL_MIN", 1),

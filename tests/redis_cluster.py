@@ -115,6 +115,11 @@ class LocalCluster:
             f"nodes-{port}.conf",
             "--cluster-node-timeout",
             str(self.node_timeout),
+            # replicas sync at once (no persistence: the full sync streams the dataset)
+            "--repl-diskless-sync",
+            "yes",
+            "--repl-diskless-sync-delay",
+            "0",
             "--save",
             "",
             "--appendonly",
@@ -198,8 +203,9 @@ class LocalCluster:
         raise ClusterError(f"no live replica of {master}")
 
     def healthy(self) -> bool:
-        """Every live node says ``cluster_state:ok``, knows all 16384 slots and every live
-        node agrees on the slot map."""
+        """Every live node says ``cluster_state:ok``, knows all 16384 slots, every live node
+        agrees on the slot map and every replica is in sync with its master (a replica that
+        never synced refuses to fail over)."""
         maps = []
         for port in self.alive():
             try:
@@ -208,6 +214,11 @@ class LocalCluster:
                     if isinstance(info, bytes):
                         info = info.decode()
                     if "cluster_state:ok" not in str(info):
+                        return False
+                    replication = client.info("replication")
+                    if replication.get("role") == "slave" and (
+                        replication.get("master_link_status") != "up"
+                    ):
                         return False
                 maps.append(self.slot_owners(port))
             except (redis.RedisError, OSError):
@@ -234,10 +245,11 @@ class LocalCluster:
         self._spawn(port)
         self._wait_ping(port, timeout)
 
-    def move_slot(self, slot: int, target: int, batch: int = 10) -> None:
+    def move_slot(self, slot: int, target: int, batch: int = 10, pause: float = 0.0) -> None:
         """Move ``slot`` with its keys from its master to master ``target``, the way
         ``redis-cli --cluster reshard`` does: SETSLOT IMPORTING/MIGRATING, MIGRATE keys in
-        batches, SETSLOT NODE on both and then on every other master."""
+        batches (``pause`` seconds apart, to stretch the migration), SETSLOT NODE on both and
+        then on every other master."""
         source = self.owner(slot)
         if source == target:
             return
@@ -253,6 +265,7 @@ class LocalCluster:
                 src.execute_command(
                     "MIGRATE", "127.0.0.1", target, "", 0, 5000, "REPLACE", "KEYS", *keys
                 )
+                time.sleep(pause)
             dst.execute_command("CLUSTER", "SETSLOT", slot, "NODE", dst_id)
             src.execute_command("CLUSTER", "SETSLOT", slot, "NODE", dst_id)
         for port in self.masters():
