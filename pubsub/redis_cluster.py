@@ -187,11 +187,22 @@ class ShardedSubscriber:
             raise
 
     async def unsubscribe(self, partition: int, name: bytes) -> None:
-        """Stop receiving shard channel ``name``."""
+        """Stop receiving shard channel ``name``; a connection left without channels closes."""
         self._wanted[partition].pop(name, None)
-        link = self._links.get(self._placed.get(partition, ""))
-        if link is not None:
-            await link.unsubscribe(name)
+        async with self._lock:
+            link = self._links.get(self._placed.get(partition, ""))
+            if link is not None:
+                await link.unsubscribe(name)
+            if not self._wanted[partition]:
+                self._placed.pop(partition, None)
+                await self._close_idle()
+
+    async def _close_idle(self) -> None:
+        """Close the links that carry no partition any more. Called with the lock held."""
+        in_use = set(self._placed.values())
+        for name in [name for name in self._links if name not in in_use]:
+            await self._links.pop(name).close()
+            log.info("redis cluster pub/sub connection closed", extra={"node": name})
 
     async def _place(self, partition: int) -> PubSubConnection:
         """The link carrying ``partition``, connecting to the slot's owner if needed.
@@ -304,11 +315,7 @@ class ShardedSubscriber:
                     extra={"node": owner, "partitions": len(indexes), "channels": len(moved)},
                 )
                 self._spawn(self._resubscribed(moved, await link.request(moved)))
-            in_use = set(self._placed.values())
-            for name in [name for name in self._links if name not in in_use]:
-                link = self._links.pop(name)
-                self._spawn(link.close())
-                log.info("redis cluster pub/sub connection closed", extra={"node": name})
+            await self._close_idle()
 
     async def _resubscribed(self, names: list[bytes], waiters: list[asyncio.Future[None]]) -> None:
         """Once Redis confirmed ``names`` on their new link, have them refilled; names that
