@@ -5,15 +5,23 @@
 
 In one run, on private servers started for it (nothing else's load in the CPU numbers):
 
-1. ``single``: one ``redis-server`` (port ``--single-port``, default 7110), ``RedisBroker``;
+1. ``single``: one ``redis-server`` (port ``--single-port``, default 7110) with one replica
+   (the next port), ``RedisBroker``;
 2. ``cluster``: 3 masters + 3 replicas (ports ``--cluster-port``.. +5, default 7101),
    ``RedisClusterBroker`` (sharded pub/sub, 64 partitions).
 
-For each, ``--processes`` publisher processes each run ``--concurrency`` concurrent publishers
-round-robin over ``--channels`` channels for ``--seconds`` seconds, while one more process
-subscribes to every channel and counts deliveries. Reported: publications/s acknowledged,
-deliveries/s, and Redis CPU (``used_cpu_sys + used_cpu_user`` from ``INFO cpu`` of every
-redis-server, before and after) per publication, masters and replicas apart.
+For each, two phases:
+
+* **broker**: ``--processes`` publisher processes each run ``--concurrency`` concurrent
+  publishers (the real broker, ``publish()``) round-robin over ``--channels`` channels for
+  ``--seconds`` seconds, while one more process subscribes to every channel and counts
+  deliveries. Reported: publications/s acknowledged, deliveries/s, and Redis CPU
+  (``used_cpu_sys + used_cpu_user`` from ``INFO cpu`` of every redis-server, before and after,
+  minus the same servers' CPU over an idle window) per publication, masters and replicas apart.
+* **pipelined**: one process per master sends the same publish script (``EVALSHA``, same keys
+  and arguments as the broker) in pipelines of 200, ``--pipelined`` publications in all, so
+  Redis rather than the Python client is the busy side; reported the same way. Its CPU per
+  publication is Redis's cost at load, which sets how many publications one core sustains.
 
 Every process here shares the machine's cores: on a small machine the publishers' Python is
 the limit, not Redis; the CPU per publication is what tells how far Redis itself would go
@@ -76,10 +84,11 @@ class Counter:
 
 async def _publish(
     kind: str, url: str, prefix: str, channels: list[str], concurrency: int, seconds: float
-) -> tuple[int, int, float]:
+) -> tuple[int, int, float, list[str]]:
     broker = make_broker(kind, url, prefix)
     await broker.start(Counter())
     done = errors = 0
+    kinds: dict[str, bool] = {}
     stop = time.perf_counter() + seconds
     start = time.perf_counter()
 
@@ -90,14 +99,15 @@ async def _publish(
             try:
                 await broker.publish(channels[n % len(channels)], PAYLOAD, OPTIONS)
                 done += 1
-            except Exception:
+            except Exception as exc:
                 errors += 1
+                kinds[f"{type(exc).__name__}: {exc}"[:100]] = True
             n += concurrency
 
     await asyncio.gather(*(worker(i) for i in range(concurrency)))
     elapsed = time.perf_counter() - start
     await broker.close()
-    return done, errors, elapsed
+    return done, errors, elapsed, list(kinds)
 
 
 def publisher_process(
@@ -147,8 +157,8 @@ def cpu_seconds(port: int) -> float:
 
 
 def script_usec(port: int) -> tuple[int, int]:
-    """(calls, microseconds) Redis spent running EVALSHA (the publish script), from
-    ``INFO commandstats``: the script alone, without network I/O or background work."""
+    """(calls, microseconds) Redis spent in EVALSHA (the publish script), from ``INFO
+    commandstats``: wall time of the script alone, without network I/O or background work."""
     with redis.Redis(port=port, socket_timeout=10) as client:
         stats = client.info("commandstats").get("cmdstat_evalsha", {})
     return int(stats.get("calls", 0)), int(stats.get("usec", 0))
@@ -172,19 +182,129 @@ class Servers:
     ports: list[int]
 
 
-def start_single(port: int, folder: Path) -> tuple[Servers, subprocess.Popen[bytes]]:
-    args = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", ""]
-    args += ["--appendonly", "no", "--dir", str(folder)]
-    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+def start_single(port: int, folder: Path) -> tuple[Servers, list[subprocess.Popen[bytes]]]:
+    """One master and one replica (like a cluster shard, so both pay for replication)."""
+    processes = []
+    for node, extra in ((port, []), (port + 1, ["--replicaof", "127.0.0.1", str(port)])):
+        args = ["redis-server", "--port", str(node), "--bind", "127.0.0.1", "--save", ""]
+        args += ["--appendonly", "no", "--dir", str(folder), "--dbfilename", f"{node}.rdb"]
+        args += ["--repl-diskless-sync", "yes", "--repl-diskless-sync-delay", "0", *extra]
+        processes.append(
+            subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        )
     deadline = time.monotonic() + 30
     while True:
-        with suppress(redis.RedisError), redis.Redis(port=port) as client:
-            client.ping()
-            break
+        with suppress(redis.RedisError), redis.Redis(port=port + 1) as client:
+            if client.info("replication").get("master_link_status") == "up":
+                break
         if time.monotonic() > deadline:
-            raise RuntimeError("redis-server did not start")
+            raise RuntimeError("redis-server and its replica did not start")
         time.sleep(0.05)
-    return Servers(f"redis://127.0.0.1:{port}/0", [port]), process
+    return Servers(f"redis://127.0.0.1:{port}/0", [port, port + 1]), processes
+
+
+def pipelined_process(
+    kind: str, port: int, prefix: str, channels: list[str], count: int, go: Any, results: Any
+) -> None:
+    """Send ``count`` publish scripts to the master on ``port`` (channels it owns)."""
+    from pubsub.memory import new_epoch
+    from pubsub.redis_broker import META_MIN_TTL
+    from pubsub.redis_keys import KeySpace, PartitionedKeySpace
+    from pubsub.redis_scripts import CLUSTER_PUBLISH, PUBLISH
+
+    keys: KeySpace | PartitionedKeySpace = (
+        PartitionedKeySpace(prefix) if kind == "cluster" else KeySpace(prefix)
+    )
+    client = redis.Redis(port=port, socket_timeout=60)
+    sha = client.script_load(CLUSTER_PUBLISH if kind == "cluster" else PUBLISH)
+    go.wait()
+    start = time.perf_counter()
+    sent = 0
+    while sent < count:
+        pipe = client.pipeline(transaction=False)
+        for n in range(sent, min(count, sent + 200)):
+            channel = channels[n % len(channels)]
+            pipe.evalsha(
+                sha,
+                2,
+                keys.meta(channel),
+                keys.stream(channel),
+                PAYLOAD,
+                OPTIONS.history_size,
+                OPTIONS.history_ttl,
+                max(OPTIONS.history_ttl, META_MIN_TTL),
+                new_epoch(),
+                repr(time.time()),
+                0,
+                keys.live(channel),
+            )
+        pipe.execute()
+        sent = min(count, sent + 200)
+    results.put(time.perf_counter() - start)
+    client.close()
+
+
+def run_pipelined(kind: str, servers: Servers, args: argparse.Namespace) -> dict[str, Any]:
+    from redis.crc import key_slot
+
+    from pubsub.redis_keys import KeySpace, PartitionedKeySpace
+
+    prefix = f"bench-{uuid.uuid4().hex[:6]}"
+    keys: KeySpace | PartitionedKeySpace = (
+        PartitionedKeySpace(prefix) if kind == "cluster" else KeySpace(prefix)
+    )
+    roles = {port: role(port) for port in servers.ports}
+    masters = [port for port in servers.ports if roles[port] == "master"]
+    channels = [f"alerts:bench{n}" for n in range(args.channels)]
+    owned: dict[int, list[str]] = {port: [] for port in masters}
+    if kind == "cluster":
+        with redis.Redis(port=masters[0]) as client:
+            ranges = client.execute_command("CLUSTER", "SLOTS")
+        for channel in channels:
+            slot = key_slot(keys.live(channel))
+            port = next(int(m[1]) for a, b, m, *_ in ranges if int(a) <= slot <= int(b))
+            owned[port].append(channel)
+    else:
+        owned[masters[0]] = channels
+    ctx = multiprocessing.get_context("spawn")
+    go, results = ctx.Event(), ctx.Queue()
+    per_master = args.pipelined // len(masters)
+    workers = [
+        ctx.Process(
+            target=pipelined_process,
+            args=(kind, port, prefix, owned[port], per_master, go, results),
+        )
+        for port in masters
+    ]
+    for worker in workers:
+        worker.start()
+    time.sleep(3)
+    idle = idle_cpu(servers.ports, 5.0)
+    before = {port: cpu_seconds(port) for port in servers.ports}
+    go.set()
+    elapsed = max(results.get(timeout=600) for _ in workers)
+    after = {port: cpu_seconds(port) for port in servers.ports}
+    for worker in workers:
+        worker.join(30)
+    total = per_master * len(masters)
+    net = {
+        port: max(0.0, after[port] - before[port] - idle[port] * elapsed / 5.0)
+        for port in servers.ports
+    }
+    return {
+        "backend": kind,
+        "phase": "pipelined",
+        "publications": total,
+        "window_s": round(elapsed, 2),
+        "publications_per_s": round(total / elapsed),
+        "master_cpu_us_per_publication": round(sum(net[p] for p in masters) / total * 1e6, 1),
+        "all_redis_cpu_us_per_publication": round(sum(net.values()) / total * 1e6, 1),
+        "busiest_master_cpu_share": round(max(net[p] for p in masters) / elapsed, 3),
+        "publications_per_s_per_master_core": round(
+            total / max(sum(net[p] for p in masters), 1e-9)
+        ),
+        "load_average": os.getloadavg(),
+    }
 
 
 def run_case(kind: str, servers: Servers, args: argparse.Namespace) -> dict[str, Any]:
@@ -234,9 +354,10 @@ def run_case(kind: str, servers: Servers, args: argparse.Namespace) -> dict[str,
     count = delivered.get(timeout=60)
     for process in [*publishers, subscriber]:
         process.join(30)
-    acked = sum(done for done, _, _ in results)
-    errors = sum(failed for _, failed, _ in results)
-    window = max(elapsed for _, _, elapsed in results)
+    acked = sum(result[0] for result in results)
+    errors = sum(result[1] for result in results)
+    window = max(result[2] for result in results)
+    error_kinds = sorted({kind for result in results for kind in result[3]})
     cpu = {port: after[port] - before[port] for port in servers.ports}
     # background work (cluster bus, replication pings) scaled to the window, taken out
     net = {port: max(0.0, cpu[port] - idle[port] * window / args.seconds) for port in cpu}
@@ -247,12 +368,14 @@ def run_case(kind: str, servers: Servers, args: argparse.Namespace) -> dict[str,
     usec = sum(scripts_after[p][1] - scripts_before[p][1] for p in masters)
     return {
         "backend": kind,
+        "phase": "broker",
         "channels": args.channels,
         "publisher_processes": args.processes,
         "concurrency_per_process": args.concurrency,
         "window_s": round(window, 2),
         "publications": acked,
         "errors": errors,
+        "error_kinds": error_kinds,
         "publications_per_s": round(acked / window),
         "deliveries": count,
         "deliveries_per_s": round(count / window),
@@ -261,7 +384,8 @@ def run_case(kind: str, servers: Servers, args: argparse.Namespace) -> dict[str,
         "roles": {str(port): roles[port] for port in servers.ports},
         "master_cpu_us_per_publication": round(master_cpu / max(acked, 1) * 1e6, 1),
         "all_redis_cpu_us_per_publication": round(all_cpu / max(acked, 1) * 1e6, 1),
-        "script_us_per_publication": round(usec / max(calls, 1), 1),
+        # wall time inside EVALSHA (INFO commandstats): includes time the OS ran others
+        "script_wall_us_per_publication": round(usec / max(calls, 1), 1),
         "busiest_master_cpu_share": round(max(net[p] for p in masters) / window, 3),
         "load_average": {"before": load_before, "after": load_after},
     }
@@ -273,6 +397,7 @@ def main() -> None:
     parser.add_argument("--processes", type=int, default=3, help="publisher processes")
     parser.add_argument("--concurrency", type=int, default=64, help="publishers per process")
     parser.add_argument("--seconds", type=float, default=15.0)
+    parser.add_argument("--pipelined", type=int, default=60_000, help="pipelined publications")
     parser.add_argument("--single-port", type=int, default=7110)
     parser.add_argument("--cluster-port", type=int, default=7101)
     args = parser.parse_args()
@@ -281,30 +406,35 @@ def main() -> None:
 
     results = []
     folder = Path(tempfile.mkdtemp(prefix="arena-bench-cluster-"))
-    single, process = start_single(args.single_port, folder)
+    single, processes = start_single(args.single_port, folder)
     try:
         results.append(run_case("single", single, args))
+        results.append(run_pipelined("single", single, args))
     finally:
-        process.kill()
-        process.wait(10)
+        for process in processes:
+            process.kill()
+            process.wait(10)
     cluster = LocalCluster(base_port=args.cluster_port)
     cluster.start()
     try:
-        results.append(run_case("cluster", Servers(cluster.url, cluster.ports), args))
+        servers = Servers(cluster.url, cluster.ports)
+        results.append(run_case("cluster", servers, args))
+        results.append(run_pipelined("cluster", servers, args))
     finally:
         cluster.stop()
         shutil.rmtree(folder, ignore_errors=True)
 
     print(
-        f"{'backend':8} {'pub/s':>8} {'deliv/s':>8} {'errors':>6} {'µs CPU/pub masters':>19}"
-        f" {'all nodes':>10} {'script µs':>10} {'busiest master':>15}"
+        f"{'backend':8} {'phase':9} {'pub/s':>7} {'deliv/s':>8} {'errors':>6}"
+        f" {'Redis CPU µs/pub: masters':>26} {'all nodes':>10} {'busiest master':>15}"
     )
     for row in results:
         print(
-            f"{row['backend']:8} {row['publications_per_s']:>8} {row['deliveries_per_s']:>8} "
-            f"{row['errors']:>6} {row['master_cpu_us_per_publication']:>19} "
+            f"{row['backend']:8} {row['phase']:9} {row['publications_per_s']:>7} "
+            f"{row.get('deliveries_per_s', '-'):>8} {row.get('errors', '-'):>6} "
+            f"{row['master_cpu_us_per_publication']:>26} "
             f"{row['all_redis_cpu_us_per_publication']:>10} "
-            f"{row['script_us_per_publication']:>10} {row['busiest_master_cpu_share']:>14.0%}"
+            f"{row['busiest_master_cpu_share']:>14.0%}"
         )
     path = save_json(
         "cluster-broker",

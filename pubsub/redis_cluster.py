@@ -292,9 +292,10 @@ class ShardedSubscriber:
                 if owner == current and link is not None:
                     kept = set(link.wanted)
                     missing = [name for name in names if name not in kept]
-                    if missing and link.connected:
-                        # Redis dropped them (slot moved and came back, or a MOVED reply)
-                        self._spawn(self._resubscribed(list(missing), await link.request(missing)))
+                    if missing:
+                        # Redis dropped them (a slot that moved and came back, a MOVED reply);
+                        # on a link that is down, the reconnect subscribes them
+                        self._spawn(self._resubscribed(missing, await link.request(missing)))
                     continue
                 if link is not None:
                     link.forget(list(names))
@@ -512,9 +513,16 @@ class RedisClusterBroker(ScriptedBroker):
         subscription is up. A partition whose master is failing over does not make the node
         unready (the other partitions work); it is logged and retried."""
         self._check()
-        try:
-            await self._cluster.ping()
-        except self.errors as exc:
-            raise BrokerUnavailable(f"redis cluster ping failed: {exc}") from exc
+        nodes = self._cluster.get_nodes()
+        random.shuffle(nodes)
+        problem: BaseException | None = None
+        for node in nodes:
+            try:
+                await self._cluster.ping(target_nodes=node)
+                break
+            except self.errors as exc:
+                problem = exc
+        else:
+            raise BrokerUnavailable(f"no Redis Cluster node answers: {problem}")
         if not self._control_link.connected:
             raise BrokerUnavailable("redis cluster control subscription is down")
