@@ -173,13 +173,23 @@ class RedisPresence(PresenceStore):
     """Cluster-wide presence in Redis (see the module docstring for the layout).
 
     ``keys`` is a key prefix (the single-Redis layout) or a function giving a channel's base
-    key name (``PartitionedKeySpace.presence`` on Redis Cluster).
+    key name (``PartitionedKeySpace.presence`` on Redis Cluster). ``max_concurrency`` makes
+    calls beyond that many wait their turn: a ``RedisCluster`` client has no blocking pool and
+    would fail them instead (a plain client gets a ``BlockingConnectionPool``).
     """
 
     def __init__(
-        self, redis: Redis | RedisCluster, keys: str | Callable[[str], str], ttl: float = 30.0
+        self,
+        redis: Redis | RedisCluster,
+        keys: str | Callable[[str], str],
+        ttl: float = 30.0,
+        *,
+        max_concurrency: int | None = None,
     ) -> None:
         self._redis = redis
+        self._turns: contextlib.AbstractAsyncContextManager[Any] = (
+            asyncio.Semaphore(max_concurrency) if max_concurrency else contextlib.nullcontext()
+        )
         if isinstance(keys, str):
             prefix = keys
             self._base: Callable[[str], str] = lambda channel: f"{prefix}:{{{channel}}}:presence"
@@ -199,18 +209,23 @@ class RedisPresence(PresenceStore):
 
     async def add(self, channel: str, entry: PresenceEntry) -> bool:
         raw = orjson.dumps({"user": entry.user_id, "info": entry.info})
-        count = await self._add(
-            keys=self._keys(channel),
-            args=[entry.client_id, entry.user_id, raw, time.time() + self.ttl, self._key_ttl()],
-        )
+        async with self._turns:
+            count = await self._add(
+                keys=self._keys(channel),
+                args=[entry.client_id, entry.user_id, raw, time.time() + self.ttl, self._key_ttl()],
+            )
         return int(count) == 1
 
     async def remove(self, channel: str, entry: PresenceEntry) -> bool:
-        left = await self._remove(keys=self._keys(channel), args=[entry.client_id, entry.user_id])
+        async with self._turns:
+            left = await self._remove(
+                keys=self._keys(channel), args=[entry.client_id, entry.user_id]
+            )
         return int(left) == 0
 
     async def sweep(self, channel: str) -> list[PresenceEntry]:
-        out = await self._sweep(keys=self._keys(channel), args=[time.time()])
+        async with self._turns:
+            out = await self._sweep(keys=self._keys(channel), args=[time.time()])
         gone: list[PresenceEntry] = []
         for index in range(0, len(out), 3):
             client, raw, left = out[index], out[index + 1], int(out[index + 2])
@@ -222,7 +237,7 @@ class RedisPresence(PresenceStore):
     async def entries(self, channel: str) -> list[PresenceEntry]:
         # Expired entries are filtered, not removed: the sweeping node announces their leave.
         keys = self._keys(channel)
-        async with self._redis.pipeline(transaction=False) as pipe:
+        async with self._turns, self._redis.pipeline(transaction=False) as pipe:
             pipe.hgetall(keys[0])
             pipe.zrangebyscore(keys[1], time.time(), "+inf")
             raw, alive = await pipe.execute()
@@ -243,7 +258,7 @@ class RedisPresence(PresenceStore):
             return
         until = time.time() + self.ttl
         key_ttl = self._key_ttl()
-        async with self._redis.pipeline(transaction=False) as pipe:
+        async with self._turns, self._redis.pipeline(transaction=False) as pipe:
             channels: set[str] = set()
             for channel, entry in items:
                 pipe.zadd(self._keys(channel)[1], {entry.client_id: until}, xx=True)

@@ -93,6 +93,7 @@ def _presence_store(settings: Settings) -> tuple[PresenceStore, Redis | RedisClu
     client: Redis | RedisCluster
     keys: KeySpace | PartitionedKeySpace
     if settings.redis_cluster:
+        # at most 32 calls at once, on at most 32 connections per node; the rest wait
         client = cluster_client(url, max_connections=32)
         keys = PartitionedKeySpace(
             settings.redis_prefix, Partitioning(settings.redis_cluster_partitions)
@@ -103,7 +104,12 @@ def _presence_store(settings: Settings) -> tuple[PresenceStore, Redis | RedisClu
         pool = BlockingConnectionPool.from_url(url, max_connections=32, timeout=10)
         client = Redis(connection_pool=pool)
         keys = KeySpace(settings.redis_prefix)
-    store = RedisPresence(client, keys.presence, ttl=settings.presence_ttl)
+    store = RedisPresence(
+        client,
+        keys.presence,
+        ttl=settings.presence_ttl,
+        max_concurrency=32 if settings.redis_cluster else None,
+    )
     return store, client
 
 
@@ -174,7 +180,12 @@ async def redis_client(app: web.Application) -> AsyncIterator[None]:
         app[keys.rate_limiter] = MemoryRateLimiter()
         yield
         return
-    client = make_redis_client(settings.redis_url, socket_connect_timeout=5, socket_timeout=5)
+    # A cluster client fails commands beyond max_connections per node instead of waiting;
+    # like the plain client's pool, allow what the rate limiter's bursts need.
+    extra = {"max_connections": 1024} if settings.redis_cluster else {}
+    client = make_redis_client(
+        settings.redis_url, socket_connect_timeout=5, socket_timeout=5, **extra
+    )
     app[keys.redis] = client
     app[keys.rate_limiter] = RedisRateLimiter(client, settings.redis_prefix)
     try:
