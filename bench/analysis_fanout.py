@@ -215,7 +215,7 @@ async def seed(database_url: str, env: dict[str, str]) -> tuple[str, str]:
             )
     finally:
         await conn.close()
-    from handlers.tokens import TokenService
+    from services.auth.tokens import TokenService
 
     tokens = TokenService(load_settings(env).handlers.auth)
     return str(request_id), tokens.issue_access(str(owner.id), owner.role, owner.email).token

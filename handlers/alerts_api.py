@@ -24,9 +24,9 @@ from handlers.auth_context import require_principal
 from handlers.errors import ApiError, json_response
 from handlers.openapi import describe
 from handlers.paging import decode_cursor, path_uuid, split_page
-from handlers.permissions import register
-from handlers.principal import Principal
 from handlers.validation import query_params
+from services.auth.principal import Principal
+from services.channels import names
 from storage import alerts, outbox, strategies
 from storage.errors import NotFound
 
@@ -35,11 +35,6 @@ FEED_RAW_LIMIT = 4096
 MAX_BUCKETS = 2000
 TAGS = ("alerts",)
 BUCKETS = {"1m": 60, "5m": 300, "15m": 900, "1h": 3600, "4h": 14400, "1d": 86400}
-
-
-def channel(strategy_id: UUID | str) -> str:
-    """The channel an alert feed is published on."""
-    return f"alerts:{strategy_id}"
 
 
 def _float(value: Decimal | None) -> float | None:
@@ -295,26 +290,14 @@ async def delete_alert(request: web.Request) -> web.Response:
         await alerts.delete(conn, alert_id)
         await outbox.add_event(
             conn,
-            [channel(alert.strategy_id)],
+            [names.alerts(alert.strategy_id)],
             {"type": "alert.deleted", "alert_id": str(alert_id)},
         )
     request.app[keys.relay].kick()
     return web.Response(status=204)
 
 
-async def alerts_rule(app: web.Application, principal: Principal, ident: str) -> bool:
-    """``alerts:{strategy_id}``: the strategy's owner and the users it is shared with."""
-    try:
-        strategy_id = UUID(ident)
-        UUID(principal.user_id)
-    except ValueError:
-        return False
-    async with app[keys.pool].acquire() as conn:
-        return await strategies.can_read(conn, strategy_id, principal.user_id)
-
-
 def setup_routes(app: web.Application) -> None:
-    register("alerts", alerts_rule)
     app.router.add_get("/api/v1/alerts", list_alerts)
     app.router.add_get("/api/v1/alerts/stats", alert_stats)
     app.router.add_get("/api/v1/alerts/{alert_id}", get_alert)

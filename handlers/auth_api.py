@@ -20,11 +20,11 @@ from handlers.auth_context import require_principal, require_role
 from handlers.client_ip import client_ip
 from handlers.errors import ApiError, json_response
 from handlers.openapi import describe
-from handlers.principal import ROLES
-from handlers.ratelimit import RateLimiterUnavailable
-from handlers.tokens import REFRESH, TokenError
 from handlers.validation import parse_body
 from handlers.ws_connection import CLOSE_UNAUTHENTICATED
+from services.auth.principal import ROLES
+from services.auth.ratelimit import RateLimiterUnavailable
+from services.auth.tokens import REFRESH, TokenError
 from storage import auth_tokens, users
 from storage.auth_tokens import RefreshOutcome
 from storage.errors import NotFound

@@ -6,8 +6,8 @@ from aiohttp import web
 
 from handlers import keys
 from handlers.errors import ApiError
-from handlers.principal import Principal
-from handlers.tokens import TokenError
+from services.auth.principal import Principal
+from services.auth.tokens import TokenError
 
 _BEARER = "bearer "
 

@@ -9,16 +9,17 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 from redis.asyncio import Redis
 
-from handlers.analysis.runner import AnalysisRunner
-from handlers.config import HandlersConfig
-from handlers.email import Mailer
 from handlers.metrics import HttpMetrics
-from handlers.outbox_relay import OutboxRelay
-from handlers.ratelimit import RateLimiter
-from handlers.tokens import TokenService
 from handlers.ws_registry import ConnectionRegistry
 from pubsub.hub import Hub
 from pubsub.presence import Presence
+from services.analysis.runner import AnalysisRunner
+from services.auth.ratelimit import RateLimiter
+from services.auth.tokens import TokenService
+from services.channels.permissions import ChannelRules
+from services.config import HandlersConfig
+from services.mail.mailer import Mailer
+from services.outbox.relay import OutboxRelay
 
 config = web.AppKey("config", HandlersConfig)
 pool = web.AppKey("pool", asyncpg.Pool)
@@ -34,5 +35,7 @@ rate_limiter = web.AppKey("rate_limiter", RateLimiter)
 mailer = web.AppKey("mailer", Mailer)
 presence = web.AppKey("presence", Presence)
 analysis_runner = web.AppKey("analysis_runner", AnalysisRunner)
+#: who may subscribe to which channel
+channel_rules = web.AppKey("channel_rules", ChannelRules)
 #: what is in use, for logs and /ready: {"database": "embedded"|"postgres", "broker": ...}
 backends = web.AppKey("backends", dict[str, Any])

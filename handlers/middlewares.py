@@ -11,10 +11,11 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from handlers import keys
-from handlers.context import request_id_var
 from handlers.errors import ApiError, error_response
 from pubsub.broker import BrokerError
 from pubsub.namespaces import InvalidChannel
+from services.context import request_id_var
+from services.errors import Forbidden, Invalid, InvalidState, RateLimited, Unavailable
 from storage.errors import UNAVAILABLE, Conflict, NotFound, StaleVersion
 
 log = logging.getLogger("arena.http")
@@ -91,6 +92,17 @@ async def error_envelope(request: web.Request, handler: Handler) -> web.StreamRe
         if exc.status == 413:
             message = "request body too large"
         return error_response(exc.status, message, headers=headers)
+    except Invalid as exc:
+        return error_response(400, exc.message, exc.errors)
+    except Forbidden as exc:
+        return error_response(403, exc.message)
+    except InvalidState as exc:
+        return error_response(409, exc.message)
+    except RateLimited as exc:
+        return error_response(429, exc.message, headers={"Retry-After": str(exc.retry_after)})
+    except Unavailable as exc:
+        log.warning("dependency unavailable", exc_info=True)
+        return error_response(503, exc.message, headers={"Retry-After": "1"})
     except NotFound:
         return error_response(404, "not found")
     except StaleVersion:

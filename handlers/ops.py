@@ -43,7 +43,7 @@ async def ready(request: web.Request) -> web.Response:
     """
     backends = request.app[keys.backends]
     database, broker = await asyncio.gather(
-        _check(_db_ping(request)), _check(request.app[keys.hub].broker.ping())
+        _check(_db_ping(request)), _check(request.app[keys.hub].ping())
     )
     database["backend"] = backends.get("database")
     broker["backend"] = backends.get("broker")

@@ -23,17 +23,8 @@ from aiohttp import web
 from handlers import keys
 from handlers.auth_context import require_principal, require_role
 from handlers.errors import ApiError, json_response
-from handlers.marketplace_models import (
-    ProposalCreate,
-    ProposalOut,
-    ProposalPage,
-    ProposalQuery,
-    ProposalStatusChange,
-)
 from handlers.openapi import describe
 from handlers.paging import decode_cursor, path_uuid, split_page
-from handlers.permissions import register
-from handlers.principal import Principal
 from handlers.requests_api import (
     IF_MATCH,
     etag,
@@ -45,6 +36,15 @@ from handlers.requests_api import (
     visible_request,
 )
 from handlers.validation import parse_body, query_params
+from services.auth.principal import Principal
+from services.channels import names
+from services.marketplace.models import (
+    ProposalCreate,
+    ProposalOut,
+    ProposalPage,
+    ProposalQuery,
+    ProposalStatusChange,
+)
 from storage import outbox, proposals
 from storage import requests as requests_db
 from storage.errors import NotFound, StaleVersion
@@ -73,10 +73,10 @@ async def record_proposal_event(
     """Outbox events ``proposal.{kind}``: details to the two parties, a summary to the room."""
     base = {"type": f"proposal.{kind}", "request_id": str(row.request_id), **extra}
     summary = {"id": str(row.id), "vendor_id": str(row.vendor_id), "status": row.status}
-    await outbox.add_event(conn, [f"proposals:{row.request_id}"], {**base, "proposal": summary})
+    await outbox.add_event(conn, [names.proposals(row.request_id)], {**base, "proposal": summary})
     await outbox.add_event(
         conn,
-        [f"user:{owner_id}", f"user:{row.vendor_id}"],
+        [names.user(owner_id), names.user(row.vendor_id)],
         {**base, "proposal": proposal_json(row)},
     )
 
@@ -92,24 +92,6 @@ async def visible_proposal(
     ):
         raise NotFound("proposal")
     return row, parent
-
-
-async def channel_rule(app: web.Application, principal: Principal, ident: str) -> bool:
-    """``proposals:{request_id}``: the request's owner and vendors with a proposal on it."""
-    try:
-        request_id = UUID(ident)
-    except ValueError:
-        return False
-    async with app[keys.pool].acquire() as conn:
-        try:
-            parent = await requests_db.get(conn, request_id)
-        except NotFound:
-            return False
-        if principal.user_id == str(parent.owner_id):
-            return True
-        return principal.role == "vendor" and await proposals.has_proposal(
-            conn, request_id, principal.user_id
-        )
 
 
 @describe(
@@ -259,7 +241,6 @@ async def put_status(request: web.Request) -> web.Response:
 
 
 def setup_routes(app: web.Application) -> None:
-    register("proposals", channel_rule)
     app.router.add_post("/api/v1/requests/{id}/proposals", create_proposal)
     app.router.add_get("/api/v1/proposals", list_proposals)
     app.router.add_get("/api/v1/proposals/{id}", get_proposal)

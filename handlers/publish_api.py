@@ -19,8 +19,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from handlers import keys
 from handlers.auth_context import bearer_token
 from handlers.errors import ApiError, json_response
-from handlers.tokens import TokenError
 from handlers.validation import read_json, validate
+from services.auth.tokens import TokenError
 
 SIGNATURE_TOLERANCE_MS = 2 * 60 * 1000
 

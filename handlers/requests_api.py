@@ -19,17 +19,18 @@ from aiohttp import web
 from handlers import keys
 from handlers.auth_context import require_principal, require_role
 from handlers.errors import ApiError, json_response
-from handlers.marketplace_models import (
+from handlers.openapi import describe
+from handlers.paging import decode_cursor, path_uuid, split_page
+from handlers.validation import parse_body, query_params
+from services.auth.principal import Principal
+from services.channels import names
+from services.marketplace.models import (
     RequestCreate,
     RequestOut,
     RequestPage,
     RequestPatch,
     RequestQuery,
 )
-from handlers.openapi import describe
-from handlers.paging import decode_cursor, path_uuid, split_page
-from handlers.principal import Principal
-from handlers.validation import parse_body, query_params
 from storage import outbox, proposals
 from storage import requests as requests_db
 from storage.errors import NotFound
@@ -119,7 +120,7 @@ async def record_request_event(
 ) -> None:
     """Outbox event ``request.{kind}`` to the request's channel and its owner."""
     payload = {"type": f"request.{kind}", "request_id": str(row.id), "request": request_json(row)}
-    await outbox.add_event(conn, [f"proposals:{row.id}", f"user:{row.owner_id}"], payload)
+    await outbox.add_event(conn, [names.proposals(row.id), names.user(row.owner_id)], payload)
 
 
 # -- handlers -------------------------------------------------------------------------------
@@ -250,8 +251,8 @@ async def delete_request(request: web.Request) -> web.Response:
             raise ApiError(403, "only the request's owner may delete it")
         vendors = await proposals.vendor_ids(conn, request_id)
         await requests_db.delete(conn, request_id, expected_version=version)
-        channels = [f"proposals:{request_id}", f"user:{current.owner_id}"]
-        channels += [f"user:{vendor}" for vendor in vendors]
+        channels = [names.proposals(request_id), names.user(current.owner_id)]
+        channels += [names.user(vendor) for vendor in vendors]
         payload = {"type": "request.deleted", "request_id": str(request_id)}
         await outbox.add_event(conn, channels, payload)
     kick_relay(request)

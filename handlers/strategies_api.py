@@ -22,15 +22,15 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from handlers import keys
-from handlers.alerts_api import channel
 from handlers.auth_context import require_principal
 from handlers.errors import ApiError, json_response
 from handlers.openapi import describe
 from handlers.paging import path_uuid
-from handlers.principal import Principal
 from handlers.validation import parse_body
-from handlers.webhook_signature import new_signing_secret, url_secret, url_secret_hash
 from handlers.webhooks import ensure_secret_box
+from services.alerts.signatures import new_signing_secret, url_secret, url_secret_hash
+from services.auth.principal import Principal
+from services.channels import names
 from storage import strategies
 from storage.errors import Conflict, NotFound
 
@@ -124,7 +124,7 @@ def strategy_json(
         "name": strategy.name,
         "owner_id": str(strategy.owner_id),
         "access": "owner" if owner else ("admin" if principal.is_privileged else "shared"),
-        "channel": channel(strategy.id),
+        "channel": names.alerts(strategy.id),
         "signed_webhook_url": f"{_base(request)}/webhooks/alerts/{strategy.id}",
         "created_at": strategy.created_at.isoformat(),
         "updated_at": strategy.updated_at.isoformat(),

@@ -26,14 +26,13 @@ from aiohttp import hdrs, web
 from pydantic import BaseModel, Field
 
 from handlers import keys
-from handlers.alert_body import BodyError, ParsedBody, parse
-from handlers.alerts_api import FEED_RAW_LIMIT, alert_json, channel
+from handlers.alerts_api import FEED_RAW_LIMIT, alert_json
 from handlers.client_ip import client_ip
 from handlers.errors import ApiError, json_response
 from handlers.openapi import describe
 from handlers.paging import path_uuid
-from handlers.ratelimit import Decision, RateLimiterUnavailable
-from handlers.webhook_signature import (
+from services.alerts.body import BodyError, ParsedBody, parse
+from services.alerts.signatures import (
     SecretBox,
     SignatureError,
     parse_headers,
@@ -41,6 +40,8 @@ from handlers.webhook_signature import (
     url_secret_hash,
     verify,
 )
+from services.auth.ratelimit import Decision, RateLimiterUnavailable
+from services.channels import names
 from storage import alerts, outbox, strategies
 from storage.errors import NotFound
 
@@ -130,7 +131,7 @@ async def _store(
             assert result.alert is not None
             await outbox.add_event(
                 conn,
-                [channel(new.strategy_id)],
+                [names.alerts(new.strategy_id)],
                 {
                     "type": "alert.created",
                     "alert": alert_json(result.alert, raw_limit=FEED_RAW_LIMIT),

@@ -18,10 +18,6 @@ from aiohttp import WSMsgType, web
 
 from handlers import keys, ws_frames
 from handlers.errors import error_response
-from handlers.permissions import can_subscribe
-from handlers.principal import Principal
-from handlers.ratelimit import RateLimiterUnavailable
-from handlers.tokens import TokenError
 from handlers.ws_connection import (
     CLOSE_PROTOCOL,
     CLOSE_RATE_LIMITED,
@@ -35,6 +31,9 @@ from pubsub.broker import BrokerError, StreamPosition
 from pubsub.hub import SubscriptionCancelled
 from pubsub.namespaces import InvalidChannel
 from pubsub.presence import PresenceEntry
+from services.auth.principal import Principal
+from services.auth.ratelimit import RateLimiterUnavailable
+from services.auth.tokens import TokenError
 
 log = logging.getLogger(__name__)
 
@@ -275,7 +274,7 @@ class Session:
             raise CommandError("invalid_channel", str(exc)) from None
         principal = self.principal
         assert principal is not None
-        if not await can_subscribe(self.app, principal, channel):
+        if not await self.app[keys.channel_rules].can_subscribe(principal, self.hub.parse(channel)):
             raise CommandError("permission_denied", "you may not subscribe to this channel")
         return channel
 
@@ -380,14 +379,8 @@ class Session:
             raise CommandError("bad_request", "'limit' must be a non-negative integer")
         limit = min(limit, HISTORY_MAX_LIMIT)
         channel = await self._checked_channel(cmd)
-        options = self.hub.options(channel)
         try:
-            broker = self.hub.broker
-            after = since.offset if since is not None else None
-            hist = await broker.history(channel, options, since=after, limit=limit)
-            if since is not None and hist.position.epoch != since.epoch:
-                # Offsets of another epoch mean nothing here: answer with the newest instead.
-                hist = await broker.history(channel, options, limit=limit)
+            hist = await self.hub.history(channel, since=since, limit=limit)
         except BrokerError:
             raise CommandError("broker_unavailable", "message broker unavailable") from None
         return {

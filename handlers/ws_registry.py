@@ -9,8 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-
-import orjson
+from typing import Any
 
 from handlers.ws_connection import (
     CLOSE_GOING_AWAY,
@@ -32,7 +31,7 @@ class ConnectionRegistry:
         self._by_id: dict[str, Connection] = {}
         self._by_user: dict[str, set[Connection]] = {}
         self.accepting = True
-        hub.add_control_handler(self._on_control)
+        hub.add_control_handler("disconnect_user", self._on_control)
 
     def __len__(self) -> int:
         return len(self._by_id)
@@ -71,8 +70,8 @@ class ConnectionRegistry:
 
     async def disconnect_user(self, user_id: str, code: int, reason: str) -> None:
         """Close every connection of ``user_id`` on every node."""
-        message = {"op": "disconnect_user", "user_id": user_id, "code": code, "reason": reason}
-        await self.hub.publish_control(orjson.dumps(message))
+        message = {"user_id": user_id, "code": code, "reason": reason}
+        await self.hub.publish_control("disconnect_user", message)
 
     def close_user_local(self, user_id: str, code: int, reason: str) -> int:
         conns = list(self._by_user.get(user_id, ()))
@@ -80,18 +79,12 @@ class ConnectionRegistry:
             conn.close_soon(code, reason, flush=True)
         return len(conns)
 
-    def _on_control(self, data: bytes) -> None:
-        try:
-            message = orjson.loads(data)
-        except orjson.JSONDecodeError:
-            log.warning("malformed control message ignored")
-            return
-        if message.get("op") == "disconnect_user":
-            self.close_user_local(
-                str(message.get("user_id")),
-                int(message.get("code", 4003)),
-                str(message.get("reason", "")),
-            )
+    def _on_control(self, message: dict[str, Any]) -> None:
+        self.close_user_local(
+            str(message.get("user_id")),
+            int(message.get("code", 4003)),
+            str(message.get("reason", "")),
+        )
 
     def close_expired(self, now: float | None = None) -> int:
         """Close connections whose token expired without an in-band ``refresh``."""

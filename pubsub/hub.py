@@ -27,11 +27,15 @@ from typing import Any, Protocol
 
 import orjson
 
-from pubsub.broker import Broker, Publication, PublishResult, StreamPosition
+from pubsub.broker import Broker, HistoryResult, Publication, PublishResult, StreamPosition
 from pubsub.metrics import HubMetrics
-from pubsub.namespaces import NamespaceOptions, parse_channel
+from pubsub.namespaces import ChannelName, NamespaceOptions, parse, parse_channel
 
 log = logging.getLogger(__name__)
+
+
+#: handles one decoded control message (a JSON object with ``op``)
+ControlHandler = Callable[[dict[str, Any]], None]
 
 
 class SubscriptionCancelled(Exception):
@@ -137,7 +141,7 @@ class Hub:
         self._channels: dict[str, _Channel] = {}
         self._locks = _KeyedLocks()
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._control_handlers: list[Callable[[bytes], None]] = []
+        self._control_handlers: dict[str, list[ControlHandler]] = {}
         self._closed = False
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -163,6 +167,37 @@ class Hub:
         namespace, _ = parse_channel(channel, self.namespaces)
         return self.namespaces[namespace]
 
+    def parse(self, channel: str) -> ChannelName:
+        """``channel`` parsed once (namespace, identifier, options); raises ``InvalidChannel``."""
+        return parse(channel, self.namespaces)
+
+    # -- reading ---------------------------------------------------------------------------
+
+    async def position(self, channel: str) -> StreamPosition:
+        """The newest offset and epoch of ``channel``. Asking creates the stream (and fixes its
+        epoch) when it does not exist yet. Raises ``InvalidChannel`` or ``BrokerError``."""
+        return await self.broker.position(channel, self.options(channel))
+
+    async def history(
+        self, channel: str, *, since: StreamPosition | None = None, limit: int | None = None
+    ) -> HistoryResult:
+        """Publications still in history, ascending: after ``since`` when it is in the current
+        epoch, else the newest ``limit`` (offsets of another epoch mean nothing here).
+
+        One broker read when the epoch matches, a second only for a stale one. Raises
+        ``InvalidChannel`` or ``BrokerError``.
+        """
+        options = self.options(channel)
+        after = since.offset if since is not None else None
+        hist = await self.broker.history(channel, options, since=after, limit=limit)
+        if since is not None and hist.position.epoch != since.epoch:
+            hist = await self.broker.history(channel, options, limit=limit)
+        return hist
+
+    async def ping(self) -> None:
+        """Raise ``BrokerError`` unless the broker answers (readiness checks)."""
+        await self.broker.ping()
+
     # -- publishing ------------------------------------------------------------------------
 
     async def publish(
@@ -184,13 +219,15 @@ class Hub:
             channel, payload, self.options(channel), idempotency_key=idempotency_key
         )
 
-    async def publish_control(self, data: bytes) -> None:
-        """Send a control message to every node's control handlers."""
-        await self.broker.publish_control(data)
+    async def publish_control(self, op: str, fields: dict[str, Any]) -> None:
+        """Send control message ``op`` with ``fields`` (JSON-ready) to the handlers of ``op``
+        on every node, this one included. Raises ``BrokerError`` when the broker fails."""
+        await self.broker.publish_control(orjson.dumps({**fields, "op": op}))
 
-    def add_control_handler(self, handler: Callable[[bytes], None]) -> None:
-        """Call ``handler`` for every control message (from any node)."""
-        self._control_handlers.append(handler)
+    def add_control_handler(self, op: str, handler: ControlHandler) -> None:
+        """Call ``handler(message)`` for every control message ``op`` from any node; the
+        message is the decoded JSON object (``op`` included)."""
+        self._control_handlers.setdefault(op, []).append(handler)
 
     # -- subscribing -----------------------------------------------------------------------
 
@@ -383,11 +420,20 @@ class Hub:
         self._dispatch(state, publication)
 
     def on_control(self, data: bytes) -> None:
-        for handler in self._control_handlers:
+        """Decode a control message once and route it by its ``op`` (one discriminator)."""
+        try:
+            message = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            message = None
+        op = message.get("op") if isinstance(message, dict) else None
+        if not isinstance(op, str):
+            log.warning("malformed control message ignored")
+            return
+        for handler in self._control_handlers.get(op, ()):
             try:
-                handler(data)
+                handler(message)
             except Exception:
-                log.exception("control handler failed")
+                log.exception("control handler failed", extra={"op": op})
 
     def on_reconnected(self) -> None:
         """Refill every channel: messages may have been published while we were away."""

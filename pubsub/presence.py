@@ -272,7 +272,7 @@ class Presence:
         self._unique = unique_users
         self._local: dict[tuple[str, str], PresenceEntry] = {}
         self._task: asyncio.Task[None] | None = None
-        hub.add_control_handler(self._on_control)
+        hub.add_control_handler("presence", self._on_control)
 
     def start(self) -> None:
         """Begin the periodic refresh-and-sweep loop."""
@@ -305,19 +305,15 @@ class Presence:
 
     async def _announce(self, kind: str, channel: str, entry: PresenceEntry) -> None:
         message = {
-            "op": "presence",
             "kind": kind,
             "channel": channel,
             "client": entry.client_id,
             "user": entry.user_id,
             "info": entry.info,
         }
-        await self.hub.publish_control(orjson.dumps(message))
+        await self.hub.publish_control("presence", message)
 
-    def _on_control(self, data: bytes) -> None:
-        if not data.startswith(b'{"op":"presence"'):
-            return
-        message = orjson.loads(data)
+    def _on_control(self, message: dict[str, Any]) -> None:
         entry = PresenceEntry(message["client"], message["user"], message.get("info") or {})
         self.hub.deliver_local(
             message["channel"], self._encode(message["kind"], message["channel"], entry)

@@ -7,6 +7,7 @@ from prometheus_client import CollectorRegistry
 
 from handlers import (
     alerts_api,
+    analysis_api,
     auth_api,
     cors,
     dashboard,
@@ -21,12 +22,11 @@ from handlers import (
     webhooks,
     ws_handler,
 )
-from handlers.analysis import api as analysis_api
 from handlers.metrics import HttpMetrics
 from handlers.middlewares import error_envelope, request_context, security_headers
-from handlers.tokens import TokenService
 from server import lifecycle
 from server.settings import Settings
+from services.auth.tokens import TokenService
 
 
 def create_app(settings: Settings) -> web.Application:

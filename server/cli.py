@@ -21,13 +21,13 @@ import asyncpg
 from aiohttp import web
 
 from handlers import keys
-from handlers.principal import ROLES
-from handlers.tokens import TokenService
 from pubsub.broker import BrokerError
 from server import lifecycle
 from server.app import create_app
 from server.logs import configure_logging
 from server.settings import Settings, SettingsError, load_settings
+from services.auth.principal import ROLES
+from services.auth.tokens import TokenService
 from storage import users
 from storage.db import create_pool
 from storage.embedded import start_embedded

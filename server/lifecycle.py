@@ -12,11 +12,6 @@ from aiohttp import web
 from redis.asyncio import BlockingConnectionPool, Redis
 
 from handlers import keys
-from handlers.analysis.factory import build_provider
-from handlers.analysis.runner import AnalysisRunner
-from handlers.email import Mailer, make_backend
-from handlers.outbox_relay import OutboxRelay
-from handlers.ratelimit import MemoryRateLimiter, RedisRateLimiter
 from handlers.ws_frames import presence_event, publication_frame
 from handlers.ws_registry import ConnectionRegistry
 from pubsub.broker import Broker
@@ -25,6 +20,12 @@ from pubsub.memory import MemoryBroker
 from pubsub.metrics import HubMetrics
 from pubsub.presence import MemoryPresence, Presence, PresenceStore, RedisPresence
 from server.settings import Settings
+from services.analysis.factory import build_provider
+from services.analysis.runner import AnalysisRunner
+from services.auth.ratelimit import MemoryRateLimiter, RedisRateLimiter
+from services.channels.rules import channel_rules
+from services.mail.mailer import Mailer, make_backend
+from services.outbox.relay import OutboxRelay
 from storage.auth_tokens import purge_expired
 from storage.db import create_pool
 from storage.embedded import start_embedded
@@ -83,6 +84,7 @@ async def channels(app: web.Application) -> AsyncIterator[None]:
     )
     await hub.start()
     app[keys.hub] = hub
+    app[keys.channel_rules] = channel_rules(app[keys.pool])
     app[keys.connections] = ConnectionRegistry(hub)
     app[keys.backends]["broker"] = broker.name
     presence_redis = None

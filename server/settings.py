@@ -18,7 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from handlers.client_ip import parse_networks
-from handlers.config import (
+from pubsub.namespaces import NamespaceOptions, default_namespaces
+from services.auth.tokens import KeyConfigError, TokenService
+from services.config import (
     AnalysisConfig,
     AuthConfig,
     EmailConfig,
@@ -27,8 +29,6 @@ from handlers.config import (
     WebhookConfig,
     WsConfig,
 )
-from handlers.tokens import KeyConfigError, TokenService
-from pubsub.namespaces import NamespaceOptions, default_namespaces
 
 
 class SettingsError(ValueError):

@@ -53,11 +53,6 @@ class Analysis:
     first_token_at: datetime | None
     finished_at: datetime | None
 
-    @property
-    def channel(self) -> str:
-        """The channel its events are published on."""
-        return f"analysis:{self.id}"
-
 
 @dataclass(frozen=True, slots=True)
 class Requirement:

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from handlers.alert_body import BodyError, parse
+from services.alerts.body import BodyError, parse
 
 
 def test_json_fields_are_extracted_case_insensitively() -> None:

@@ -7,7 +7,7 @@ import uuid
 
 import pytest
 
-from handlers.webhook_signature import (
+from services.alerts.signatures import (
     SecretBox,
     SignatureError,
     new_signing_secret,

@@ -279,11 +279,37 @@ async def test_idempotent_publish_returns_first_offset(hub: Hub) -> None:
     assert sub.offsets == [1]
 
 
-async def test_control_messages_reach_handlers(hub: Hub) -> None:
-    seen: list[bytes] = []
-    hub.add_control_handler(seen.append)
-    await hub.publish_control(b"hello")
-    assert seen == [b"hello"]
+async def test_control_messages_are_routed_by_op(hub: Hub) -> None:
+    kicks: list[dict[str, object]] = []
+    others: list[dict[str, object]] = []
+    hub.add_control_handler("kick", kicks.append)
+    hub.add_control_handler("other", others.append)
+    await hub.publish_control("kick", {"user": "u1"})
+    assert kicks == [{"user": "u1", "op": "kick"}]
+    assert others == []
+
+
+async def test_malformed_control_messages_are_ignored_and_later_ones_still_routed(
+    hub: Hub, caplog: pytest.LogCaptureFixture
+) -> None:
+    kicks: list[dict[str, object]] = []
+    hub.add_control_handler("kick", kicks.append)
+    for raw in (b"not json", b"[1, 2]", b'{"op": 7}', b'{"no": "op"}'):
+        await hub.broker.publish_control(raw)
+    await hub.publish_control("kick", {"user": "u2"})
+    assert kicks == [{"user": "u2", "op": "kick"}]
+    assert caplog.text.count("malformed control message ignored") == 4
+
+
+async def test_a_failing_control_handler_does_not_stop_the_others(hub: Hub) -> None:
+    def broken(message: dict[str, object]) -> None:
+        raise RuntimeError("boom")
+
+    kicks: list[dict[str, object]] = []
+    hub.add_control_handler("kick", broken)
+    hub.add_control_handler("kick", kicks.append)
+    await hub.publish_control("kick", {"user": "u3"})
+    assert kicks == [{"user": "u3", "op": "kick"}]
 
 
 async def test_new_epoch_on_the_live_stream_is_reported_and_delivered_from_its_start(

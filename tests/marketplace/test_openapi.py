@@ -90,7 +90,7 @@ async def test_docs_page_loads_only_same_origin_assets(client: Any) -> None:
 
 
 async def test_marketplace_operations_are_described_from_the_handler_models(client: Any) -> None:
-    from handlers.marketplace_models import ProposalStatusChange, RequestCreate
+    from services.marketplace.models import ProposalStatusChange, RequestCreate
 
     spec = await (await client.get("/api/openapi.json")).json()
     paths = spec["paths"]

@@ -4,7 +4,7 @@ Same input, same text: prices are ranked, requirement coverage is scored (``full
 ``partial`` = 0.5, ``none`` or unanswered = 0, weighted ``must`` 3, ``should`` 2, ``nice`` 1), and
 the recommendation maximises ``0.7 * coverage + 0.3 * (cheapest price / price)`` among the open
 proposals that leave no must-have unanswered. Labels (``R1``, ``P1``) are those of
-:mod:`handlers.analysis.prompt`, so the report cites the data the same way Claude is asked to.
+:mod:`services.analysis.prompt`, so the report cites the data the same way Claude is asked to.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from decimal import Decimal
 
-from handlers.analysis.prompt import money, proposal_label, requirement_label
+from services.analysis.prompt import money, proposal_label, requirement_label
 from storage.analyses import AnalysisInput, ProposalFacts, RequestFacts
 
 WEIGHTS = {"must": 3, "should": 2, "nice": 1}

@@ -1,6 +1,6 @@
 """Claude through the official SDK's streaming Messages API (``AsyncAnthropic.messages.stream``).
 
-SDK exceptions become :class:`~handlers.analysis.providers.ProviderError` codes::
+SDK exceptions become :class:`~services.analysis.providers.ProviderError` codes::
 
     OverloadedError (529) or an ``overloaded_error`` SSE event   -> overloaded
     RateLimitError (429) or a ``rate_limit_error`` SSE event     -> rate_limited
@@ -19,8 +19,8 @@ from typing import Any
 
 import anthropic
 
-from handlers.analysis.prompt import build_prompt
-from handlers.analysis.providers import (
+from services.analysis.prompt import build_prompt
+from services.analysis.providers import (
     OVERLOADED,
     PROVIDER_ERROR,
     RATE_LIMITED,

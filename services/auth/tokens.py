@@ -23,8 +23,8 @@ from cachetools import TLRUCache
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
-from handlers.config import AuthConfig
-from handlers.principal import SERVICE_ROLE, Principal
+from services.auth.principal import SERVICE_ROLE, Principal
+from services.config import AuthConfig
 
 ACCESS = "access"
 REFRESH = "refresh"

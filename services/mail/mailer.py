@@ -19,7 +19,7 @@ from typing import Protocol
 
 import aiosmtplib
 
-from handlers.config import EmailConfig
+from services.config import EmailConfig
 
 log = logging.getLogger(__name__)
 

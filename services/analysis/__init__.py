@@ -2,6 +2,6 @@
 
 ``providers`` is the interface, ``anthropic_provider`` and ``offline_provider`` implement it,
 ``prompt`` and ``offline_report`` turn stored data into a prompt or a computed report,
-``coalescer`` batches text deltas, ``runner`` schedules, streams and persists analyses and
-``api`` is the REST surface.
+``coalescer`` batches text deltas and ``runner`` schedules, streams and persists analyses.
+The REST surface is ``handlers/analysis_api.py``.
 """

@@ -1,4 +1,4 @@
-"""The offline provider: streams :mod:`handlers.analysis.offline_report` at a model-like pace.
+"""The offline provider: streams :mod:`services.analysis.offline_report` at a model-like pace.
 
 Reported as provider ``offline`` so nobody mistakes it for Claude. Tokens are words with their
 trailing whitespace (roughly what a model emits); they are released on a fixed schedule of
@@ -11,8 +11,8 @@ import asyncio
 import re
 from collections.abc import Callable
 
-from handlers.analysis.offline_report import report
-from handlers.analysis.providers import Completion
+from services.analysis.offline_report import report
+from services.analysis.providers import Completion
 from storage.analyses import AnalysisInput
 
 MODEL = "offline-analyst-1"

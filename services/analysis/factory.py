@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from handlers.analysis.offline_provider import OfflineProvider
-from handlers.analysis.providers import Provider
-from handlers.config import AnalysisConfig
+from services.analysis.offline_provider import OfflineProvider
+from services.analysis.providers import Provider
+from services.config import AnalysisConfig
 
 
 def build_provider(config: AnalysisConfig) -> Provider:
@@ -14,7 +14,7 @@ def build_provider(config: AnalysisConfig) -> Provider:
     time (about 0.9 s) and a good part of its baseline memory.
     """
     if config.anthropic_api_key:
-        from handlers.analysis.anthropic_provider import AnthropicProvider
+        from services.analysis.anthropic_provider import AnthropicProvider
 
         return AnthropicProvider(
             api_key=config.anthropic_api_key,

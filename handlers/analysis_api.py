@@ -22,15 +22,16 @@ from uuid import UUID, uuid4
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
-from handlers import keys, permissions
-from handlers.analysis.runner import Busy
+from handlers import keys
 from handlers.auth_context import require_principal
 from handlers.errors import ApiError, json_response
 from handlers.openapi import describe
 from handlers.paging import path_uuid
-from handlers.principal import Principal
 from handlers.validation import parse_body, query_params
 from pubsub.broker import BrokerError
+from services.analysis.runner import Busy
+from services.auth.principal import Principal
+from services.channels import names
 from storage import analyses as store
 from storage.analyses import Analysis
 
@@ -123,8 +124,7 @@ async def stream_start(app: web.Application, channel: str) -> dict[str, Any]:
     Asking the broker for the position creates the stream (and fixes its epoch) if needed, so
     it can be handed out before anything is published. Raises ``BrokerError``.
     """
-    hub = app[keys.hub]
-    position = await hub.broker.position(channel, hub.options(channel))
+    position = await app[keys.hub].position(channel)
     return {"offset": 0, "epoch": position.epoch}
 
 
@@ -151,7 +151,7 @@ def analysis_json(
         "owner_id": analysis.owner_id,
         "kind": analysis.kind,
         "status": status,
-        "channel": analysis.channel,
+        "channel": names.analysis(analysis.id),
         "since": since,
         "provider": analysis.provider,
         "model": analysis.model,
@@ -218,7 +218,7 @@ async def start_analysis(request: web.Request) -> web.Response:
     analysis_id = uuid4()
     try:
         # Fix the stream's epoch before the row exists: a broker failure then leaves nothing.
-        since = await stream_start(app, f"analysis:{analysis_id}")
+        since = await stream_start(app, names.analysis(analysis_id))
         async with pool.acquire() as conn, conn.transaction():
             analysis = await store.create(
                 conn,
@@ -242,7 +242,7 @@ async def start_analysis(request: web.Request) -> web.Response:
         "id": analysis.id,
         "request_id": analysis.request_id,
         "kind": analysis.kind,
-        "channel": analysis.channel,
+        "channel": names.analysis(analysis.id),
         "since": since,
         "status": analysis.status,
         "provider": analysis.provider,
@@ -285,7 +285,7 @@ async def get_analysis(request: web.Request) -> web.Response:
     principal = require_principal(request)
     analysis = await _readable(request, principal, path_uuid(request))
     try:
-        since = await stream_start(request.app, analysis.channel)
+        since = await stream_start(request.app, names.analysis(analysis.id))
     except BrokerError:
         since = None  # the text is still readable here; only the replay is unavailable
     return json_response(analysis_json(request, analysis, since=since))
@@ -324,19 +324,7 @@ async def cancel_analysis(request: web.Request) -> web.Response:
     return json_response(analysis_json(request, analysis), status=status)
 
 
-async def channel_rule(app: web.Application, principal: Principal, ident: str) -> bool:
-    """``analysis:{id}``: the owner of the analysed request (admins pass before rules run)."""
-    try:
-        analysis_id = UUID(ident)
-    except ValueError:
-        return False
-    async with app[keys.pool].acquire() as conn:
-        owner = await store.analysed_request_owner(conn, analysis_id)
-    return owner is not None and principal.user_id == str(owner)
-
-
 def setup_routes(app: web.Application) -> None:
-    permissions.register("analysis", channel_rule)
     app.router.add_post("/api/v1/requests/{id}/analyses", start_analysis)
     app.router.add_get("/api/v1/requests/{id}/analyses", list_analyses)
     app.router.add_get("/api/v1/analyses/{id}", get_analysis)

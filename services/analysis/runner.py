@@ -8,7 +8,7 @@ Admission happens in two steps so that neither limit can be raced past:
    (``TooManyActive`` → 429), across every node.
 
 Each analysis is one task: wait for a slot, mark ``running``, publish ``start``, stream the
-provider's text through a :class:`~handlers.analysis.coalescer.Coalescer` as ``delta`` events,
+provider's text through a :class:`~services.analysis.coalescer.Coalescer` as ``delta`` events,
 store the outcome, then publish ``done`` or ``error``. The final event is published only after
 the outcome is committed, so a watcher that sees ``done`` can read the same text over REST.
 
@@ -32,11 +32,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
-import orjson
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from handlers.analysis.coalescer import Coalescer
-from handlers.analysis.providers import (
+from pubsub.broker import BrokerError
+from pubsub.hub import Hub
+from services.analysis.coalescer import Coalescer
+from services.analysis.providers import (
     CANCELLED,
     INTERNAL,
     INTERRUPTED,
@@ -45,9 +46,8 @@ from handlers.analysis.providers import (
     Provider,
     ProviderError,
 )
-from handlers.config import AnalysisConfig
-from pubsub.broker import BrokerError
-from pubsub.hub import Hub
+from services.channels import names
+from services.config import AnalysisConfig
 from storage import analyses as store
 from storage.analyses import Analysis
 from storage.errors import NotFound
@@ -63,7 +63,7 @@ FLUSH_CHARS = 2048
 #: seconds shutdown waits for cancelled analyses to record their state
 CLOSE_TIMEOUT = 5.0
 PUBLISH_ATTEMPTS = 3
-CONTROL_TYPE = "analysis.cancel"
+CONTROL_OP = "analysis.cancel"
 
 _MESSAGES = {
     CANCELLED: "the analysis was cancelled",
@@ -147,7 +147,7 @@ class AnalysisRunner:
 
     async def start(self) -> None:
         """Fail analyses abandoned by a crashed process and start the maintenance task."""
-        self._hub.add_control_handler(self._on_control)
+        self._hub.add_control_handler(CONTROL_OP, self._on_control)
         try:
             await self._sweep()
         except Exception:
@@ -215,21 +215,15 @@ class AnalysisRunner:
         """
         job = self._jobs.get(analysis_id)
         if job is None or job.task is None:
-            message = {"type": CONTROL_TYPE, "id": str(analysis_id), "from": self.node}
-            await self._hub.publish_control(orjson.dumps(message))
+            message = {"id": str(analysis_id), "from": self.node}
+            await self._hub.publish_control(CONTROL_OP, message)
             return False
         job.cancel_reason = job.cancel_reason or CANCELLED
         job.task.cancel()
         await asyncio.wait([job.task], timeout=wait)
         return job.task.done()
 
-    def _on_control(self, data: bytes) -> None:
-        try:
-            message = orjson.loads(data)
-        except orjson.JSONDecodeError:
-            return
-        if not isinstance(message, dict) or message.get("type") != CONTROL_TYPE:
-            return
+    def _on_control(self, message: dict[str, Any]) -> None:
         if message.get("from") == self.node:
             return
         try:
@@ -374,7 +368,7 @@ class AnalysisRunner:
         # never sees the same event twice.
         job.events += 1
         key = f"{job.analysis.id}:{job.events}"
-        channel = job.analysis.channel
+        channel = names.analysis(job.analysis.id)
         for attempt in range(PUBLISH_ATTEMPTS):
             try:
                 await self._hub.publish(channel, event, idempotency_key=key)
@@ -436,5 +430,5 @@ class AnalysisRunner:
             event = {"type": "error", "code": INTERRUPTED, "message": _MESSAGES[INTERRUPTED]}
             with contextlib.suppress(BrokerError):
                 await self._hub.publish(
-                    f"analysis:{analysis_id}", event, idempotency_key=f"{analysis_id}:abandoned"
+                    names.analysis(analysis_id), event, idempotency_key=f"{analysis_id}:abandoned"
                 )
