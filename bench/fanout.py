@@ -7,7 +7,8 @@ about 1)::
     .venv/bin/python -m bench.fanout --quick        # shorter phases, to check the tooling
     .venv/bin/python -m bench.fanout --soak         # also 10,000 connections held for 60 s
 
-For every target (``arena-memory``, ``arena-redis``, ``raw-aiohttp``) it starts a fresh server
+For every target (``arena-memory``, ``arena-redis``, ``raw-aiohttp``; also ``arena-redis-2w``, the
+Redis broker with ``serve --workers 2``, when named in ``--targets``) it starts a fresh server
 per case and measures, with the load generator of ``bench/loadgen.py`` in separate processes:
 
 * ``connect``: seconds to open, authenticate and subscribe N connections; server RSS per idle
@@ -209,13 +210,18 @@ def _cli(env: dict[str, str], *args: str) -> str:
 
 
 def project_target(
-    name: str, database_url: str, redis_url: str | None, workdir: Path, gc_probe: bool = False
+    name: str,
+    database_url: str,
+    redis_url: str | None,
+    workdir: Path,
+    gc_probe: bool = False,
+    workers: int = 1,
 ) -> Target:
     env = project_env(database_url, redis_url, workdir)
     command = (
         [sys.executable, "-m", "bench.gc_probe"]
         if gc_probe
-        else [str(VENV_BIN / "arena-realtime"), "serve"]
+        else [str(VENV_BIN / "arena-realtime"), "serve", "--workers", str(workers)]
     )
     tokens: dict[str, str] = {}
 
@@ -780,6 +786,9 @@ def main(argv: list[str] | None = None) -> int:
                     ),
                     "arena-redis": lambda: project_target(
                         "arena-redis", database_url, args.redis_url, workdir, args.gc_probe
+                    ),
+                    "arena-redis-2w": lambda: project_target(
+                        "arena-redis-2w", database_url, args.redis_url, workdir, workers=2
                     ),
                     "raw-aiohttp": lambda: raw_target(workdir),
                 }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import asyncpg
@@ -25,6 +26,8 @@ config = web.AppKey("config", HandlersConfig)
 pool = web.AppKey("pool", asyncpg.Pool)
 hub = web.AppKey("hub", Hub)
 registry = web.AppKey("registry", CollectorRegistry)
+#: renders /metrics: this process's registry, or every worker's under ``serve --workers``
+metrics_text: web.AppKey[Callable[[], bytes]] = web.AppKey("metrics_text")
 http_metrics = web.AppKey("http_metrics", HttpMetrics)
 connections = web.AppKey("connections", ConnectionRegistry)
 relay = web.AppKey("relay", OutboxRelay)

@@ -31,7 +31,10 @@ class HttpMetrics:
                 registry=registry,
             ),
             ws_connections=Gauge(
-                "arena_ws_connections", "Open WebSocket connections", registry=registry
+                "arena_ws_connections",
+                "Open WebSocket connections",
+                registry=registry,
+                multiprocess_mode="liveall",
             ),
             ws_disconnects=Counter(
                 "arena_ws_disconnects",

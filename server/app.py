@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from aiohttp import web
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, generate_latest, multiprocess
 
 from handlers import (
     alerts_api,
@@ -29,6 +31,21 @@ from server.settings import Settings
 from services.auth.tokens import TokenService
 
 
+def metrics_exposition(settings: Settings, registry: CollectorRegistry) -> Callable[[], bytes]:
+    """What ``/metrics`` renders: ``registry``, or, when workers share a prometheus-client
+    multiprocess folder, the series of every worker (counters summed, gauges per ``pid``)."""
+    folder = settings.prometheus_multiproc_dir
+    if folder is None:
+        return lambda: generate_latest(registry)
+
+    def every_worker() -> bytes:
+        merged = CollectorRegistry()
+        multiprocess.MultiProcessCollector(merged, path=str(folder))  # type: ignore[no-untyped-call]
+        return generate_latest(merged)
+
+    return every_worker
+
+
 def create_app(settings: Settings) -> web.Application:
     """Build the service for ``settings``; resources open when the app starts."""
     app = web.Application(
@@ -39,6 +56,7 @@ def create_app(settings: Settings) -> web.Application:
     app[keys.config] = settings.handlers
     registry = CollectorRegistry()
     app[keys.registry] = registry
+    app[keys.metrics_text] = metrics_exposition(settings, registry)
     app[keys.http_metrics] = HttpMetrics.create(registry)
     app[keys.tokens] = TokenService(settings.handlers.auth)
     app[keys.backends] = {}

@@ -2,7 +2,7 @@
 
 ::
 
-    arena-realtime [serve]                         run the service (HOST, PORT from the environment)
+    arena-realtime [serve] [--workers N]           run the service (HOST, PORT from the environment)
     arena-realtime migrate                         apply database migrations and exit
     arena-realtime token --email E [--role R]      print an access token for E (user created if new)
     arena-realtime service-token [--name N]        print a token for a trusted backend
@@ -13,9 +13,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import replace
 
 import asyncpg
 from aiohttp import web
@@ -26,6 +28,13 @@ from server import lifecycle
 from server.app import create_app
 from server.logs import configure_logging
 from server.settings import Settings, SettingsError, load_settings
+from server.workers import (
+    Supervisor,
+    WorkersRefused,
+    check_workers,
+    worker_command,
+    worker_index,
+)
 from services.auth.principal import ROLES
 from services.auth.tokens import TokenService
 from storage import users
@@ -39,7 +48,13 @@ log = logging.getLogger("arena")
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="arena-realtime", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command")
-    sub.add_parser("serve", help="run the service (default)")
+    serve_cmd = sub.add_parser("serve", help="run the service (default)")
+    serve_cmd.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="worker processes sharing the port (default: WORKERS or 1; more needs REDIS_URL)",
+    )
     sub.add_parser("migrate", help="apply database migrations and exit")
     token = sub.add_parser("token", help="print an access token for a user")
     token.add_argument("--email", required=True)
@@ -87,8 +102,27 @@ def serve(settings: Settings) -> None:
         shutdown_timeout=settings.shutdown_timeout,
         access_log=None,
         print=lambda _: None,
+        # Under the --workers supervisor every worker binds the same port.
+        reuse_port=worker_index() is not None or None,
     )
     log.info("stopped")
+
+
+def serve_workers(settings: Settings, workers: int) -> int:
+    """Run ``workers`` worker processes on one port under a supervisor (see server.workers)."""
+    check_workers(settings, workers)
+    env = dict(os.environ)
+    embedded = None
+    if settings.database_url is None:
+        # One embedded server for all workers, started (and stopped) by the supervisor.
+        embedded = start_embedded(settings.data_dir)
+        env["DATABASE_URL"] = embedded.url
+    try:
+        asyncio.run(_migrate(replace(settings, database_url=env.get("DATABASE_URL"))))
+        return Supervisor(settings, workers, worker_command(), env).run()
+    finally:
+        if embedded is not None:
+            embedded.stop()
 
 
 @asynccontextmanager
@@ -135,7 +169,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = args.command or "serve"
     try:
         if command == "serve":
-            serve(settings)
+            workers = getattr(args, "workers", None) or settings.workers
+            if workers == 1 or worker_index() is not None:
+                serve(settings)
+            else:
+                return serve_workers(settings, workers)
         elif command == "migrate":
             asyncio.run(_migrate(settings))
             log.info("database is up to date")
@@ -143,6 +181,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(asyncio.run(_token(settings, args.email, args.role)))
         elif command == "service-token":
             print(TokenService(settings.handlers.auth).issue_service(args.name, args.ttl).token)
+    except WorkersRefused as exc:
+        print(f"arena-realtime: {exc}", file=sys.stderr)
+        return 2
     except (MigrationError, BrokerError, OSError, asyncpg.PostgresError) as exc:
         # Expected operational failures (database or Redis down, port taken, bad migration)
         # get one clear line instead of a traceback; anything else still raises.

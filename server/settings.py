@@ -57,6 +57,10 @@ class Settings:
     db_pool_max: int = 10
     shutdown_timeout: float = 10.0
     uvloop: bool = True
+    #: worker processes sharing the port (``serve --workers``); more than one needs REDIS_URL
+    workers: int = 1
+    #: prometheus-client's multiprocess folder; set (by the supervisor) when workers share /metrics
+    prometheus_multiproc_dir: Path | None = None
     migrate_on_start: bool = True
     presence_ttl: float = 30.0
     presence_unique_users: bool = True
@@ -106,6 +110,11 @@ def _float(env: Mapping[str, str], name: str, default: float, minimum: float = 0
     if value < minimum:
         raise SettingsError(f"{name} must be >= {minimum}, got {value}")
     return value
+
+
+def _path(env: Mapping[str, str], name: str) -> Path | None:
+    value = _opt(env, name)
+    return Path(value) if value else None
 
 
 def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
@@ -334,6 +343,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         db_pool_max=_int(env, "DB_POOL_MAX", 10, minimum=1),
         shutdown_timeout=_float(env, "SHUTDOWN_TIMEOUT", 10.0),
         uvloop=_bool(env, "UVLOOP", True),
+        workers=_int(env, "WORKERS", 1, minimum=1),
+        prometheus_multiproc_dir=_path(env, "PROMETHEUS_MULTIPROC_DIR"),
         migrate_on_start=_bool(env, "MIGRATE_ON_START", True),
         presence_ttl=_float(env, "PRESENCE_TTL", 30.0, minimum=0.3),
         presence_unique_users=_bool(env, "PRESENCE_UNIQUE_USERS", True),

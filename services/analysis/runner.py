@@ -141,6 +141,7 @@ class AnalysisRunner:
             "Analyses queued or running in this process",
             ["state"],
             registry=registry,
+            multiprocess_mode="liveall",
         )
 
     # -- life cycle ------------------------------------------------------------------------
