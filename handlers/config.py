@@ -32,6 +32,8 @@ class AuthConfig:
     magic_link_ttl: int = 15 * 60
     leeway: int = 10
     service_secret: str = ""
+    #: static key accepted by the Centrifugo-compatible server API besides service tokens
+    http_api_key: str | None = None
     login_rate_per_email: int = 5
     login_rate_per_ip: int = 20
     login_rate_window: int = 900

@@ -8,6 +8,7 @@ from prometheus_client import CollectorRegistry
 from handlers import (
     alerts_api,
     auth_api,
+    centrifugo_http_api,
     cors,
     dashboard,
     keys,
@@ -55,6 +56,7 @@ def create_app(settings: Settings) -> web.Application:
         ops,
         ws_handler,
         publish_api,
+        centrifugo_http_api,
         auth_api,
         static_files,
         dashboard,
