@@ -19,6 +19,7 @@ from handlers import (
     requests_api,
     static_files,
     strategies_api,
+    trailing_slash,
     webhooks,
     ws_handler,
 )
@@ -70,4 +71,5 @@ def create_app(settings: Settings) -> web.Application:
     ):
         module.setup_routes(app)
     cors.setup_cors(app)
+    trailing_slash.setup(app)  # last: it only sees paths no route matched
     return app
