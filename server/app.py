@@ -24,6 +24,7 @@ from handlers import (
     ws_handler,
 )
 from handlers.analysis import api as analysis_api
+from handlers.http_caching import conditional_get_and_gzip
 from handlers.metrics import HttpMetrics
 from handlers.middlewares import error_envelope, request_context, security_headers
 from handlers.tokens import TokenService
@@ -34,7 +35,7 @@ from server.settings import Settings
 def create_app(settings: Settings) -> web.Application:
     """Build the service for ``settings``; resources open when the app starts."""
     app = web.Application(
-        middlewares=[request_context, error_envelope],
+        middlewares=[request_context, conditional_get_and_gzip, error_envelope],
         client_max_size=settings.handlers.http.max_body_bytes,
     )
     app[lifecycle.settings_key] = settings
