@@ -16,6 +16,8 @@ class HttpConfig:
     hsts: bool = False
     trusted_proxies: tuple[str, ...] = ()
     max_body_bytes: int = 1024 * 1024
+    #: requests taking at least this long log a "slow request" warning (0: never)
+    slow_request_seconds: float = 1.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from aiohttp import web
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, ProcessCollector
 
 from handlers import (
     alerts_api,
@@ -25,7 +25,7 @@ from handlers import (
 )
 from handlers.analysis import api as analysis_api
 from handlers.http_caching import conditional_get_and_gzip
-from handlers.metrics import HttpMetrics
+from handlers.metrics import DbPoolCollector, HttpMetrics, TokenCacheCollector
 from handlers.middlewares import error_envelope, request_context, security_headers
 from handlers.tokens import TokenService
 from server import lifecycle
@@ -44,6 +44,9 @@ def create_app(settings: Settings) -> web.Application:
     app[keys.registry] = registry
     app[keys.http_metrics] = HttpMetrics.create(registry)
     app[keys.tokens] = TokenService(settings.handlers.auth)
+    ProcessCollector(registry=registry)  # process_cpu_seconds_total, _resident_memory_bytes, ...
+    registry.register(DbPoolCollector(lambda: app.get(keys.pool)))
+    registry.register(TokenCacheCollector(app[keys.tokens]))
     app[keys.backends] = {}
     app.on_response_prepare.append(security_headers)
     app.cleanup_ctx.append(lifecycle.database)

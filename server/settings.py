@@ -262,6 +262,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             hsts=_bool(env, "HSTS", production),
             trusted_proxies=_list(env, "TRUSTED_PROXIES", ()),
             max_body_bytes=_int(env, "MAX_BODY_BYTES", 1024 * 1024, minimum=1024),
+            slow_request_seconds=_float(env, "SLOW_REQUEST_SECONDS", 1.0),
         ),
         auth=AuthConfig(
             jwt_algorithm=jwt_algorithm,
