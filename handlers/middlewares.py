@@ -33,6 +33,49 @@ def route_label(request: web.Request) -> str:
     return resource.canonical
 
 
+#: path parameters never written to a log line (``/webhooks/tv/{secret}``)
+SECRET_PATH_PARAMS = frozenset({"secret"})
+
+
+def loggable_path(request: web.Request) -> str:
+    """The concrete path with secret path parameters left as their template
+    (``/api/v1/requests/5f0c...`` but ``/webhooks/tv/{secret}``); never the query string."""
+    resource = request.match_info.route.resource
+    if resource is None:
+        return "unmatched"
+    formatter = resource.get_info().get("formatter")
+    if not isinstance(formatter, str):
+        return resource.canonical
+    values = {
+        name: "{" + name + "}" if name in SECRET_PATH_PARAMS else value
+        for name, value in request.match_info.items()
+    }
+    try:
+        return formatter.format_map(values)
+    except (KeyError, IndexError, ValueError):
+        return resource.canonical
+
+
+def _log_if_slow(request: web.Request, status: int, elapsed: float) -> None:
+    threshold = request.app[keys.config].http.slow_request_seconds
+    # 101: a WebSocket lasts as long as the connection; its duration is not a request's.
+    if threshold <= 0 or elapsed < threshold or status == 101:
+        return
+    log.warning(
+        "slow request",
+        extra={
+            "method": request.method,
+            "route": route_label(request),
+            "path": loggable_path(request),
+            "status": status,
+            "duration_ms": round(elapsed * 1000, 2),
+            "threshold_ms": round(threshold * 1000, 2),
+            # also set by the JSON formatter; explicit so the line has it wherever it goes
+            "request_id": request_id_var.get(),
+        },
+    )
+
+
 @web.middleware
 async def request_context(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Accept a sane ``X-Request-ID`` or make one; log one JSON line per request; count it."""
@@ -66,6 +109,7 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
                 "duration_ms": round(elapsed * 1000, 2),
             },
         )
+        _log_if_slow(request, status, elapsed)
         request_id_var.reset(token)
 
 

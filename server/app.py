@@ -5,12 +5,13 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from aiohttp import web
-from prometheus_client import CollectorRegistry, generate_latest, multiprocess
+from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest, multiprocess
 
 from handlers import (
     alerts_api,
     analysis_api,
     auth_api,
+    centrifugo_http_api,
     cors,
     dashboard,
     keys,
@@ -21,10 +22,12 @@ from handlers import (
     requests_api,
     static_files,
     strategies_api,
+    trailing_slash,
     webhooks,
     ws_handler,
 )
-from handlers.metrics import HttpMetrics
+from handlers.http_caching import conditional_get_and_gzip
+from handlers.metrics import DbPoolCollector, HttpMetrics, TokenCacheCollector
 from handlers.middlewares import error_envelope, request_context, security_headers
 from server import lifecycle
 from server.settings import Settings
@@ -49,7 +52,7 @@ def metrics_exposition(settings: Settings, registry: CollectorRegistry) -> Calla
 def create_app(settings: Settings) -> web.Application:
     """Build the service for ``settings``; resources open when the app starts."""
     app = web.Application(
-        middlewares=[request_context, error_envelope],
+        middlewares=[request_context, conditional_get_and_gzip, error_envelope],
         client_max_size=settings.handlers.http.max_body_bytes,
     )
     app[lifecycle.settings_key] = settings
@@ -59,6 +62,9 @@ def create_app(settings: Settings) -> web.Application:
     app[keys.metrics_text] = metrics_exposition(settings, registry)
     app[keys.http_metrics] = HttpMetrics.create(registry)
     app[keys.tokens] = TokenService(settings.handlers.auth)
+    ProcessCollector(registry=registry)  # process_cpu_seconds_total, _resident_memory_bytes, ...
+    registry.register(DbPoolCollector(lambda: app.get(keys.pool)))
+    registry.register(TokenCacheCollector(app[keys.tokens]))
     app[keys.backends] = {}
     app.on_response_prepare.append(security_headers)
     app.cleanup_ctx.append(lifecycle.database)
@@ -73,6 +79,7 @@ def create_app(settings: Settings) -> web.Application:
         ops,
         ws_handler,
         publish_api,
+        centrifugo_http_api,
         auth_api,
         static_files,
         dashboard,
@@ -86,4 +93,5 @@ def create_app(settings: Settings) -> web.Application:
     ):
         module.setup_routes(app)
     cors.setup_cors(app)
+    trailing_slash.setup(app)  # last: it only sees paths no route matched
     return app

@@ -182,6 +182,14 @@ def _jwt_keys(env: Mapping[str, str], primary: str) -> dict[str, str]:
     return keys
 
 
+def _http_api_key(env: Mapping[str, str]) -> str | None:
+    """``HTTP_API_KEY``: optional static key of the Centrifugo-compatible server API."""
+    value = _opt(env, "HTTP_API_KEY")
+    if value is not None and len(value.encode()) < MIN_SECRET_BYTES:
+        raise SettingsError(f"HTTP_API_KEY must be at least {MIN_SECRET_BYTES} bytes long")
+    return value
+
+
 _NAMESPACE_FIELDS: dict[str, type] = {
     "history_size": int,
     "history_ttl": int,
@@ -263,6 +271,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             hsts=_bool(env, "HSTS", production),
             trusted_proxies=_list(env, "TRUSTED_PROXIES", ()),
             max_body_bytes=_int(env, "MAX_BODY_BYTES", 1024 * 1024, minimum=1024),
+            slow_request_seconds=_float(env, "SLOW_REQUEST_SECONDS", 1.0),
         ),
         auth=AuthConfig(
             jwt_algorithm=jwt_algorithm,
@@ -279,6 +288,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             login_rate_per_email=_int(env, "LOGIN_RATE_PER_EMAIL", 5, minimum=1),
             login_rate_per_ip=_int(env, "LOGIN_RATE_PER_IP", 20, minimum=1),
             login_rate_window=_int(env, "LOGIN_RATE_WINDOW", 900, minimum=1),
+            http_api_key=_http_api_key(env),
         ),
         email=EmailConfig(
             backend=email_backend,

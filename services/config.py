@@ -16,6 +16,8 @@ class HttpConfig:
     hsts: bool = False
     trusted_proxies: tuple[str, ...] = ()
     max_body_bytes: int = 1024 * 1024
+    #: requests taking at least this long log a "slow request" warning (0: never)
+    slow_request_seconds: float = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +34,8 @@ class AuthConfig:
     magic_link_ttl: int = 15 * 60
     leeway: int = 10
     service_secret: str = ""
+    #: static key accepted by the Centrifugo-compatible server API besides service tokens
+    http_api_key: str | None = None
     login_rate_per_email: int = 5
     login_rate_per_ip: int = 20
     login_rate_window: int = 900

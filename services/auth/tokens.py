@@ -140,6 +140,10 @@ class TokenService:
         self._principals: TLRUCache[str, Principal, float] = TLRUCache(
             PRINCIPAL_CACHE_SIZE, _cached_until, timer=time.time
         )
+        #: lookups of :meth:`principal` answered from the cache / that verified the token
+        #: (plain counters, exported by ``handlers.metrics.TokenCacheCollector``)
+        self.cache_hits = 0
+        self.cache_misses = 0
 
     @property
     def config(self) -> AuthConfig:
@@ -220,7 +224,9 @@ class TokenService:
         # (``decode`` refuses anything that is not a string; it may not even be hashable)
         cached = self._principals.get(token) if isinstance(token, str) else None
         if cached is not None:
+            self.cache_hits += 1
             return cached
+        self.cache_misses += 1
         principal = self._principal(token)
         self._principals[token] = principal
         return principal
