@@ -26,6 +26,7 @@ from handlers.metrics import HttpMetrics
 from handlers.middlewares import error_envelope, request_context, security_headers
 from server import lifecycle
 from server.settings import Settings
+from services.alerts.signatures import SecretBox
 from services.auth.tokens import TokenService
 
 
@@ -41,6 +42,7 @@ def create_app(settings: Settings) -> web.Application:
     app[keys.registry] = registry
     app[keys.http_metrics] = HttpMetrics.create(registry)
     app[keys.tokens] = TokenService(settings.handlers.auth)
+    app[keys.secret_box] = SecretBox(settings.handlers.auth.service_secret)
     app[keys.backends] = {}
     app.on_response_prepare.append(security_headers)
     app.cleanup_ctx.append(lifecycle.database)
