@@ -14,6 +14,7 @@ from handlers.metrics import HttpMetrics
 from handlers.ws_registry import ConnectionRegistry
 from pubsub.hub import Hub
 from pubsub.presence import Presence
+from services.alerts.signatures import SecretBox
 from services.analysis.runner import AnalysisRunner
 from services.auth.ratelimit import RateLimiter
 from services.auth.tokens import TokenService
@@ -34,6 +35,8 @@ relay = web.AppKey("relay", OutboxRelay)
 tokens = web.AppKey("tokens", TokenService)
 #: the shared Redis client, present only when REDIS_URL is set
 redis = web.AppKey("redis", Redis)
+#: encrypts the strategies' webhook signing secrets (key derived from SERVICE_SECRET)
+secret_box = web.AppKey("webhook_secret_box", SecretBox)
 rate_limiter = web.AppKey("rate_limiter", RateLimiter)
 mailer = web.AppKey("mailer", Mailer)
 presence = web.AppKey("presence", Presence)

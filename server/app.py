@@ -31,6 +31,7 @@ from handlers.metrics import DbPoolCollector, HttpMetrics, TokenCacheCollector
 from handlers.middlewares import error_envelope, request_context, security_headers
 from server import lifecycle
 from server.settings import Settings
+from services.alerts.signatures import SecretBox
 from services.auth.tokens import TokenService
 
 
@@ -65,6 +66,7 @@ def create_app(settings: Settings) -> web.Application:
     ProcessCollector(registry=registry)  # process_cpu_seconds_total, _resident_memory_bytes, ...
     registry.register(DbPoolCollector(lambda: app.get(keys.pool)))
     registry.register(TokenCacheCollector(app[keys.tokens]))
+    app[keys.secret_box] = SecretBox(settings.handlers.auth.service_secret)
     app[keys.backends] = {}
     app.on_response_prepare.append(security_headers)
     app.cleanup_ctx.append(lifecycle.database)

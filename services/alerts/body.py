@@ -26,12 +26,51 @@ MAX_NUMBER = Decimal("1e15")
 JSON_TYPE = "application/json"
 TEXT_TYPE = "text/plain"
 
+# Key names senders use, first present wins. Besides the plain names: the Arrow template's
+# ``contract`` / ``trade_type``, and keys named after TradingView's strategy placeholders
+# (``{{strategy.order.action}}``, ``{{strategy.order.contracts}}``, ``{{strategy.order.price}}``,
+# ``{{strategy.order.comment}}``), with dots or underscores. ``{{strategy.position_size}}`` and
+# ``{{strategy.market_position}}`` describe the position after the order, not the order, and
+# ``{{exchange}}`` / ``{{interval}}`` have no column: they stay in the raw body only.
 _TICKER_KEYS = ("ticker", "symbol", "contract", "instrument")
-_ACTION_KEYS = ("action", "side", "order_action", "signal")
-_QUANTITY_KEYS = ("quantity", "qty", "contracts", "size", "amount")
-_PRICE_KEYS = ("price", "close", "order_price", "limit_price")
+_ACTION_KEYS = (
+    "action",
+    "side",
+    "order_action",
+    "trade_type",
+    "signal",
+    "strategy.order.action",
+    "strategy_order_action",
+)
+_QUANTITY_KEYS = (
+    "quantity",
+    "qty",
+    "contracts",
+    "size",
+    "amount",
+    "order_contracts",
+    "strategy.order.contracts",
+    "strategy_order_contracts",
+)
+_PRICE_KEYS = (
+    "price",
+    "close",
+    "order_price",
+    "limit_price",
+    "strategy.order.price",
+    "strategy_order_price",
+)
 _TIME_KEYS = ("time", "timestamp", "timenow", "alert_time")
-_MESSAGE_KEYS = ("message", "text", "comment", "note", "msg")
+_MESSAGE_KEYS = (
+    "message",
+    "text",
+    "comment",
+    "note",
+    "msg",
+    "order_comment",
+    "strategy.order.comment",
+    "strategy_order_comment",
+)
 
 _PAIR_RE = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)\s*[=:]\s*(\"[^\"]*\"|[^\s,;]+)")
 _SIDE_RE = re.compile(r"\b(buy|sell)\b", re.IGNORECASE)
