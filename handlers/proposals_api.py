@@ -137,4 +137,5 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_post("/api/v1/requests/{id}/proposals", create_proposal)
     app.router.add_get("/api/v1/proposals", list_proposals)
     app.router.add_get("/api/v1/proposals/{id}", get_proposal)
+    app.router.add_put("/api/v1/proposals/{id}", put_proposal)
     app.router.add_put("/api/v1/proposals/{id}/status", put_status)
