@@ -312,3 +312,21 @@ async def test_profile_needs_an_account(client: Any) -> None:
     assert (await client.get("/api/v1/users/me")).status == 401
     response = await client.get("/api/v1/users/me", headers=auth(service_token(client)))
     assert response.status == 403
+
+
+async def test_invited_vendors_hear_that_the_request_was_deleted(client: Any) -> None:
+    _, buyer = await make_user(client, "buyer")
+    vendor_id, vendor = await make_user(client, "vendor", email="told@example.com")
+    created = await post_request(client, buyer)
+    assert (await _invite(client, buyer, created["id"], "told@example.com")).status == 201
+    _, token = await _invite_token(client, "told@example.com")
+    assert (await _accept(client, token)).status == 200
+    ws = await connect(client, vendor)
+    assert "result" in await request(ws, "subscribe", channel=f"user:{vendor_id}")
+    response = await client.delete(f"/api/v1/requests/{created['id']}", headers=auth(buyer))
+    assert response.status == 204
+    event = await next_pub(ws, f"user:{vendor_id}")
+    if event["type"] == "request.invited":  # the relay may deliver it after the subscription
+        event = await next_pub(ws, f"user:{vendor_id}")
+    assert event == {**event, "type": "request.deleted", "request_id": created["id"]}
+    await ws.close()
