@@ -11,7 +11,8 @@ WebSocket replies.
 ``auth``         tokens, principals, rate limits, signed service requests
 ``channels``     channel names of every namespace and who may subscribe to them
 ``mail``         sending e-mail (magic links)
-``marketplace``  buyers' requests and vendors' proposals
+``marketplace``  buyers' requests, vendors' proposals and invitations, their live events
 ``outbox``       the relay that publishes committed events
 ``realtime``     client sessions, wire protocols and the connection registry
+``users``        users' own profiles (name, company, notification settings)
 """

@@ -8,13 +8,14 @@ import asyncpg
 
 from services.auth.principal import Principal
 from services.channels.permissions import Rule
-from storage import proposals
+from storage import proposals, request_access
 from storage import requests as requests_db
 from storage.errors import NotFound
 
 
 def proposals_rule(pool: asyncpg.Pool) -> Rule:
-    """``proposals:{request_id}``: the request's owner and vendors with a proposal on it."""
+    """``proposals:{request_id}``: the request's owner, and vendors with a proposal on it or
+    invited to it (an accepted invitation)."""
 
     async def rule(principal: Principal, ident: str) -> bool:
         try:
@@ -28,8 +29,10 @@ def proposals_rule(pool: asyncpg.Pool) -> Rule:
                 return False
             if principal.user_id == str(parent.owner_id):
                 return True
-            return principal.role == "vendor" and await proposals.has_proposal(
+            if principal.role != "vendor":
+                return False
+            return await proposals.has_proposal(
                 conn, request_id, principal.user_id
-            )
+            ) or await request_access.has_access(conn, request_id, principal.user_id)
 
     return rule

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal, Self
 from uuid import UUID
 
 from pydantic import (
@@ -16,6 +16,7 @@ from pydantic import (
     AwareDatetime,
     BaseModel,
     ConfigDict,
+    EmailStr,
     Field,
     StringConstraints,
     model_validator,
@@ -128,8 +129,24 @@ class RequestPatch(_Input):
         return self
 
 
-class RequestOut(BaseModel):
-    """A software request as returned by the API."""
+class _Output(BaseModel):
+    """A resource as the API and its live events show it, built from the storage row."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    @classmethod
+    def of(cls, row: Any) -> Self:
+        """The model of a storage row (a dataclass with the same field names)."""
+        return cls.model_validate(row, from_attributes=True)
+
+    @classmethod
+    def json_of(cls, row: Any) -> dict[str, Any]:
+        """The JSON-ready form of a storage row: what REST responses and events carry."""
+        return cls.of(row).model_dump(mode="json")
+
+
+class RequestOut(_Output):
+    """A software request as returned by the API and carried by ``request.*`` events."""
 
     id: UUID
     owner_id: UUID
@@ -186,8 +203,8 @@ class ProposalStatusChange(_Input):
     version: Version | None = None
 
 
-class ProposalOut(BaseModel):
-    """A proposal as returned by the API."""
+class ProposalOut(_Output):
+    """A proposal as returned by the API and sent to its two parties in ``proposal.*`` events."""
 
     id: UUID
     request_id: UUID
@@ -200,6 +217,15 @@ class ProposalOut(BaseModel):
     created_at: datetime
     updated_at: datetime
     version: int
+
+
+class ProposalSummary(_Output):
+    """What the shared ``proposals:{request_id}`` room learns of a proposal: rival vendors read
+    that channel, so it carries no price, summary or answers."""
+
+    id: UUID
+    vendor_id: UUID
+    status: ProposalStatus
 
 
 class ProposalPage(BaseModel):
@@ -217,3 +243,25 @@ class ProposalQuery(_Input):
     status: ProposalStatus | None = None
     limit: int = Field(default=20, ge=1, le=MAX_PAGE)
     cursor: Cursor | None = None
+
+
+class InviteCreate(_Input):
+    """Body of ``POST /api/v1/requests/{id}/invites``: the vendor's e-mail address."""
+
+    email: EmailStr = Field(max_length=254)
+
+
+class InviteOut(_Output):
+    """A sent invitation (its token is only in the e-mail)."""
+
+    id: UUID
+    request_id: UUID
+    email: str
+    created_at: datetime
+    expires_at: datetime = Field(description="The link is refused after this time")
+
+
+class InviteAccept(_Input):
+    """Body of ``POST /api/v1/invites/accept``: the token from the invitation link."""
+
+    token: str = Field(min_length=1, max_length=256)
