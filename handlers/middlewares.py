@@ -15,7 +15,15 @@ from handlers.errors import ApiError, error_response
 from pubsub.broker import BrokerError
 from pubsub.namespaces import InvalidChannel
 from services.context import request_id_var
-from services.errors import Forbidden, Invalid, InvalidState, RateLimited, Unavailable
+from services.errors import (
+    Forbidden,
+    Invalid,
+    InvalidState,
+    RateLimited,
+    Unauthenticated,
+    Unavailable,
+    Unsupported,
+)
 from storage.errors import UNAVAILABLE, Conflict, NotFound, StaleVersion
 
 log = logging.getLogger("arena.http")
@@ -138,6 +146,10 @@ async def error_envelope(request: web.Request, handler: Handler) -> web.StreamRe
         return error_response(exc.status, message, headers=headers)
     except Invalid as exc:
         return error_response(400, exc.message, exc.errors)
+    except Unsupported as exc:
+        return error_response(415, exc.message)
+    except Unauthenticated as exc:
+        return error_response(401, exc.message)
     except Forbidden as exc:
         return error_response(403, exc.message)
     except InvalidState as exc:

@@ -13,8 +13,6 @@ Unknown and revoked secrets get the same 404.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
-from contextlib import contextmanager
 from uuid import UUID
 
 from aiohttp import hdrs, web
@@ -26,8 +24,6 @@ from handlers.errors import ApiError, json_response
 from handlers.openapi import describe
 from handlers.paging import path_uuid
 from services.alerts import ingest
-from services.alerts.body import BodyError
-from services.alerts.signatures import SignatureError
 from services.auth.ratelimit import Decision, RateLimiterUnavailable
 from storage.errors import NotFound
 
@@ -105,15 +101,6 @@ def _ack(result: ingest.Ingested) -> web.Response:
     )
 
 
-@contextmanager
-def _sender_errors() -> Iterator[None]:
-    """A body or signature the ingest path refuses, as the error envelope."""
-    try:
-        yield
-    except (BodyError, SignatureError) as exc:
-        raise ApiError(exc.status, exc.message) from None
-
-
 @describe(
     summary="TradingView alert webhook",
     tags=TAGS,
@@ -132,14 +119,13 @@ async def tradingview(request: web.Request) -> web.Response:
     # The body (at most 64 KiB) is read before a pooled connection is taken, so a slow
     # sender never holds one.
     body = _body(request, await read_body(request, config.max_body_bytes))
-    with _sender_errors():
-        result = await ingest.tradingview(
-            request.app[keys.pool],
-            request.app[keys.relay],
-            secret,
-            body,
-            dedup_seconds=config.dedup_window,
-        )
+    result = await ingest.tradingview(
+        request.app[keys.pool],
+        request.app[keys.relay],
+        secret,
+        body,
+        dedup_seconds=config.dedup_window,
+    )
     return _ack(result)
 
 
@@ -162,24 +148,22 @@ async def signed(request: web.Request) -> web.Response:
     config = request.app[keys.config].webhook
     _check_declared_length(request, config.max_body_bytes)
     strategy_id = path_uuid(request, "strategy_id")
-    with _sender_errors():
-        headers = ingest.signed_headers(
-            request.headers.get("webhook-id"),
-            request.headers.get("webhook-timestamp"),
-            request.headers.get("webhook-signature"),
-            tolerance=config.timestamp_tolerance,
-        )
+    headers = ingest.signed_headers(
+        request.headers.get("webhook-id"),
+        request.headers.get("webhook-timestamp"),
+        request.headers.get("webhook-signature"),
+        tolerance=config.timestamp_tolerance,
+    )
     body = _body(request, await read_body(request, config.max_body_bytes))
-    with _sender_errors():
-        result = await ingest.signed(
-            request.app[keys.pool],
-            request.app[keys.relay],
-            request.app[keys.secret_box],
-            strategy_id,
-            headers,
-            body,
-            tolerance=config.timestamp_tolerance,
-        )
+    result = await ingest.signed(
+        request.app[keys.pool],
+        request.app[keys.relay],
+        request.app[keys.secret_box],
+        strategy_id,
+        headers,
+        body,
+        tolerance=config.timestamp_tolerance,
+    )
     return _ack(result)
 
 

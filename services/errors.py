@@ -4,6 +4,8 @@
 
     DomainError
     ├── Invalid            the input breaks a rule of the domain (``errors`` by field)
+    ├── Unsupported        the content's type or encoding is not one the service accepts
+    ├── Unauthenticated    credentials (a signature, a token) could not be verified
     ├── Forbidden          the caller is known but may not do this
     ├── InvalidState       the resource's state does not allow the change right now
     ├── RateLimited        too many attempts; ``retry_after`` seconds until the next may pass
@@ -11,8 +13,8 @@
 
 ``storage.errors`` (``NotFound``, ``Conflict``, ``StaleVersion``) pass through services
 unchanged. ``handlers.middlewares.error_envelope`` maps every one of them to the JSON error
-envelope (400, 403, 409, 429, 503; 404, 409, 412), and the WebSocket session maps them to error
-replies, so a service never decides how a failure looks on the wire.
+envelope (400, 415, 401, 403, 409, 429, 503; 404, 409, 412), and the WebSocket session maps
+them to error replies, so a service never decides how a failure looks on the wire.
 """
 
 from __future__ import annotations
@@ -33,6 +35,14 @@ class Invalid(DomainError):
     def __init__(self, message: str, errors: dict[str, list[str]] | None = None) -> None:
         super().__init__(message)
         self.errors = errors or {}
+
+
+class Unsupported(DomainError):
+    """The content's type or encoding is not one the service accepts."""
+
+
+class Unauthenticated(DomainError):
+    """The caller's credentials (a request signature, a token) could not be verified."""
 
 
 class Forbidden(DomainError):

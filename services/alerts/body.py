@@ -19,6 +19,8 @@ from typing import Any
 
 import orjson
 
+from services.errors import DomainError, Invalid, Unsupported
+
 MAX_TICKER = 64
 MAX_MESSAGE = 4096
 MAX_NUMBER = Decimal("1e15")
@@ -77,13 +79,16 @@ _SIDE_RE = re.compile(r"\b(buy|sell)\b", re.IGNORECASE)
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
 
 
-class BodyError(Exception):
-    """The body cannot be accepted; ``status`` is 400 or 415."""
+class BodyError(DomainError):
+    """The body cannot be accepted: :class:`MalformedBody` or :class:`UnsupportedBody`."""
 
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
+
+class MalformedBody(BodyError, Invalid):
+    """The body is of a supported type but cannot be read (bad JSON, bad encoding)."""
+
+
+class UnsupportedBody(BodyError, Unsupported):
+    """The body's media type is not one a webhook may use."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,18 +119,18 @@ def _is_json_type(mimetype: str) -> bool:
 def decode(body: bytes, charset: str | None) -> str:
     """``body`` as text; raises :class:`BodyError` (400)."""
     if not body.strip():
-        raise BodyError(400, "request body is empty")
+        raise MalformedBody("request body is empty")
     try:
         text = body.decode(charset or "utf-8")
     except LookupError:
-        raise BodyError(400, "unknown or unsupported charset") from None
+        raise MalformedBody("unknown or unsupported charset") from None
     except UnicodeDecodeError:
-        raise BodyError(400, f"request body is not valid {charset or 'utf-8'} text") from None
+        raise MalformedBody(f"request body is not valid {charset or 'utf-8'} text") from None
     text = text.removeprefix("\ufeff")
     if "\x00" in text:
-        raise BodyError(400, "request body must not contain NUL characters")
+        raise MalformedBody("request body must not contain NUL characters")
     if not text.strip():
-        raise BodyError(400, "request body is empty")
+        raise MalformedBody("request body is empty")
     return text
 
 
@@ -138,13 +143,13 @@ def parse(body: bytes, mimetype: str | None, charset: str | None) -> ParsedBody:
         try:
             data = orjson.loads(text)
         except orjson.JSONDecodeError as exc:
-            raise BodyError(400, f"malformed JSON body: {exc.msg}") from None
+            raise MalformedBody(f"malformed JSON body: {exc.msg}") from None
         fields = from_mapping(data) if isinstance(data, dict) else AlertFields()
         return ParsedBody(text, JSON_TYPE, fields)
     if kind.startswith("text/"):
         text = decode(body, charset)
         return ParsedBody(text, TEXT_TYPE, from_text(text))
-    raise BodyError(415, "content type must be application/json or text/plain")
+    raise UnsupportedBody("content type must be application/json or text/plain")
 
 
 def _first(data: dict[str, Any], names: tuple[str, ...]) -> Any:

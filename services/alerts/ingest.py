@@ -13,9 +13,9 @@ within the de-duplication window are stored once; signed messages are idempotent
 The URL secret is only hashed and looked up; it never reaches a log line. Unknown, malformed
 and revoked secrets are all :class:`storage.errors.NotFound`.
 
-:class:`~services.alerts.body.BodyError` (400/415) and
-:class:`~services.alerts.signatures.SignatureError` (400/401) propagate to the caller, which
-turns them into its own error replies.
+:class:`~services.alerts.body.BodyError` (malformed: ``Invalid``; wrong media type:
+``Unsupported``) and :class:`~services.alerts.signatures.SignatureError` (malformed headers:
+``Invalid``; not authentic: ``Unauthenticated``) are domain errors: the caller maps them.
 """
 
 from __future__ import annotations
@@ -33,8 +33,8 @@ import asyncpg
 from services.alerts.body import ParsedBody, parse
 from services.alerts.feed import created_event
 from services.alerts.signatures import (
+    InvalidSignature,
     SecretBox,
-    SignatureError,
     SignedHeaders,
     parse_headers,
     secret_key,
@@ -146,10 +146,10 @@ def signed_headers(
     msg_id: str | None, timestamp: str | None, signature: str | None, *, tolerance: int
 ) -> SignedHeaders:
     """Well-formed Standard Webhooks headers inside the timestamp window (checked before the
-    body is read); raises :class:`SignatureError`."""
+    body is read); raises :class:`~services.alerts.signatures.SignatureError`."""
     headers = parse_headers(msg_id, timestamp, signature)
     if abs(time.time() - headers.timestamp) > tolerance:
-        raise SignatureError(401, "webhook-timestamp is outside the tolerance window")
+        raise InvalidSignature("webhook-timestamp is outside the tolerance window")
     return headers
 
 

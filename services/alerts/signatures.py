@@ -35,6 +35,8 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from services.errors import DomainError, Invalid, Unauthenticated
+
 SECRET_PREFIX = "whsec_"  # noqa: S105 (a format prefix, not a secret)
 SIGNING_KEY_BYTES = 32
 MAX_ID_LENGTH = 256
@@ -44,13 +46,16 @@ _ID_RE = re.compile(r"^[\x21-\x7e]{1,256}$")  # visible ASCII: it is echoed into
 _TIMESTAMP_RE = re.compile(r"^[0-9]{1,12}$")
 
 
-class SignatureError(Exception):
-    """Verification failed; ``status`` is 400 (malformed headers) or 401 (not authentic)."""
+class SignatureError(DomainError):
+    """Verification failed: :class:`MalformedSignature` or :class:`InvalidSignature`."""
 
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
+
+class MalformedSignature(SignatureError, Invalid):
+    """The signature headers are missing or malformed."""
+
+
+class InvalidSignature(SignatureError, Unauthenticated):
+    """The request is not authentic (wrong signature, or a timestamp outside the window)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,15 +93,15 @@ def parse_headers(
     usable ``v1`` entry is a 400.
     """
     if not msg_id or not timestamp or not signature:
-        raise SignatureError(
-            400, "webhook-id, webhook-timestamp and webhook-signature headers are required"
+        raise MalformedSignature(
+            "webhook-id, webhook-timestamp and webhook-signature headers are required"
         )
     if not _ID_RE.match(msg_id):
-        raise SignatureError(400, "webhook-id must be 1-256 visible ASCII characters")
+        raise MalformedSignature("webhook-id must be 1-256 visible ASCII characters")
     if not _TIMESTAMP_RE.match(timestamp):
-        raise SignatureError(400, "webhook-timestamp must be integer Unix seconds")
+        raise MalformedSignature("webhook-timestamp must be integer Unix seconds")
     if len(signature) > MAX_SIGNATURE_HEADER:
-        raise SignatureError(400, "webhook-signature header is too long")
+        raise MalformedSignature("webhook-signature header is too long")
     found: list[bytes] = []
     for entry in signature.split():
         version, sep, value = entry.partition(",")
@@ -107,10 +112,10 @@ def parse_headers(
         except (binascii.Error, ValueError):
             mac = b""
         if len(mac) != hashlib.sha256().digest_size:
-            raise SignatureError(400, "webhook-signature has a malformed v1 entry")
+            raise MalformedSignature("webhook-signature has a malformed v1 entry")
         found.append(mac)
     if not found:
-        raise SignatureError(400, "webhook-signature has no v1 signature")
+        raise MalformedSignature("webhook-signature has no v1 signature")
     return SignedHeaders(msg_id, int(timestamp), found)
 
 
@@ -123,7 +128,7 @@ def verify(
     time and all are tried, so timing does not tell which key or entry was close.
     """
     if abs(now - headers.timestamp) > tolerance:
-        raise SignatureError(401, "webhook-timestamp is outside the tolerance window")
+        raise InvalidSignature("webhook-timestamp is outside the tolerance window")
     signed = f"{headers.msg_id}.{headers.timestamp}.".encode() + body
     matched = False
     for key in keys:
@@ -131,7 +136,7 @@ def verify(
         for candidate in headers.signatures:
             matched |= hmac.compare_digest(expected, candidate)
     if not matched:
-        raise SignatureError(401, "no valid webhook signature")
+        raise InvalidSignature("no valid webhook signature")
 
 
 def url_secret() -> str:
