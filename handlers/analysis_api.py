@@ -4,6 +4,7 @@
 
     POST   /api/v1/requests/{id}/analyses   start one (202); 429 when full
     GET    /api/v1/requests/{id}/analyses   list a request's analyses, newest first
+    GET    /api/v1/analyses                 list the caller's analyses (admins: all), paged
     GET    /api/v1/analyses/{id}            status, text so far or final, usage, timings
     DELETE /api/v1/analyses/{id}            cancel a queued or running analysis
 
@@ -19,9 +20,16 @@ from handlers import keys
 from handlers.auth_context import require_principal
 from handlers.errors import json_response
 from handlers.openapi import describe
-from handlers.paging import path_uuid
+from handlers.paging import decode_cursor, path_uuid, split_page
 from handlers.validation import parse_body, query_params
-from services.analysis.models import AnalysisList, AnalysisListQuery, AnalysisOut, AnalysisStart
+from services.analysis.models import (
+    AnalysisList,
+    AnalysisListQuery,
+    AnalysisOut,
+    AnalysisPage,
+    AnalysisQuery,
+    AnalysisStart,
+)
 from services.analysis.service import AnalysisService
 
 TAGS = ("analyses",)
@@ -50,7 +58,7 @@ async def start_analysis(request: web.Request) -> web.Response:
     principal = require_principal(request)
     request_id = path_uuid(request)
     body = await parse_body(request, AnalysisStart)
-    created = await _service(request).start(principal, request_id, body.kind)
+    created = await _service(request).start(principal, request_id, body.kind, body.question)
     location = {"Location": f"/api/v1/analyses/{created.id}"}
     return json_response(created.to_json(), status=202, headers=location)
 
@@ -70,6 +78,29 @@ async def list_analyses(request: web.Request) -> web.Response:
     query = query_params(request, AnalysisListQuery)
     items = await _service(request).list_for_request(principal, request_id, limit=query.limit)
     return json_response({"items": [item.to_json() for item in items]})
+
+
+@describe(
+    summary="List your analyses",
+    tags=TAGS,
+    query=AnalysisQuery,
+    responses={200: AnalysisPage},
+)
+async def list_all_analyses(request: web.Request) -> web.Response:
+    """The analyses of your requests (admins: every analysis), newest first, without their
+    text; follow ``next_cursor`` for more. Filters combine with AND."""
+    principal = require_principal(request)
+    query = query_params(request, AnalysisQuery)
+    rows = await _service(request).list_all(
+        principal,
+        kind=query.kind,
+        status=query.status,
+        request_id=query.request_id,
+        after=decode_cursor(query.cursor),
+        limit=query.limit + 1,
+    )
+    page, cursor = split_page(rows, query.limit, lambda item: (item.created_at, item.id))
+    return json_response({"items": [item.to_json() for item in page], "next_cursor": cursor})
 
 
 @describe(
@@ -107,5 +138,6 @@ async def cancel_analysis(request: web.Request) -> web.Response:
 def setup_routes(app: web.Application) -> None:
     app.router.add_post("/api/v1/requests/{id}/analyses", start_analysis)
     app.router.add_get("/api/v1/requests/{id}/analyses", list_analyses)
+    app.router.add_get("/api/v1/analyses", list_all_analyses)
     app.router.add_get("/api/v1/analyses/{id}", get_analysis)
     app.router.add_delete("/api/v1/analyses/{id}", cancel_analysis)

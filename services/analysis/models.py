@@ -11,14 +11,34 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 from uuid import UUID
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, computed_field
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationInfo,
+    computed_field,
+    field_validator,
+)
 
 from services.channels import names
 from storage.analyses import Analysis
 
-AnalysisKind = Literal["compare_proposals", "summarize_request"]
+AnalysisKind = Literal["compare_proposals", "summarize_request", "question"]
 AnalysisStatus = Literal["queued", "running", "done", "failed", "cancelled"]
 MAX_PAGE = 100
+QUESTION_CHARS = 2000
+
+#: A free-form question: 1..2000 characters once trimmed (PostgreSQL text holds no NUL).
+Question = Annotated[
+    str,
+    StringConstraints(
+        strip_whitespace=True, min_length=1, max_length=QUESTION_CHARS, pattern=r"^[^\x00]*$"
+    ),
+]
+#: An opaque keyset cursor as issued in ``next_cursor``.
+Cursor = Annotated[str, StringConstraints(max_length=200, pattern=r"^[A-Za-z0-9_\-=]*$")]
 
 
 class AnalysisStart(BaseModel):
@@ -27,8 +47,26 @@ class AnalysisStart(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     kind: AnalysisKind = Field(
-        description="compare_proposals: ranked, cited comparison; summarize_request: summary"
+        description="compare_proposals: ranked, cited comparison; summarize_request: summary; "
+        "question: an answer to ``question`` grounded in the request and its proposals"
     )
+    question: Question | None = Field(
+        default=None,
+        validate_default=True,
+        description="Required for kind ``question`` (1..2000 characters), refused otherwise",
+    )
+
+    @field_validator("question")
+    @classmethod
+    def _question_for_questions_only(cls, value: str | None, info: ValidationInfo) -> str | None:
+        kind = info.data.get("kind")
+        if kind is None:
+            return value  # the kind is invalid: that error is enough
+        if kind == "question" and value is None:
+            raise ValueError("required when kind is question")
+        if kind != "question" and value is not None:
+            raise ValueError("only allowed when kind is question")
+        return value
 
 
 class AnalysisListQuery(BaseModel):
@@ -37,6 +75,18 @@ class AnalysisListQuery(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     limit: int = Field(default=20, ge=1, le=MAX_PAGE)
+
+
+class AnalysisQuery(BaseModel):
+    """The query of ``GET /api/v1/analyses``; filters combine with AND."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: AnalysisKind | None = None
+    status: AnalysisStatus | None = None
+    request_id: UUID | None = Field(default=None, description="Only analyses of this request")
+    limit: int = Field(default=20, ge=1, le=MAX_PAGE)
+    cursor: Cursor | None = Field(default=None, description="``next_cursor`` of the last page")
 
 
 class StreamStart(BaseModel):
@@ -80,6 +130,7 @@ class AnalysisOut(BaseModel):
     request_id: UUID
     owner_id: UUID = Field(description="Who started it")
     kind: AnalysisKind
+    question: str | None = Field(description="What was asked, for kind ``question``")
     status: AnalysisStatus
     since: StreamStart | None = Field(
         default=None,
@@ -143,3 +194,10 @@ class AnalysisList(BaseModel):
     """A request's analyses, newest first."""
 
     items: list[AnalysisOut]
+
+
+class AnalysisPage(BaseModel):
+    """One page of analyses, newest first."""
+
+    items: list[AnalysisOut]
+    next_cursor: str | None = Field(description="Pass as ``cursor`` for the next page")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 from dataclasses import dataclass
+from datetime import datetime
 from uuid import UUID, uuid4
 
 import asyncpg
@@ -22,7 +23,7 @@ from services.analysis.models import AnalysisOut, StreamStart
 from services.analysis.runner import AnalysisRunner, Busy
 from services.auth.principal import Principal
 from services.channels import names
-from services.errors import Forbidden, InvalidState, RateLimited
+from services.errors import Forbidden, Invalid, InvalidState, RateLimited
 from storage import analyses as store
 from storage.analyses import Analysis
 from storage.errors import NotFound
@@ -86,12 +87,19 @@ class AnalysisService:
             first_token_at=analysis.first_token_at or live.first_token_at,
         )
 
-    async def start(self, principal: Principal, request_id: UUID, kind: str) -> AnalysisOut:
-        """Queue an analysis of request ``request_id`` and launch it.
+    async def start(
+        self, principal: Principal, request_id: UUID, kind: str, question: str | None = None
+    ) -> AnalysisOut:
+        """Queue an analysis of request ``request_id`` and launch it; ``question`` is what is
+        asked for kind ``question`` (and only for it).
 
-        Raises ``NotFound`` (no such request), ``Forbidden`` (someone else's), ``RateLimited``
-        (the runner is full or the caller has too many active analyses) and ``BrokerError``.
+        Raises ``Invalid`` (a question missing or out of place), ``NotFound`` (no such
+        request), ``Forbidden`` (someone else's), ``RateLimited`` (the runner is full or the
+        caller has too many active analyses) and ``BrokerError``.
         """
+        if (kind == "question") != (question is not None):
+            problem = "required when kind is question" if question is None else "not allowed"
+            raise Invalid("request validation failed", {"question": [problem]})
         async with self._pool.acquire() as conn:
             owner = await store.request_owner(conn, request_id)
         if not may_use(principal, owner):
@@ -116,6 +124,7 @@ class AnalysisService:
                     model=runner.provider.model,
                     node=runner.node,
                     per_user_limit=runner.config.per_user,
+                    question=question,
                 )
         except store.TooManyActive as exc:
             runner.release()
@@ -138,6 +147,30 @@ class AnalysisService:
             if not may_use(principal, owner):
                 raise Forbidden("only the request's owner may read its analyses")
             rows = await store.list_for_request(conn, request_id, limit=limit)
+        return [AnalysisOut.of(self.current(row), with_text=False) for row in rows]
+
+    async def list_all(
+        self,
+        principal: Principal,
+        *,
+        kind: str | None = None,
+        status: str | None = None,
+        request_id: UUID | None = None,
+        after: tuple[datetime, UUID] | None = None,
+        limit: int = 20,
+    ) -> list[AnalysisOut]:
+        """The caller's analyses (those of their requests; admins: all), newest first, without
+        their text, strictly after the keyset position ``after``; at most ``limit``."""
+        async with self._pool.acquire() as conn:
+            rows = await store.list_analyses(
+                conn,
+                viewer_id=None if principal.is_admin else UUID(principal.user_id),
+                kind=kind,
+                status=status,
+                request_id=request_id,
+                after=after,
+                limit=limit,
+            )
         return [AnalysisOut.of(self.current(row), with_text=False) for row in rows]
 
     async def _readable(self, principal: Principal, analysis_id: UUID) -> Analysis:
