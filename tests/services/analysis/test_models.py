@@ -17,6 +17,7 @@ def _row(**changes: object) -> Analysis:
         "request_id": uuid.UUID(int=2),
         "owner_id": uuid.UUID(int=3),
         "kind": "compare_proposals",
+        "question": None,
         "status": "failed",
         "provider": "offline",
         "model": "offline-analyst-1",
