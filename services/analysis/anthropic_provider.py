@@ -98,10 +98,15 @@ class AnthropicProvider:
         )
 
     async def stream(
-        self, kind: str, data: AnalysisInput, on_text: Callable[[str], None]
+        self,
+        kind: str,
+        data: AnalysisInput,
+        on_text: Callable[[str], None],
+        *,
+        question: str | None = None,
     ) -> Completion:
         """Stream the analysis; cancelling closes the HTTP response at once."""
-        prompt = build_prompt(kind, data)
+        prompt = build_prompt(kind, data, question)
         try:
             async with self._client.messages.stream(
                 model=self.model,

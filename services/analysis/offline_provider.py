@@ -1,4 +1,5 @@
-"""The offline provider: streams :mod:`services.analysis.offline_report` at a model-like pace.
+"""The offline provider: streams :mod:`services.analysis.offline_report` (or, for questions,
+:mod:`services.analysis.offline_answer`) at a model-like pace.
 
 Reported as provider ``offline`` so nobody mistakes it for Claude. Tokens are words with their
 trailing whitespace (roughly what a model emits); they are released on a fixed schedule of
@@ -11,6 +12,7 @@ import asyncio
 import re
 from collections.abc import Callable
 
+from services.analysis.offline_answer import answer
 from services.analysis.offline_report import report
 from services.analysis.providers import Completion
 from storage.analyses import AnalysisInput
@@ -34,10 +36,16 @@ class OfflineProvider:
         self.tokens_per_second = tokens_per_second
 
     async def stream(
-        self, kind: str, data: AnalysisInput, on_text: Callable[[str], None]
+        self,
+        kind: str,
+        data: AnalysisInput,
+        on_text: Callable[[str], None],
+        *,
+        question: str | None = None,
     ) -> Completion:
         """Emit the report token by token; usage counts words in and tokens out."""
-        tokens = tokenize(report(kind, data))
+        text = answer(data, question or "") if kind == "question" else report(kind, data)
+        tokens = tokenize(text)
         loop = asyncio.get_running_loop()
         started = loop.time()
         sent = 0
@@ -48,9 +56,13 @@ class OfflineProvider:
                 sent += 1
             if sent < len(tokens):
                 await asyncio.sleep(max(0.0, started + sent / self.tokens_per_second - loop.time()))
-        words_in = len(data.request.description.split()) + sum(
-            len(p.summary.split()) + sum(len(a.response.split()) for a in p.answers)
-            for p in data.proposals
+        words_in = (
+            len(data.request.description.split())
+            + len((question or "").split())
+            + sum(
+                len(p.summary.split()) + sum(len(a.response.split()) for a in p.answers)
+                for p in data.proposals
+            )
         )
         return Completion({"input_tokens": words_in, "output_tokens": len(tokens)}, "end_turn")
 

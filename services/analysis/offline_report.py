@@ -57,11 +57,13 @@ def assess(request: RequestFacts, label: str, proposal: ProposalFacts) -> Assess
     return Assessment(label, proposal, compliance, coverage, tuple(missing))
 
 
-def _pct(value: float) -> str:
+def pct(value: float) -> str:
+    """``0.833`` as ``83%``."""
     return f"{round(value * 100)}%"
 
 
-def _budget_note(price: Decimal, currency: str, request: RequestFacts) -> str:
+def budget_note(price: Decimal, currency: str, request: RequestFacts) -> str:
+    """How ``price`` compares with the request's budget (``31% under budget``)."""
     if request.budget is None:
         return "no budget stated"
     if currency != request.currency:
@@ -70,11 +72,12 @@ def _budget_note(price: Decimal, currency: str, request: RequestFacts) -> str:
         return "budget is zero"
     delta = (price - request.budget) / request.budget
     if delta <= 0:
-        return f"{_pct(float(-delta))} under budget"
-    return f"{_pct(float(delta))} over budget"
+        return f"{pct(float(-delta))} under budget"
+    return f"{pct(float(delta))} over budget"
 
 
-def _price_order(request: RequestFacts, items: list[Assessment]) -> list[Assessment]:
+def price_order(request: RequestFacts, items: list[Assessment]) -> list[Assessment]:
+    """Cheapest first; prices in another currency than the request's after the others."""
     # Prices in the request's currency first: other currencies cannot be ranked against them.
     return sorted(
         items,
@@ -82,7 +85,8 @@ def _price_order(request: RequestFacts, items: list[Assessment]) -> list[Assessm
     )
 
 
-def _price_scores(request: RequestFacts, items: list[Assessment]) -> dict[str, float]:
+def price_scores(request: RequestFacts, items: list[Assessment]) -> dict[str, float]:
+    """Label -> cheapest price / price (1 for the cheapest, 0 when not comparable)."""
     same = [a.proposal.price for a in items if a.proposal.currency == request.currency]
     cheapest = min(same) if same else None
     scores: dict[str, float] = {}
@@ -96,14 +100,24 @@ def _price_scores(request: RequestFacts, items: list[Assessment]) -> dict[str, f
     return scores
 
 
+def rank(
+    request: RequestFacts, candidates: list[Assessment], eligible: list[Assessment]
+) -> list[tuple[Assessment, float]]:
+    """``eligible`` proposals best first with their score; price scores are relative to the
+    cheapest of ``candidates``."""
+    prices = price_scores(request, candidates)
+    scored = [(a, COVERAGE_WEIGHT * a.coverage + PRICE_WEIGHT * prices[a.label]) for a in eligible]
+    return sorted(scored, key=lambda item: (-item[1], item[0].proposal.price, item[0].label))
+
+
 def _ranking_section(request: RequestFacts, items: list[Assessment]) -> list[str]:
     lines = ["## Price ranking", ""]
     if not items:
         return [*lines, "No proposals have been submitted yet.", ""]
-    for rank, a in enumerate(_price_order(request, items), start=1):
+    for rank, a in enumerate(price_order(request, items), start=1):
         p = a.proposal
         status = "" if a.open else f" ({p.status}, not considered)"
-        note = _budget_note(p.price, p.currency, request)
+        note = budget_note(p.price, p.currency, request)
         lines.append(f"{rank}. [{a.label}] {p.vendor_email}: {money(p.price, p.currency)}, {note}")
         lines[-1] += status
     return [*lines, ""]
@@ -118,7 +132,7 @@ def _coverage_section(request: RequestFacts, items: list[Assessment]) -> list[st
         for rlabel, level in a.compliance.items():
             groups[level].append(f"[{rlabel}]")
         parts = [f"{level}: {', '.join(refs)}" for level, refs in groups.items() if refs]
-        lines.append(f"- [{a.label}] {_pct(a.coverage)} weighted coverage ({'; '.join(parts)})")
+        lines.append(f"- [{a.label}] {pct(a.coverage)} weighted coverage ({'; '.join(parts)})")
     return [*lines, ""]
 
 
@@ -151,33 +165,25 @@ def _recommendation_section(request: RequestFacts, items: list[Assessment]) -> l
     if not eligible:
         lines.append("Every open proposal misses at least one must-have requirement; ranking all.")
         eligible = candidates
-    prices = _price_scores(request, candidates)
-    scored = sorted(
-        eligible,
-        key=lambda a: (
-            -(COVERAGE_WEIGHT * a.coverage + PRICE_WEIGHT * prices[a.label]),
-            a.proposal.price,
-            a.label,
-        ),
-    )
-    best = scored[0]
-    score = COVERAGE_WEIGHT * best.coverage + PRICE_WEIGHT * prices[best.label]
+    ranking = rank(request, candidates, eligible)
+    scored = [a for a, _ in ranking]
+    best, score = ranking[0]
     p = best.proposal
     lines.append(f"Recommended: [{best.label}] {p.vendor_email} (score {score:.2f}).")
     lines.append("")
     lines.append("Reasons:")
-    lines.append(f"- {_pct(best.coverage)} weighted requirement coverage.")
-    order = [a.label for a in _price_order(request, candidates)]
+    lines.append(f"- {pct(best.coverage)} weighted requirement coverage.")
+    order = [a.label for a in price_order(request, candidates)]
     lines.append(
         f"- Price {money(p.price, p.currency)}, rank {order.index(best.label) + 1} of "
-        f"{len(order)}; {_budget_note(p.price, p.currency, request)}."
+        f"{len(order)}; {budget_note(p.price, p.currency, request)}."
     )
     if request.requirements and not best.missing_musts:
         lines.append("- Answers every must-have requirement.")
     if len(scored) > 1:
         runner_up = scored[1]
         lines.append(
-            f"- Ahead of [{runner_up.label}] ({_pct(runner_up.coverage)} coverage, "
+            f"- Ahead of [{runner_up.label}] ({pct(runner_up.coverage)} coverage, "
             f"{money(runner_up.proposal.price, runner_up.proposal.currency)})."
         )
     risks = [

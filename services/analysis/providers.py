@@ -51,10 +51,16 @@ class Provider(Protocol):
     model: str
 
     async def stream(
-        self, kind: str, data: AnalysisInput, on_text: Callable[[str], None]
+        self,
+        kind: str,
+        data: AnalysisInput,
+        on_text: Callable[[str], None],
+        *,
+        question: str | None = None,
     ) -> Completion:
-        """Generate analysis ``kind`` of ``data``, calling ``on_text`` with each text delta in
-        order, and return how it ended.
+        """Generate analysis ``kind`` of ``data`` (answering ``question`` for kind
+        ``question``), calling ``on_text`` with each text delta in order, and return how it
+        ended.
 
         Raises :class:`ProviderError`. Cancelling the calling task must stop the upstream work
         promptly (close the HTTP stream) and propagate ``CancelledError``.

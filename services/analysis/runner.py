@@ -248,15 +248,15 @@ class AnalysisRunner:
                     if not await store.mark_running(conn, analysis.id):
                         return  # finished meanwhile (cancelled, or swept as abandoned)
                 self._set_state(job, "running")
-                await self._publish(
-                    job,
-                    {
-                        "type": "start",
-                        "kind": analysis.kind,
-                        "provider": analysis.provider,
-                        "model": analysis.model,
-                    },
-                )
+                start: dict[str, Any] = {
+                    "type": "start",
+                    "kind": analysis.kind,
+                    "provider": analysis.provider,
+                    "model": analysis.model,
+                }
+                if analysis.question is not None:
+                    start["question"] = analysis.question
+                await self._publish(job, start)
                 async with asyncio.timeout(self.config.timeout):
                     async with self._pool.acquire() as conn:
                         data = await store.load_input(conn, analysis.request_id)
@@ -271,7 +271,9 @@ class AnalysisRunner:
                             job.first_token_at = datetime.now(UTC)
                         coalescer.add(text)
 
-                    completion = await self.provider.stream(analysis.kind, data, on_text)
+                    completion = await self.provider.stream(
+                        analysis.kind, data, on_text, question=analysis.question
+                    )
                     await coalescer.close()
             outcome = ("done", completion, None)
         except asyncio.CancelledError:
