@@ -24,7 +24,7 @@ from handlers.principal import ROLES
 from handlers.ratelimit import RateLimiterUnavailable
 from handlers.tokens import REFRESH, TokenError
 from handlers.validation import parse_body
-from handlers.ws_connection import CLOSE_UNAUTHENTICATED
+from services.realtime.errors import Disconnect
 from storage import auth_tokens, users
 from storage.auth_tokens import RefreshOutcome
 from storage.errors import NotFound
@@ -279,7 +279,7 @@ async def logout(request: web.Request) -> web.Response:
     if str(user_id) != subject:
         raise ApiError(401, "invalid token")
     await request.app[keys.connections].disconnect_user(
-        subject, CLOSE_UNAUTHENTICATED, "logged out"
+        subject, Disconnect.UNAUTHENTICATED, "logged out"
     )
     log.info("logout", extra={"user_id": subject})
     return web.Response(status=204)

@@ -15,10 +15,12 @@ from handlers.email import Mailer
 from handlers.metrics import HttpMetrics
 from handlers.outbox_relay import OutboxRelay
 from handlers.ratelimit import RateLimiter
+from handlers.realtime.transport import Flusher
 from handlers.tokens import TokenService
-from handlers.ws_registry import ConnectionRegistry
 from pubsub.hub import Hub
 from pubsub.presence import Presence
+from services.realtime.registry import ConnectionRegistry
+from services.realtime.session import RealtimeService
 
 config = web.AppKey("config", HandlersConfig)
 pool = web.AppKey("pool", asyncpg.Pool)
@@ -26,6 +28,10 @@ hub = web.AppKey("hub", Hub)
 registry = web.AppKey("registry", CollectorRegistry)
 http_metrics = web.AppKey("http_metrics", HttpMetrics)
 connections = web.AppKey("connections", ConnectionRegistry)
+#: what every real-time session shares (hub, registry, permission rules, limits...)
+realtime = web.AppKey("realtime", RealtimeService)
+#: writes the queued frames of every WebSocket connection once per loop iteration
+flusher = web.AppKey("flusher", Flusher)
 relay = web.AppKey("relay", OutboxRelay)
 tokens = web.AppKey("tokens", TokenService)
 #: the shared Redis client, present only when REDIS_URL is set

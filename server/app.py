@@ -19,11 +19,11 @@ from handlers import (
     static_files,
     strategies_api,
     webhooks,
-    ws_handler,
 )
 from handlers.analysis import api as analysis_api
 from handlers.metrics import HttpMetrics
 from handlers.middlewares import error_envelope, request_context, security_headers
+from handlers.realtime import websocket as realtime_websocket
 from handlers.tokens import TokenService
 from server import lifecycle
 from server.settings import Settings
@@ -53,7 +53,7 @@ def create_app(settings: Settings) -> web.Application:
     app.on_shutdown.append(lifecycle.close_websockets)
     for module in (
         ops,
-        ws_handler,
+        realtime_websocket,
         publish_api,
         auth_api,
         static_files,

@@ -1,0 +1,1 @@
+"""The application layer: use cases grouped by feature, with no HTTP (aiohttp) knowledge."""
