@@ -84,13 +84,6 @@ class NotAvailable(CommandError):
         super().__init__("not_available", message)
 
 
-class InternalError(CommandError):
-    """A bug: logged on the server; the connection stays usable."""
-
-    def __init__(self) -> None:
-        super().__init__("internal_error", "internal error")
-
-
 class Disconnect(enum.Enum):
     """Why the server closes a connection; each codec maps it to its own close code."""
 

@@ -17,6 +17,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import asyncpg
+
 from pubsub.broker import BrokerError, StreamPosition
 from pubsub.hub import Hub, SubscriptionCancelled
 from pubsub.namespaces import InvalidChannel as BadChannelName
@@ -36,12 +38,22 @@ from services.realtime.errors import (
     NotAvailable,
     NotSubscribed,
     PermissionDenied,
+    TemporarilyUnavailable,
     Unauthenticated,
 )
 from services.realtime.registry import ConnectionRegistry
 from services.realtime.wire import Wire
+from storage.errors import UNAVAILABLE
 
 log = logging.getLogger(__name__)
+
+#: PostgreSQL cannot be reached (or is shutting down / not yet accepting connections): a
+#: permission rule could not be evaluated, the command may succeed later
+DATABASE_DOWN: tuple[type[BaseException], ...] = (
+    *UNAVAILABLE,
+    asyncpg.PostgresConnectionError,
+    asyncpg.exceptions.OperatorInterventionError,
+)
 
 #: ``(principal, channel) -> allowed``; may read the database
 AccessRule = Callable[[Identity, str], Awaitable[bool]]
@@ -186,13 +198,15 @@ class Session:
         name = request.command.name
         try:
             result = await self.execute(request.command)
-        except CommandError as exc:
-            self.service.count_command(name, exc.code)
-            if not client.closed:
-                client.send(self.wire.error(request, exc))
-            return
         except SubscriptionCancelled:
             return  # the client went away (or unsubscribed) during its subscribe
+        except DATABASE_DOWN:
+            log.warning("database unavailable", exc_info=True, extra={"command": name})
+            self._fail(request, TemporarilyUnavailable())
+            return
+        except CommandError as exc:
+            self._fail(request, exc)
+            return
         self.service.count_command(name, "ok")
         if client.closed:
             return
@@ -206,6 +220,11 @@ class Session:
                 # After the reply, so a subscriber never sees its own join before its
                 # subscription.
                 await self._join(result.channel)
+
+    def _fail(self, request: c.Request, error: CommandError) -> None:
+        self.service.count_command(request.command.name, error.code)
+        if not self.client.closed:
+            self.client.send(self.wire.error(request, error))
 
     async def _user_allowed(self) -> bool:
         """The per-user limit shared by every connection and instance (``WS_USER_COMMAND_*``)."""

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import asyncio
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
 from handlers import keys
 from server.app import create_app
+from tests.alerts.util import TcpProxy
 from tests.helpers import close_code, connect, make_user, receive, request, send
 
 
@@ -231,3 +233,36 @@ async def test_client_publish_is_refused_in_every_namespace(client: Any, admin: 
     assert (await request(ws, "publish", channel="alerts:pub"))["error"]["code"] == "bad_request"
     invalid = await request(ws, "publish", channel="nope", data=1)
     assert invalid["error"]["code"] == "invalid_channel"
+
+
+async def test_database_outage_is_an_error_reply_and_the_connection_stays(
+    aiohttp_client: Any, make_settings: Any, database_url: str
+) -> None:
+    """Permission rules read PostgreSQL: while it is unreachable every command that needs it
+    answers ``temporarily_unavailable`` (as a Redis outage answers ``broker_unavailable``)."""
+    target = urlsplit(database_url)
+    proxy = TcpProxy(target.hostname or "127.0.0.1", target.port or 5432)
+    await proxy.start()
+    proxied = urlunsplit(target._replace(netloc=f"{target.username}@127.0.0.1:{proxy.port}"))
+    client = await aiohttp_client(create_app(make_settings(DATABASE_URL=proxied)))
+    owner_id, token = await make_user(client, "buyer")
+    async with client.server.app[keys.pool].acquire() as conn:
+        request_id = await conn.fetchval(
+            "INSERT INTO requests (owner_id, title) VALUES ($1::uuid, 'Outage') RETURNING id",
+            owner_id,
+        )
+    channel = f"proposals:{request_id}"
+    ws = await connect(client, token)
+    await proxy.cut()  # PostgreSQL goes away: open connections drop, new ones are refused
+    for command, fields in (
+        ("subscribe", {}),
+        ("subscribe", {"since": {"offset": 0, "epoch": "e"}}),
+        ("history", {}),
+        ("presence", {}),
+        ("presence_stats", {}),
+    ):
+        reply = await request(ws, command, channel=channel, **fields)
+        assert reply["error"]["code"] == "temporarily_unavailable", (command, reply)
+    # the connection is still open and what needs no database still works
+    assert "result" in await request(ws, "ping")
+    assert "result" in await request(ws, "subscribe", channel=f"user:{owner_id}")
