@@ -120,7 +120,9 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     config = app[keys.config].ws
     ws = web.WebSocketResponse(
         heartbeat=config.heartbeat,
-        max_msg_size=config.max_frame_bytes,
+        # aiohttp refuses a message whose size is >= max_msg_size; WS_MAX_FRAME_BYTES is the
+        # largest size accepted.
+        max_msg_size=config.max_frame_bytes + 1,
         compress=False,
         autoping=True,
     )

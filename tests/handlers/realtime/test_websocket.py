@@ -216,3 +216,22 @@ async def test_dead_peer_is_dropped_by_the_heartbeat(
         await asyncio.sleep(0.02)
     assert registry.connections() == []
     writer.close()
+
+
+def _ping_of_size(size: int) -> str:
+    """A ``ping`` command padded to exactly ``size`` bytes of UTF-8."""
+    empty = '{"id": "max", "type": "ping", "pad": ""}'
+    text = empty[:-2] + "x" * (size - len(empty)) + empty[-2:]
+    assert len(text.encode()) == size
+    return text
+
+
+async def test_a_frame_of_exactly_the_maximum_size_is_accepted(client: Any, admin: str) -> None:
+    limit = client.server.app[keys.config].ws.max_frame_bytes
+    assert limit == 65536  # WS_MAX_FRAME_BYTES, as documented
+    ws = await connect(client, admin)
+    await ws.send_str(_ping_of_size(limit))
+    reply = await receive(ws)
+    assert (reply["id"], reply["result"]) == ("max", {})
+    await ws.send_str(_ping_of_size(limit + 1))
+    assert await close_code(ws) == 1009
