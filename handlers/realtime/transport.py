@@ -248,6 +248,18 @@ class Connection:
             return
         loop.call_later(CLOSE_TIMEOUT, self._abort)
 
+    def closed_by_websocket(self, code: int) -> None:
+        """aiohttp itself closed the WebSocket with ``code`` (too big, invalid UTF-8, protocol
+        violation): stop delivering and remember the code it sent, without writing anything."""
+        if self.closed:
+            return
+        self.closed = True
+        self.close_code = code
+        self._queue = []
+        self._bytes = 0
+        if self.on_close is not None:
+            asyncio.get_running_loop().call_soon(self.on_close, self)
+
     def _abort(self) -> None:
         with contextlib.suppress(Exception):
             self._transport.abort()  # no-op when the graceful close already finished

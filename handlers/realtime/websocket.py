@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 
-from aiohttp import WSMsgType, web
+from aiohttp import WebSocketError, WSMsgType, web
 
 from handlers import keys, permissions
 from handlers.errors import error_response
@@ -106,7 +106,11 @@ async def _read(session: Session, conn: Connection, ws: web.WebSocketResponse) -
         elif msg.type == WSMsgType.BINARY:
             conn.close(Disconnect.UNSUPPORTED_DATA, "binary frames are not supported")
         else:
-            return  # CLOSE, CLOSING, CLOSED or ERROR (1009 is sent by aiohttp itself)
+            if msg.type == WSMsgType.ERROR and isinstance(msg.data, WebSocketError):
+                # aiohttp closed with this code (1009 too big, 1007 bad UTF-8, 1002 protocol
+                # error); ws.close_code then holds the client's echo or 1006, not what was sent.
+                conn.closed_by_websocket(msg.data.code)
+            return  # CLOSE, CLOSING, CLOSED or ERROR
 
 
 async def websocket(request: web.Request) -> web.StreamResponse:

@@ -4,6 +4,7 @@ slow consumers, heartbeats and metrics, on the real app (memory broker, real Pos
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import orjson
@@ -14,15 +15,35 @@ from server.app import create_app
 from tests.helpers import close_code, connect, make_user, receive, request
 
 
-def _masked(text: str) -> bytes:
-    """A client-to-server text frame (clients must mask)."""
-    payload = text.encode()
+def _masked(data: str | bytes, first_byte: int = 0x81) -> bytes:
+    """A client-to-server frame (clients must mask); a final text frame by default."""
+    payload = data.encode() if isinstance(data, str) else data
     mask = b"\x01\x02\x03\x04"
     body = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-    assert len(payload) < 65536
-    if len(payload) < 126:
-        return bytes((0x81, 0x80 | len(payload))) + mask + body
-    return bytes((0x81, 0x80 | 126)) + len(payload).to_bytes(2, "big") + mask + body
+    size = len(payload)
+    if size < 126:
+        header = bytes((first_byte, 0x80 | size))
+    elif size < 65536:
+        header = bytes((first_byte, 0x80 | 126)) + size.to_bytes(2, "big")
+    else:
+        header = bytes((first_byte, 0x80 | 127)) + size.to_bytes(8, "big")
+    return header + mask + body
+
+
+def _close_codes(data: bytes) -> list[int]:
+    """The codes of the close frames in a server-to-client byte stream (unmasked frames)."""
+    codes, pos = [], 0
+    while pos + 2 <= len(data):
+        opcode, size = data[pos] & 0x0F, data[pos + 1] & 0x7F
+        pos += 2
+        if size == 126:
+            size, pos = int.from_bytes(data[pos : pos + 2], "big"), pos + 2
+        elif size == 127:
+            size, pos = int.from_bytes(data[pos : pos + 8], "big"), pos + 8
+        if opcode == 0x8 and size >= 2:
+            codes.append(int.from_bytes(data[pos : pos + 2], "big"))
+        pos += size
+    return codes
 
 
 async def raw_subscriber(
@@ -235,3 +256,38 @@ async def test_a_frame_of_exactly_the_maximum_size_is_accepted(client: Any, admi
     assert (reply["id"], reply["result"]) == ("max", {})
     await ws.send_str(_ping_of_size(limit + 1))
     assert await close_code(ws) == 1009
+
+
+@pytest.mark.parametrize(
+    ("frame", "code"),
+    [
+        pytest.param(_masked(b"x" * (65536 + 1)), 1009, id="too-big"),
+        pytest.param(_masked(b"\xff\xfe"), 1007, id="invalid-utf8"),
+        pytest.param(_masked(b"{}", first_byte=0xC1), 1002, id="reserved-bit"),
+    ],
+)
+async def test_disconnect_metric_records_the_close_code_aiohttp_sent(
+    client: Any, admin: str, frame: bytes, code: int
+) -> None:
+    """aiohttp closes by itself on a protocol violation; ``arena_ws_disconnects_total`` counts
+    the code it sent (not 1006, nor the code the client echoed)."""
+    reader, writer = await raw_subscriber(client, admin, "alerts:metric")
+    writer.write(frame)
+    await writer.drain()
+    data = b""
+    while chunk := await asyncio.wait_for(reader.read(65536), 10):
+        data += chunk
+        if _close_codes(data):
+            writer.write(_masked((1000).to_bytes(2, "big"), first_byte=0x88))  # the client's echo
+            await writer.drain()
+    assert _close_codes(data) == [code]
+    writer.close()
+    registry = client.server.app[keys.connections]
+    deadline = time.monotonic() + 10
+    while len(registry) and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
+    metrics = await (await client.get("/metrics")).text()
+    recorded = [
+        line for line in metrics.splitlines() if line.startswith("arena_ws_disconnects_total")
+    ]
+    assert recorded == [f'arena_ws_disconnects_total{{code="{code}"}} 1.0'], recorded
