@@ -168,3 +168,5 @@ async def websocket(request: web.Request) -> web.StreamResponse:
 
 def setup_routes(app: web.Application) -> None:
     app.router.add_get("/ws", websocket)
+    # the path the Arena marketplace client connects to (same protocol)
+    app.router.add_get("/ws/updates/", websocket)

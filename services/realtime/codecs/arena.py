@@ -195,6 +195,23 @@ def _result_body(result: c.Result) -> dict[str, Any]:
             }
 
 
+#: command class -> its ``type``
+TYPES: dict[type[c.Command], str] = {
+    command_type: name for name, (command_type, _) in COMMANDS.items()
+}
+
+
+def _envelope(request: c.Request | c.Malformed) -> dict[str, Any]:
+    """``{"type": "reply", "id": ...}``; a command sent without an id is answered without one,
+    under its own ``type`` (``{"type": "subscribe", "result": ...}``), so that clients that send
+    no ids can match replies by type. A message whose type is unknown keeps ``"reply"``."""
+    if request.id is None:
+        command_type = request.command_type
+        if command_type is not None:
+            return {"type": TYPES[command_type]}
+    return {"type": "reply", "id": request.id}
+
+
 class ArenaCodec:
     """The codec of ``docs/protocol.md``."""
 
@@ -207,8 +224,10 @@ class ArenaCodec:
             return [c.Malformed(None, None, BadRequest("frame is not valid JSON"))]
         if not isinstance(cmd, dict):
             return [c.Malformed(None, None, BadRequest("command must be a JSON object"))]
-        command_id = cmd.get("id")
-        if isinstance(command_id, bool) or not isinstance(command_id, int | str):
+        command_id = cmd.get("id")  # optional: None (or absent) gets replies without one
+        if command_id is not None and (
+            isinstance(command_id, bool) or not isinstance(command_id, int | str)
+        ):
             return [c.Malformed(None, None, BadRequest("'id' must be an integer or string"))]
         if isinstance(command_id, str) and len(command_id) > MAX_ID_LENGTH:
             return [c.Malformed(None, None, BadRequest("'id' is too long"))]
@@ -223,11 +242,11 @@ class ArenaCodec:
             return [c.Malformed(command_id, command_type, exc)]
 
     def result(self, request: c.Request, result: c.Result) -> bytes:
-        return orjson.dumps({"type": "reply", "id": request.id, "result": _result_body(result)})
+        return orjson.dumps({**_envelope(request), "result": _result_body(result)})
 
     def error(self, request: c.Request | c.Malformed, error: CommandError) -> bytes:
         body = {"code": error.code, "message": error.message}
-        return orjson.dumps({"type": "reply", "id": request.id, "error": body})
+        return orjson.dumps({**_envelope(request), "error": body})
 
     def publication(self, pub: Publication) -> bytes:
         return publication_json(pub)

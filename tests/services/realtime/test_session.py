@@ -153,7 +153,7 @@ async def test_unsubscribe_stops_pushes(client: Any, admin: str) -> None:
     [
         ("not json", "bad_request"),
         ("[1, 2]", "bad_request"),
-        ('{"type": "ping"}', "bad_request"),
+        ('{"type": "launch"}', "unknown_command"),
         ('{"id": true, "type": "ping"}', "bad_request"),
         ('{"id": 1, "type": "launch"}', "unknown_command"),
         ('{"id": 1}', "unknown_command"),
@@ -266,3 +266,43 @@ async def test_database_outage_is_an_error_reply_and_the_connection_stays(
     # the connection is still open and what needs no database still works
     assert "result" in await request(ws, "ping")
     assert "result" in await request(ws, "subscribe", channel=f"user:{owner_id}")
+
+
+@pytest.mark.parametrize("path", ["/ws", "/ws/updates/"])
+async def test_the_marketplace_clients_frames_without_ids(client: Any, path: str) -> None:
+    """The Arena marketplace client sends commands without ``id`` (first of all
+    ``authenticate``) and matches replies by ``type``; commands with an id are unchanged."""
+    user_id, token = await make_user(client, "buyer")
+    ws = await client.ws_connect(path)
+    await ws.send_str('{"type": "authenticate", "token": "' + token + '"}')
+    authenticated = await receive(ws)
+    assert authenticated == {
+        "type": "authenticate",
+        "result": {
+            "client": authenticated["result"]["client"],
+            "user": {"id": user_id, "role": "buyer"},
+            "expires_at": authenticated["result"]["expires_at"],
+        },
+    }
+    await ws.send_str('{"type": "subscribe", "channel": "user:' + user_id + '"}')
+    subscribed = await receive(ws)
+    assert subscribed["type"] == "subscribe"
+    assert "id" not in subscribed
+    assert subscribed["result"]["channel"] == f"user:{user_id}"
+    await client.server.app[keys.hub].publish(f"user:{user_id}", {"proposal": "accepted"})
+    pub = await receive(ws)
+    assert (pub["type"], pub["channel"], pub["data"]) == (
+        "pub",
+        f"user:{user_id}",
+        {"proposal": "accepted"},
+    )
+    assert pub["offset"] == subscribed["result"]["offset"] + 1
+    await ws.send_str('{"type": "subscribe", "channel": "user:someone-else"}')
+    assert await receive(ws) == {
+        "type": "subscribe",
+        "error": {"code": "permission_denied", "message": "you may not subscribe to this channel"},
+    }
+    # with an id: the usual reply
+    reply = await request(ws, "ping")
+    assert reply == {"type": "reply", "id": reply["id"], "result": {}}
+    await ws.close()
