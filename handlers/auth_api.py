@@ -21,13 +21,13 @@ from handlers.client_ip import client_ip
 from handlers.errors import ApiError, json_response
 from handlers.openapi import describe
 from handlers.validation import parse_body
-from handlers.ws_connection import CLOSE_UNAUTHENTICATED
 from services.auth.principal import ROLES
 from services.auth.ratelimit import RateLimiterUnavailable
 from services.auth.sessions import start_session
 from services.auth.tokens import REFRESH, TokenError
 from services.marketplace import invites
 from services.marketplace.models import InviteAccept
+from services.realtime.errors import Disconnect
 from storage import auth_tokens, users
 from storage.auth_tokens import RefreshOutcome
 from storage.errors import NotFound
@@ -278,7 +278,7 @@ async def logout(request: web.Request) -> web.Response:
     if str(user_id) != subject:
         raise ApiError(401, "invalid token")
     await request.app[keys.connections].disconnect_user(
-        subject, CLOSE_UNAUTHENTICATED, "logged out"
+        subject, Disconnect.UNAUTHENTICATED, "logged out"
     )
     log.info("logout", extra={"user_id": subject})
     return web.Response(status=204)

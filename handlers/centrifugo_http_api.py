@@ -26,6 +26,7 @@ from handlers.errors import ApiError
 from handlers.validation import read_json
 from services.auth.tokens import TokenError
 from services.channels.centrifugo_api import CentrifugoApi, NodeStats, http_status
+from services.realtime.errors import Disconnect
 
 #: holds the one CentrifugoApi of the app, made at the first call (the hub exists only then)
 _api = web.AppKey("centrifugo_api", dict[str, CentrifugoApi])
@@ -101,7 +102,9 @@ def _centrifugo_api(request: web.Request) -> CentrifugoApi:
         api = CentrifugoApi(
             app[keys.hub],
             app.get(keys.presence),
-            registry.disconnect_user,
+            lambda user, code, reason: registry.disconnect_user(
+                user, Disconnect.FORBIDDEN, reason, code=code
+            ),
             lambda: _node_stats(app),
             node_uid=str(uuid.uuid4()),
             node_name=f"{socket.gethostname()}_{port}",

@@ -11,7 +11,7 @@ from prometheus_client import CollectorRegistry
 from redis.asyncio import Redis
 
 from handlers.metrics import HttpMetrics
-from handlers.ws_registry import ConnectionRegistry
+from handlers.realtime.transport import Flusher
 from pubsub.hub import Hub
 from pubsub.presence import Presence
 from services.alerts.signatures import SecretBox
@@ -22,6 +22,8 @@ from services.channels.permissions import ChannelRules
 from services.config import HandlersConfig
 from services.mail.mailer import Mailer
 from services.outbox.relay import OutboxRelay
+from services.realtime.registry import ConnectionRegistry
+from services.realtime.session import RealtimeService
 
 config = web.AppKey("config", HandlersConfig)
 pool = web.AppKey("pool", asyncpg.Pool)
@@ -31,6 +33,10 @@ registry = web.AppKey("registry", CollectorRegistry)
 metrics_text: web.AppKey[Callable[[], bytes]] = web.AppKey("metrics_text")
 http_metrics = web.AppKey("http_metrics", HttpMetrics)
 connections = web.AppKey("connections", ConnectionRegistry)
+#: what every real-time session shares (hub, registry, permission rules, limits...)
+realtime = web.AppKey("realtime", RealtimeService)
+#: writes the queued frames of every WebSocket connection once per loop iteration
+flusher = web.AppKey("flusher", Flusher)
 relay = web.AppKey("relay", OutboxRelay)
 tokens = web.AppKey("tokens", TokenService)
 #: the shared Redis client, present only when REDIS_URL is set

@@ -29,7 +29,6 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -244,30 +243,26 @@ def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-EventEncoder = Callable[[str, str, PresenceEntry], bytes]
-
-
 class Presence:
     """Presence and join/leave for one node.
 
-    ``encode(kind, channel, entry)`` builds the push frame for a ``join``/``leave`` event;
-    frames go to the local live subscribers of the channel on every node (through the
-    broker's control channel). ``unique_users`` sends join only for a user's first client and
-    leave only for the last (several tabs of one user look like one presence).
+    ``join``/``leave`` events go to the local live subscribers of the channel on every node
+    (through the broker's control channel), each encoded by the hub once per wire protocol in
+    use (:meth:`~pubsub.hub.Hub.deliver_presence`). ``unique_users`` sends join only for a
+    user's first client and leave only for the last (several tabs of one user look like one
+    presence).
     """
 
     def __init__(
         self,
         hub: Hub,
         store: PresenceStore,
-        encode: EventEncoder,
         *,
         refresh_interval: float = 10.0,
         unique_users: bool = True,
     ) -> None:
         self.hub = hub
         self.store = store
-        self._encode = encode
         self._interval = refresh_interval
         self._unique = unique_users
         self._local: dict[tuple[str, str], PresenceEntry] = {}
@@ -315,9 +310,7 @@ class Presence:
 
     def _on_control(self, message: dict[str, Any]) -> None:
         entry = PresenceEntry(message["client"], message["user"], message.get("info") or {})
-        self.hub.deliver_local(
-            message["channel"], self._encode(message["kind"], message["channel"], entry)
-        )
+        self.hub.deliver_presence(message["channel"], message["kind"], entry)
 
     async def _loop(self) -> None:
         while True:

@@ -26,11 +26,11 @@ from handlers import (
     trailing_slash,
     users_api,
     webhooks,
-    ws_handler,
 )
 from handlers.http_caching import conditional_get_and_gzip
 from handlers.metrics import DbPoolCollector, HttpMetrics, TokenCacheCollector
 from handlers.middlewares import error_envelope, request_context, security_headers
+from handlers.realtime import websocket as realtime_websocket
 from server import lifecycle
 from server.settings import Settings
 from services.alerts.signatures import SecretBox
@@ -81,7 +81,7 @@ def create_app(settings: Settings) -> web.Application:
     app.on_shutdown.append(lifecycle.close_websockets)
     for module in (
         ops,
-        ws_handler,
+        realtime_websocket,
         publish_api,
         centrifugo_http_api,
         auth_api,

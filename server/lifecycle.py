@@ -12,8 +12,8 @@ from aiohttp import web
 from redis.asyncio import BlockingConnectionPool, Redis
 
 from handlers import keys
-from handlers.ws_frames import presence_event, publication_frame
-from handlers.ws_registry import ConnectionRegistry
+from handlers.realtime.transport import Flusher
+from handlers.realtime.websocket import ARENA_WEBSOCKET, realtime_service
 from pubsub.broker import Broker
 from pubsub.hub import Hub
 from pubsub.memory import MemoryBroker
@@ -26,6 +26,7 @@ from services.auth.ratelimit import MemoryRateLimiter, RedisRateLimiter
 from services.channels.rules import channel_rules
 from services.mail.mailer import Mailer, make_backend
 from services.outbox.relay import OutboxRelay
+from services.realtime.registry import ConnectionRegistry
 from storage.auth_tokens import purge_expired
 from storage.db import create_pool
 from storage.embedded import start_embedded
@@ -73,19 +74,20 @@ def make_broker(settings: Settings) -> Broker:
 
 
 async def channels(app: web.Application) -> AsyncIterator[None]:
-    """Broker, hub and the connection registry."""
+    """Broker, hub, presence, the connection registry and the real-time sessions' services."""
     settings = app[settings_key]
     broker = make_broker(settings)
     hub = Hub(
         broker,
         settings.namespaces,
-        publication_frame,
+        ARENA_WEBSOCKET,
         metrics=HubMetrics.create(app[keys.registry]),
     )
     await hub.start()
     app[keys.hub] = hub
     app[keys.channel_rules] = channel_rules(app[keys.pool])
     app[keys.connections] = ConnectionRegistry(hub)
+    app[keys.flusher] = Flusher()
     app[keys.backends]["broker"] = broker.name
     presence_redis = None
     store: PresenceStore = MemoryPresence()
@@ -98,12 +100,12 @@ async def channels(app: web.Application) -> AsyncIterator[None]:
     presence = Presence(
         hub,
         store,
-        presence_event,
         refresh_interval=settings.presence_ttl / 3,
         unique_users=settings.presence_unique_users,
     )
     presence.start()
     app[keys.presence] = presence
+    app[keys.realtime] = realtime_service(app)
     expiry = asyncio.create_task(app[keys.connections].expire_forever(), name="ws-token-expiry")
     log.info("broker ready", extra={"backend": broker.name})
     try:

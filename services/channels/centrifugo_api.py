@@ -35,9 +35,6 @@ log = logging.getLogger(__name__)
 
 M = TypeVar("M", bound=BaseModel)
 
-#: close code used by ``disconnect`` without a ``disconnect`` object (our "forbidden, do not
-#: reconnect" code, the counterpart of Centrifugo's "force disconnect, no reconnect")
-DEFAULT_DISCONNECT_CODE = 4003
 DEFAULT_DISCONNECT_REASON = "force disconnect"
 
 
@@ -193,7 +190,8 @@ class NodeStats:
     num_subs: int
 
 
-Disconnector = Callable[[str, int, str], Awaitable[None]]
+#: disconnect(user, code or None for the default "do not reconnect", reason)
+Disconnector = Callable[[str, int | None, str], Awaitable[None]]
 
 
 class CentrifugoApi:
@@ -405,7 +403,8 @@ class CentrifugoApi:
                 "client, session and whitelist are not supported: all of a user's "
                 "connections are closed"
             )
-        code, reason = DEFAULT_DISCONNECT_CODE, DEFAULT_DISCONNECT_REASON
+        code: int | None = None
+        reason = DEFAULT_DISCONNECT_REASON
         if req.disconnect is not None:
             code, reason = req.disconnect.code, req.disconnect.reason
         try:

@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from handlers import keys
-from handlers.ws_connection import CLOSE_RATE_LIMITED, CLOSE_UNAUTHENTICATED
 from server.app import create_app
+from services.realtime.codecs.arena import CLOSE_RATE_LIMITED, CLOSE_UNAUTHENTICATED
 from tests.auth.flows import closed_with, sign_in
 from tests.helpers import connect, make_user, request, send
 

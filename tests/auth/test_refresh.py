@@ -8,7 +8,7 @@ from typing import Any
 from aiohttp import WSMsgType
 
 from handlers import keys
-from handlers.ws_connection import CLOSE_UNAUTHENTICATED
+from services.realtime.codecs.arena import CLOSE_UNAUTHENTICATED
 from tests.auth.flows import bearer, sign_in
 from tests.helpers import connect, make_user
 

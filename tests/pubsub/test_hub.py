@@ -12,6 +12,7 @@ from pubsub.broker import Publication, StreamPosition
 from pubsub.hub import Hub, SubscribeResult
 from pubsub.memory import MemoryBroker
 from pubsub.namespaces import NamespaceOptions, default_namespaces
+from pubsub.presence import PresenceEntry
 
 
 class Recorder:
@@ -35,6 +36,21 @@ class Recorder:
 
 def encode(pub: Publication) -> bytes:
     return orjson.dumps({"offset": pub.offset, "epoch": pub.epoch})
+
+
+class JsonEncoder:
+    """A :class:`pubsub.hub.Encoder` emitting plain JSON; counts its calls."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def publication(self, pub: Publication) -> bytes:
+        self.calls += 1
+        return encode(pub)
+
+    def presence(self, kind: str, channel: str, entry: PresenceEntry) -> bytes:
+        self.calls += 1
+        return orjson.dumps({"type": kind, "user": entry.user_id})
 
 
 class YieldingBroker(MemoryBroker):
@@ -73,7 +89,7 @@ class YieldingBroker(MemoryBroker):
 async def hub() -> Hub:
     namespaces = default_namespaces()
     namespaces["tiny"] = NamespaceOptions(history_size=5)
-    hub = Hub(YieldingBroker(), namespaces, encode, release_delay=0.01)
+    hub = Hub(YieldingBroker(), namespaces, JsonEncoder(), release_delay=0.01)
     await hub.start()
     yield hub
     await hub.close()
@@ -96,22 +112,133 @@ async def test_one_upstream_subscription_for_many_local_subscribers(hub: Hub) ->
 
 
 async def test_publication_is_encoded_once_for_all_subscribers() -> None:
-    calls = 0
-
-    def counting(pub: Publication) -> bytes:
-        nonlocal calls
-        calls += 1
-        return encode(pub)
-
-    hub = Hub(MemoryBroker(), default_namespaces(), counting)
+    encoder = JsonEncoder()
+    hub = Hub(MemoryBroker(), default_namespaces(), encoder)
     await hub.start()
     subs = [Recorder() for _ in range(100)]
     for sub in subs:
         await hub.subscribe(sub, "alerts:x")
     await hub.publish("alerts:x", {"x": 1})
     await hub.close()
-    assert calls == 1
+    assert encoder.calls == 1
     assert all(sub.offsets == [1] for sub in subs)
+
+
+class TaggedEncoder(JsonEncoder):
+    """Another wire protocol: the same fields plus the protocol's tag."""
+
+    def __init__(self, tag: str) -> None:
+        super().__init__()
+        self.tag = tag
+
+    def publication(self, pub: Publication) -> bytes:
+        self.calls += 1
+        return orjson.dumps({"offset": pub.offset, "wire": self.tag})
+
+    def presence(self, kind: str, channel: str, entry: PresenceEntry) -> bytes:
+        self.calls += 1
+        return orjson.dumps({"type": kind, "user": entry.user_id, "wire": self.tag})
+
+
+class Frames:
+    """A subscriber that keeps every decoded frame."""
+
+    def __init__(self) -> None:
+        self.frames: list[dict[str, object]] = []
+
+    def deliver(self, frame: bytes) -> None:
+        self.frames.append(orjson.loads(frame))
+
+    def lost(self, channel: str, position: StreamPosition) -> None:
+        raise AssertionError("nothing is lost here")
+
+
+class HoldingBroker(MemoryBroker):
+    """The memory broker, but live publications can be held back (as pub/sub lags behind the
+    stream in Redis), so a subscriber's position can be ahead of what the hub delivered."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.holding = False
+        self.held: list[Publication] = []
+        self.hub: Hub | None = None
+
+    async def start(self, handler) -> None:  # type: ignore[no-untyped-def]
+        self.hub = handler
+        await super().start(self)
+
+    def on_publication(self, publication: Publication) -> None:
+        assert self.hub is not None
+        if self.holding:
+            self.held.append(publication)
+        else:
+            self.hub.on_publication(publication)
+
+    def on_control(self, data: bytes) -> None:
+        assert self.hub is not None
+        self.hub.on_control(data)
+
+    def on_reconnected(self) -> None:
+        assert self.hub is not None
+        self.hub.on_reconnected()
+
+    def release(self) -> None:
+        self.holding = False
+        held, self.held = self.held, []
+        for publication in held:
+            self.on_publication(publication)
+
+
+async def test_two_protocols_on_one_channel_are_each_encoded_once() -> None:
+    ours, theirs = TaggedEncoder("ours"), TaggedEncoder("theirs")
+    hub = Hub(MemoryBroker(), default_namespaces(), ours)
+    await hub.start()
+    subs = {ours: [Frames() for _ in range(30)], theirs: [Frames() for _ in range(30)]}
+    for encoder, group in subs.items():
+        for sub in group:
+            await hub.subscribe(sub, "proposals:x", encoder=encoder)
+    await hub.publish("proposals:x", {"x": 1})
+    await hub.publish("proposals:x", {"x": 2})
+    assert (ours.calls, theirs.calls) == (2, 2)
+    entry = PresenceEntry("client-1", "user-1")
+    assert hub.deliver_presence("proposals:x", "join", entry) == 60
+    assert (ours.calls, theirs.calls) == (3, 3)
+    await hub.close()
+    for encoder, group in subs.items():
+        for sub in group:
+            assert sub.frames == [
+                {"offset": 1, "wire": encoder.tag},
+                {"offset": 2, "wire": encoder.tag},
+                {"type": "join", "user": "user-1", "wire": encoder.tag},
+            ]
+
+
+async def test_subscribers_catching_up_reuse_the_live_encoding() -> None:
+    """Subscribers whose position is ahead of the live stream wait for it (``skip``); when it
+    passes them they get the frame already made for their protocol, or one made once."""
+    ours, theirs = TaggedEncoder("ours"), TaggedEncoder("theirs")
+    broker = HoldingBroker()
+    hub = Hub(broker, default_namespaces(), ours)
+    await hub.start()
+    live = Frames()
+    await hub.subscribe(live, "alerts:s")
+    await hub.publish("alerts:s", 1)
+    broker.holding = True
+    await hub.publish("alerts:s", 2)  # in the stream, not delivered yet
+    ahead_theirs, ahead_ours = Frames(), Frames()
+    started = await hub.subscribe(ahead_theirs, "alerts:s", encoder=theirs)
+    assert started.position.offset == 2
+    await hub.subscribe(ahead_ours, "alerts:s")
+    broker.release()  # offset 2 reaches the live subscriber only
+    assert (ours.calls, theirs.calls) == (2, 0)
+    await hub.publish("alerts:s", 3)  # passes both waiting subscribers
+    assert (ours.calls, theirs.calls) == (3, 1)
+    await hub.publish("alerts:s", 4)
+    assert (ours.calls, theirs.calls) == (4, 2)
+    await hub.close()
+    assert [f["offset"] for f in live.frames] == [1, 2, 3, 4]
+    assert ahead_ours.frames == [{"offset": 3, "wire": "ours"}, {"offset": 4, "wire": "ours"}]
+    assert ahead_theirs.frames == [{"offset": 3, "wire": "theirs"}, {"offset": 4, "wire": "theirs"}]
 
 
 async def test_recovery_returns_missed_publications(hub: Hub) -> None:

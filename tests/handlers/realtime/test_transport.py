@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from handlers.ws_connection import CLOSE_GOING_AWAY, Connection, Flusher
+from handlers.realtime.transport import Connection, Flusher
+from handlers.realtime.websocket import ARENA_WEBSOCKET
+from services.realtime.codecs.arena import CLOSE_GOING_AWAY
 
 
 class FakeTransport:
@@ -40,14 +42,9 @@ class FakeTransport:
 
 
 def _connection(name: str, transport: FakeTransport, flusher: Flusher) -> Connection:
-    ws: Any = None  # the write paths never touch the aiohttp response
+    asyncio_transport: Any = transport
     return Connection(
-        name,
-        ws,
-        transport,
-        flusher,
-        max_messages=1000,
-        max_bytes=1 << 20,  # type: ignore[arg-type]
+        name, asyncio_transport, flusher, ARENA_WEBSOCKET, max_messages=1000, max_bytes=1 << 20
     )
 
 

@@ -1,7 +1,9 @@
-"""One WebSocket client's outgoing side: a bounded queue flushed with one write per loop tick.
+"""The WebSocket transport: one client's outgoing side, a bounded queue flushed with one write
+per loop tick (:class:`Connection` implements ``services.realtime.client.Client``).
 
 A naive broadcast calls ``send_str`` once per message per socket, so each delivery costs a
-coroutine and a socket write. Here a publication is encoded once into frame bytes and
+coroutine and a socket write. Here a publication is encoded once (per wire protocol) into
+complete frame bytes and
 :class:`Flusher` picks one of two regimes from what it saw in the last loop iteration:
 
 * **light load** (fewer than two frames per connection per iteration): the first frame a
@@ -17,7 +19,7 @@ Frames are never reordered: a frame is written at once only when nothing is queu
 
 A client that stops reading makes its transport's buffer grow. When queue plus transport buffer
 exceed ``max_queue_bytes`` (or the queue exceeds ``max_queue_messages``) the connection is closed
-with :data:`CLOSE_SLOW_CONSUMER`; the broadcast never waits for it.
+with ``Disconnect.SLOW_CONSUMER``; the broadcast never waits for it.
 """
 
 from __future__ import annotations
@@ -26,26 +28,16 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
-from typing import Any
 
-from aiohttp import web
-
-from handlers import ws_frames
 from pubsub.broker import StreamPosition
+from services.realtime.client import Client, Identity
+from services.realtime.errors import Disconnect
+from services.realtime.framing import websocket_close_frame
+from services.realtime.wire import Wire
 
 log = logging.getLogger(__name__)
 
-CLOSE_GOING_AWAY = 1001
-CLOSE_UNSUPPORTED = 1003
-CLOSE_TOO_BIG = 1009
-CLOSE_PROTOCOL = 4000
-CLOSE_UNAUTHENTICATED = 4001
-CLOSE_FORBIDDEN = 4003
-CLOSE_SLOW_CONSUMER = 4004
-CLOSE_TOO_MANY_SUBSCRIPTIONS = 4005
-CLOSE_TOO_MANY_CONNECTIONS = 4006
-CLOSE_RATE_LIMITED = 4029
-
+#: seconds a closing connection gets to take the frames still buffered, then it is aborted
 CLOSE_TIMEOUT = 5.0
 
 
@@ -101,7 +93,9 @@ class Flusher:
 
 
 class Connection:
-    """The per-connection state the hub delivers into (implements ``pubsub.hub.Subscriber``)."""
+    """One WebSocket client: the hub delivers into it (``pubsub.hub.Subscriber``) and its
+    session replies through it (``services.realtime.client.Client``). ``wire`` is the protocol
+    it speaks, framed as WebSocket text frames."""
 
     __slots__ = (
         "_bytes",
@@ -117,21 +111,21 @@ class Connection:
         "on_close",
         "principal",
         "subscriptions",
-        "ws",
+        "wire",
     )
 
     def __init__(
         self,
         conn_id: str,
-        ws: web.WebSocketResponse,
         transport: asyncio.Transport,
         flusher: Flusher,
+        wire: Wire,
         *,
         max_messages: int,
         max_bytes: int,
     ) -> None:
         self.conn_id = conn_id
-        self.ws = ws
+        self.wire = wire
         self._transport = transport
         self._flusher = flusher
         self._queue: list[bytes] = []
@@ -142,10 +136,10 @@ class Connection:
         self.closed = False
         #: the code this side closed with (None while open or when the client closed first)
         self.close_code: int | None = None
-        self.principal: Any = None
+        self.principal: Identity | None = None
         self.subscriptions: set[str] = set()
         #: called once when the connection starts closing (the registry detaches it from the hub)
-        self.on_close: Callable[[Connection], None] | None = None
+        self.on_close: Callable[[Client], None] | None = None
 
     # -- Subscriber ------------------------------------------------------------------------
 
@@ -166,10 +160,10 @@ class Connection:
         queue.append(frame)
         self._bytes += len(frame)
         if len(queue) > self.max_messages or self._bytes > self.max_bytes:
-            self.close_soon(CLOSE_SLOW_CONSUMER, "slow consumer")
+            self.close(Disconnect.SLOW_CONSUMER, "slow consumer")
 
     def lost(self, channel: str, position: StreamPosition) -> None:
-        self.deliver(ws_frames.resync(channel, position))
+        self.deliver(self.wire.resync(channel, position))
 
     # -- writing ---------------------------------------------------------------------------
 
@@ -205,10 +199,10 @@ class Connection:
             backlog = transport.get_write_buffer_size()
         except Exception:
             log.exception("write failed", extra={"conn_id": self.conn_id})
-            self.close_soon(CLOSE_GOING_AWAY, "internal error")
+            self.close(Disconnect.WRITE_FAILED, "internal error")
             return False
         if backlog > self.max_bytes:
-            self.close_soon(CLOSE_SLOW_CONSUMER, "slow consumer")
+            self.close(Disconnect.SLOW_CONSUMER, "slow consumer")
         return True
 
     def buffered_bytes(self) -> int:
@@ -216,6 +210,15 @@ class Connection:
         return self._bytes + self._transport.get_write_buffer_size()
 
     # -- closing ---------------------------------------------------------------------------
+
+    def close(
+        self, disconnect: Disconnect, reason: str, *, flush: bool = False, code: int | None = None
+    ) -> None:
+        """Close with the wire protocol's code for ``disconnect``, or with ``code`` when an
+        application chose its own (see :meth:`close_soon`)."""
+        if code is None:
+            code = self.wire.codec.close_code(disconnect)
+        self.close_soon(code, reason, flush=flush)
 
     def close_soon(self, code: int, reason: str, *, flush: bool = False) -> None:
         """Stop delivering and close with ``code`` now, without awaiting anything.
@@ -242,14 +245,25 @@ class Connection:
         transport = self._transport
         if transport.is_closing():
             return
-        payload = code.to_bytes(2, "big") + reason.encode()[:120]
         try:
-            transport.write(bytes((0x88, len(payload))) + payload)
+            transport.write(websocket_close_frame(code, reason))
             transport.close()
         except Exception:  # a broken transport gets no close frame; drop it at once
             self._abort()
             return
         loop.call_later(CLOSE_TIMEOUT, self._abort)
+
+    def closed_by_websocket(self, code: int) -> None:
+        """aiohttp itself closed the WebSocket with ``code`` (too big, invalid UTF-8, protocol
+        violation): stop delivering and remember the code it sent, without writing anything."""
+        if self.closed:
+            return
+        self.closed = True
+        self.close_code = code
+        self._queue = []
+        self._bytes = 0
+        if self.on_close is not None:
+            asyncio.get_running_loop().call_soon(self.on_close, self)
 
     def _abort(self) -> None:
         with contextlib.suppress(Exception):
