@@ -3,9 +3,27 @@
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import urlsplit
 
 import asyncpg
 import orjson
+
+
+class DatabaseUnreachable(ConnectionError):
+    """PostgreSQL cannot be reached or refused us; the message names the server (host, port,
+    database), never the password."""
+
+
+def describe_dsn(dsn: str) -> str:
+    """``host:port/database`` of a PostgreSQL URL, without credentials."""
+    try:
+        parts = urlsplit(dsn)
+        host = parts.hostname or "localhost"
+        port = parts.port or 5432
+    except ValueError:
+        return "the configured address"
+    database = parts.path.lstrip("/") or "postgres"
+    return f"{host}:{port}/{database}"
 
 
 def _dumps(value: Any) -> str:
@@ -20,16 +38,27 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
 async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10) -> asyncpg.Pool:
     """Open a pool whose connections encode and decode JSON columns with orjson.
 
-    Raises the driver's connection errors (see ``storage.errors.UNAVAILABLE``) when the server
-    cannot be reached.
+    Raises :class:`DatabaseUnreachable` (a ``ConnectionError``, so one of
+    ``storage.errors.UNAVAILABLE``) when the server cannot be reached or refuses the login.
     """
-    pool = await asyncpg.create_pool(
-        dsn,
-        min_size=min_size,
-        max_size=max_size,
-        init=_init_connection,
-        command_timeout=30,
-        max_inactive_connection_lifetime=300,
-    )
+    try:
+        pool = await asyncpg.create_pool(
+            dsn,
+            min_size=min_size,
+            max_size=max_size,
+            init=_init_connection,
+            command_timeout=30,
+            max_inactive_connection_lifetime=300,
+        )
+    except OSError as exc:  # refused, unknown host, timeout
+        reason = str(exc) or type(exc).__name__
+        raise DatabaseUnreachable(
+            f"PostgreSQL at {describe_dsn(dsn)} is unreachable: {reason}"
+        ) from exc
+    except (asyncpg.PostgresError, asyncpg.InterfaceError) as exc:  # bad login, no database
+        reason = str(exc) or type(exc).__name__
+        raise DatabaseUnreachable(
+            f"PostgreSQL at {describe_dsn(dsn)} refused the connection: {reason}"
+        ) from exc
     assert pool is not None
     return pool
