@@ -4,6 +4,8 @@
 
     arena-realtime [serve] [--workers N]           run the service (HOST, PORT from the environment)
     arena-realtime migrate                         apply database migrations and exit
+    arena-realtime migrate --status                list applied and pending migrations
+    arena-realtime seed-demo                       fill an empty database with demo data
     arena-realtime token --email E [--role R]      print an access token for E (user created if new)
     arena-realtime service-token [--name N]        print a token for a trusted backend
 """
@@ -37,12 +39,16 @@ from server.workers import (
 )
 from services.auth.principal import ROLES
 from services.auth.tokens import TokenService
+from services.demo import DemoSummary, NotEmpty, seed_demo
 from storage import users
-from storage.db import create_pool
+from storage.db import open_database
 from storage.embedded import start_embedded
-from storage.migrate import MigrationError, migrate
+from storage.migrate import MigrationError, migration_status
 
 log = logging.getLogger("arena")
+
+#: the states ``migrate --status`` reports, in the order of its summary line
+STATUSES = ("applied", "pending", "edited", "unknown")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -55,7 +61,11 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="worker processes sharing the port (default: WORKERS or 1; more needs REDIS_URL)",
     )
-    sub.add_parser("migrate", help="apply database migrations and exit")
+    migrate_cmd = sub.add_parser("migrate", help="apply database migrations and exit")
+    migrate_cmd.add_argument(
+        "--status", action="store_true", help="list applied and pending migrations, change nothing"
+    )
+    sub.add_parser("seed-demo", help="fill an empty database with a realistic demo")
     token = sub.add_parser("token", help="print an access token for a user")
     token.add_argument("--email", required=True)
     token.add_argument("--role", choices=ROLES, default="buyer")
@@ -126,26 +136,57 @@ def serve_workers(settings: Settings, workers: int) -> int:
 
 
 @asynccontextmanager
-async def _database(settings: Settings) -> AsyncIterator[asyncpg.Pool]:
-    embedded = None
-    url = settings.database_url
-    if url is None:
-        embedded = await asyncio.to_thread(start_embedded, settings.data_dir)
-        url = embedded.url
-    pool = await create_pool(url, min_size=1, max_size=2)
-    try:
-        async with pool.acquire() as conn:
-            await migrate(conn)
-        yield pool
-    finally:
-        await pool.close()
-        if embedded is not None:
-            await asyncio.to_thread(embedded.stop)
+async def _database(settings: Settings, *, apply: bool = True) -> AsyncIterator[asyncpg.Pool]:
+    """A small pool for a CLI command (migrations applied unless ``apply`` is false)."""
+    async with open_database(
+        settings.database_url, settings.data_dir, max_size=2, apply_migrations=apply
+    ) as database:
+        yield database.pool
 
 
 async def _migrate(settings: Settings) -> None:
     async with _database(settings):
         pass
+
+
+async def _migration_status(settings: Settings) -> str:
+    async with _database(settings, apply=False) as pool, pool.acquire() as conn:
+        states = await migration_status(conn)
+    lines = []
+    for state in states:
+        when = state.applied_at.isoformat(timespec="seconds") if state.applied_at else ""
+        lines.append(f"{state.status:<8} {when:<25} {state.name}")
+    counts = {status: sum(s.status == status for s in states) for status in STATUSES}
+    lines.append(
+        ", ".join(
+            f"{n} {status}" for status, n in counts.items() if n or status in {"applied", "pending"}
+        )
+    )
+    return "\n".join(lines)
+
+
+async def _seed_demo(settings: Settings) -> DemoSummary:
+    async with _database(settings) as pool, pool.acquire() as conn:
+        return await seed_demo(
+            conn, settings.handlers.auth.service_secret, settings.handlers.http.public_base_url
+        )
+
+
+def _demo_text(summary: DemoSummary) -> str:
+    return "\n".join(
+        [
+            f"demo data created: {len(summary.buyers) + len(summary.vendors) + 1} users, "
+            f"{summary.requests} requests, {summary.proposals} proposals, "
+            f"{summary.strategies} strategy with {summary.alerts} alerts "
+            f"({summary.events} live events queued for the outbox relay)",
+            f"buyers:  {', '.join(summary.buyers)}",
+            f"vendors: {', '.join(summary.vendors)}",
+            f"admin:   {summary.admin}",
+            "sign in at /login with any of them (magic link), or: "
+            "arena-realtime token --email <address> --role <role>",
+            f"TradingView webhook of the demo strategy: {summary.tradingview_url}",
+        ]
+    )
 
 
 async def _token(settings: Settings, email: str, role: str) -> str:
@@ -174,9 +215,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                 serve(settings)
             else:
                 return serve_workers(settings, workers)
+        elif command == "migrate" and args.status:
+            print(asyncio.run(_migration_status(settings)))
         elif command == "migrate":
             asyncio.run(_migrate(settings))
             log.info("database is up to date")
+        elif command == "seed-demo":
+            print(_demo_text(asyncio.run(_seed_demo(settings))))
         elif command == "token":
             print(asyncio.run(_token(settings, args.email, args.role)))
         elif command == "service-token":
@@ -184,6 +229,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except WorkersRefused as exc:
         print(f"arena-realtime: {exc}", file=sys.stderr)
         return 2
+    except NotEmpty as exc:
+        log.error("cannot %s: %s", command, exc)
+        return 1
     except (MigrationError, BrokerError, OSError, asyncpg.PostgresError) as exc:
         # Expected operational failures (database or Redis down, port taken, bad migration)
         # get one clear line instead of a traceback; anything else still raises.

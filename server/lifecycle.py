@@ -28,9 +28,7 @@ from services.mail.mailer import Mailer, make_backend
 from services.outbox.relay import OutboxRelay
 from services.realtime.registry import ConnectionRegistry
 from storage.auth_tokens import purge_expired
-from storage.db import create_pool
-from storage.embedded import start_embedded
-from storage.migrate import migrate
+from storage.db import open_database
 
 log = logging.getLogger("arena.lifecycle")
 
@@ -40,28 +38,19 @@ settings_key = web.AppKey("settings", Settings)
 async def database(app: web.Application) -> AsyncIterator[None]:
     """PostgreSQL: ``DATABASE_URL`` or an embedded server in ``DATA_DIR``; migrations applied."""
     settings = app[settings_key]
-    embedded = None
-    url = settings.database_url
-    kind = "postgres"
-    if url is None:
-        embedded = await asyncio.to_thread(start_embedded, settings.data_dir)
-        url, kind = embedded.url, "embedded"
-    try:
-        pool = await create_pool(url, min_size=settings.db_pool_min, max_size=settings.db_pool_max)
+    async with open_database(
+        settings.database_url,
+        settings.data_dir,
+        min_size=settings.db_pool_min,
+        max_size=settings.db_pool_max,
+        apply_migrations=settings.migrate_on_start,
+    ) as database:
         if settings.migrate_on_start:
-            async with pool.acquire() as conn:
-                applied = await migrate(conn)
-            log.info("migrations applied", extra={"applied": applied})
-        app[keys.pool] = pool
-        app[keys.backends]["database"] = kind
-        log.info("database ready", extra={"backend": kind})
-        try:
-            yield
-        finally:
-            await pool.close()
-    finally:
-        if embedded is not None:
-            await asyncio.to_thread(embedded.stop)
+            log.info("migrations applied", extra={"applied": database.applied})
+        app[keys.pool] = database.pool
+        app[keys.backends]["database"] = database.kind
+        log.info("database ready", extra={"backend": database.kind})
+        yield
 
 
 def make_broker(settings: Settings) -> Broker:

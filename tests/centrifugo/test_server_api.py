@@ -268,3 +268,31 @@ async def test_the_blocking_client_works_too(client: Any) -> None:
 def test_a_short_static_key_is_refused_at_startup(tmp_path: Any) -> None:
     with pytest.raises(SettingsError, match="HTTP_API_KEY"):
         load_settings({"DATA_DIR": str(tmp_path), "HTTP_API_KEY": "short"})
+
+
+async def test_two_nodes_share_publications_presence_and_disconnects(
+    aiohttp_client: Any, redis_settings: Settings
+) -> None:
+    """With the Redis broker, the node answering the API call is not the node the users are
+    connected to: publications, presence and disconnects still reach them."""
+    api_node = await aiohttp_client(create_app(redis_settings))
+    ws_node = await aiohttp_client(create_app(redis_settings))
+    user_id, token = await make_user(ws_node)
+    ws = await connect(ws_node, token)
+    channel = f"user:{user_id}"
+    assert "result" in await request(ws, "subscribe", channel=channel)
+    watcher = await connect(ws_node, service_token(ws_node, "watcher"))
+    assert "result" in await request(watcher, "subscribe", channel="proposals:shared")
+
+    async with AsyncClient(str(api_node.make_url("/api")), service_token(api_node)) as api:
+        published = await api.publish(PublishRequest(channel=channel, data={"via": "node A"}))
+        pub = await next_pub(ws, channel)
+        assert (pub["offset"], pub["data"]) == (published.offset, {"via": "node A"})
+
+        stats = await api.presence_stats(PresenceStatsRequest(channel="proposals:shared"))
+        assert (stats.num_clients, stats.num_users) == (1, 1)
+
+        await api.disconnect(DisconnectRequest(user=user_id))
+        message = await ws.receive(timeout=10)
+        assert (message.type, ws.close_code) == (WSMsgType.CLOSE, 4003)
+    await watcher.close()
