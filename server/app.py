@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from aiohttp import web
+from aiohttp import web, web_response
 from prometheus_client import CollectorRegistry
 
 from handlers import (
@@ -28,9 +28,31 @@ from handlers.tokens import TokenService
 from server import lifecycle
 from server.settings import Settings
 
+#: The ``Server`` header of every response: the product, never a version.
+SERVER_HEADER = "arena-realtime"
+
+
+def hide_server_version() -> None:
+    """Make aiohttp send :data:`SERVER_HEADER` as ``Server`` instead of its default
+    ``Python/3.x aiohttp/3.x``, which tells a scanner which known bugs to try.
+
+    aiohttp has no setting for it; it fills ``Server`` from this module constant while
+    preparing *every* response — handler answers, router 404s, static files, WebSocket
+    upgrades and the 400 it sends for a request it cannot parse (which never reaches the app,
+    so an ``on_response_prepare`` hook could not cover it). The check makes an aiohttp upgrade
+    that renames the constant fail loudly here instead of silently leaking versions again
+    (``tests/foundation/test_http_edges.py`` checks every kind of response).
+    """
+    if not isinstance(getattr(web_response, "SERVER_SOFTWARE", None), str):
+        raise RuntimeError(
+            "aiohttp.web_response.SERVER_SOFTWARE is gone; update hide_server_version"
+        )
+    web_response.SERVER_SOFTWARE = SERVER_HEADER  # type: ignore[attr-defined]  # see above
+
 
 def create_app(settings: Settings) -> web.Application:
     """Build the service for ``settings``; resources open when the app starts."""
+    hide_server_version()
     app = web.Application(
         middlewares=[request_context, error_envelope],
         client_max_size=settings.handlers.http.max_body_bytes,
