@@ -111,7 +111,13 @@ async def error_envelope(request: web.Request, handler: Handler) -> web.StreamRe
 
 
 async def security_headers(request: web.Request, response: web.StreamResponse) -> None:
-    """``on_response_prepare`` hook: the same security headers on every response."""
+    """``on_response_prepare`` hook: the same security headers on every response.
+
+    ``X-XSS-Protection: 0`` switches the legacy XSS auditor *off* where it still exists: it is
+    gone from current browsers and its filtering could itself be abused to leak page content
+    (OWASP and MDN advise ``0``); the ``Content-Security-Policy`` is the protection instead.
+    A handler may set its own value first (the API docs page has a wider CSP).
+    """
     headers = response.headers
     if response.status == 101:
         # A WebSocket upgrade carries no document; its headers live as long as the socket,
@@ -121,6 +127,7 @@ async def security_headers(request: web.Request, response: web.StreamResponse) -
     headers.setdefault("X-Content-Type-Options", "nosniff")
     headers.setdefault("Referrer-Policy", "no-referrer")
     headers.setdefault("Content-Security-Policy", "default-src 'self'")
+    headers.setdefault("X-XSS-Protection", "0")
     if "X-Request-ID" not in headers:
         request_id = request_id_var.get()
         if request_id:
