@@ -24,7 +24,7 @@ from handlers.principal import ROLES
 from handlers.ratelimit import RateLimiterUnavailable
 from handlers.tokens import REFRESH, TokenError
 from handlers.validation import parse_body
-from handlers.ws_connection import CLOSE_UNAUTHENTICATED
+from handlers.ws_connection import CLOSE_FORBIDDEN
 from storage import auth_tokens, users
 from storage.auth_tokens import RefreshOutcome
 from storage.errors import NotFound
@@ -278,9 +278,9 @@ async def logout(request: web.Request) -> web.Response:
         raise ApiError(401, "invalid token") from None
     if str(user_id) != subject:
         raise ApiError(401, "invalid token")
-    await request.app[keys.connections].disconnect_user(
-        subject, CLOSE_UNAUTHENTICATED, "logged out"
-    )
+    # 4003, not 4001: the session is over. After 4001 a client reconnects with the access token
+    # it still holds (valid until it expires), which would quietly resume a logged-out session.
+    await request.app[keys.connections].disconnect_user(subject, CLOSE_FORBIDDEN, "logged out")
     log.info("logout", extra={"user_id": subject})
     return web.Response(status=204)
 
