@@ -169,9 +169,13 @@ async def login(request: web.Request) -> web.Response:
     await _limit(request, f"login:ip:{ip}", auth.login_rate_per_ip, auth.login_rate_window)
     body = await parse_body(request, LoginBody)
     email = body.email.lower()
-    await _limit(
-        request, f"login:email:{_digest(email)}", auth.login_rate_per_email, auth.login_rate_window
-    )
+    # Per (e-mail, client IP) pair, so that a stranger spending the limit for someone else's
+    # address only locks out themselves; plus a much higher ceiling per e-mail across all
+    # addresses, which bounds the mail one person can be sent (trade-off in docs/security.md).
+    window = auth.login_rate_window
+    pair = _digest(f"{email}\n{ip}")
+    await _limit(request, f"login:email-ip:{pair}", auth.login_rate_per_email, window)
+    await _limit(request, f"login:email:{_digest(email)}", auth.login_rate_per_email_global, window)
     token = secrets.token_urlsafe(32)
     async with request.app[keys.pool].acquire() as conn:
         await auth_tokens.create_magic_link(conn, hash_token(token), email, auth.magic_link_ttl)

@@ -32,7 +32,10 @@ class AuthConfig:
     magic_link_ttl: int = 15 * 60
     leeway: int = 10
     service_secret: str = ""
+    #: per (e-mail, client IP) pair
     login_rate_per_email: int = 5
+    #: per e-mail across every client IP
+    login_rate_per_email_global: int = 50
     login_rate_per_ip: int = 20
     login_rate_window: int = 900
 

@@ -277,6 +277,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             leeway=_int(env, "JWT_LEEWAY", 10),
             service_secret=service_secret,
             login_rate_per_email=_int(env, "LOGIN_RATE_PER_EMAIL", 5, minimum=1),
+            login_rate_per_email_global=_int(env, "LOGIN_RATE_PER_EMAIL_GLOBAL", 50, minimum=1),
             login_rate_per_ip=_int(env, "LOGIN_RATE_PER_IP", 20, minimum=1),
             login_rate_window=_int(env, "LOGIN_RATE_WINDOW", 900, minimum=1),
         ),
