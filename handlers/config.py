@@ -62,6 +62,8 @@ class WsConfig:
     command_rate: float = 50.0
     command_burst: int = 100
     max_connections_per_user: int = 20
+    #: sockets per client address that have not sent ``authenticate`` yet (per node)
+    max_unauthenticated_per_ip: int = 50
     #: per user across every instance (the shared rate limiter), on top of the per-connection bucket
     user_command_rate: float = 100.0
     user_command_burst: int = 200

@@ -16,6 +16,8 @@ from handlers.metrics import HttpMetrics
 from handlers.outbox_relay import OutboxRelay
 from handlers.ratelimit import RateLimiter
 from handlers.tokens import TokenService
+from handlers.ws_admission import UnauthenticatedSockets
+from handlers.ws_connection import Connection
 from handlers.ws_registry import ConnectionRegistry
 from pubsub.hub import Hub
 from pubsub.presence import Presence
@@ -31,6 +33,8 @@ tokens = web.AppKey("tokens", TokenService)
 #: the shared Redis client, present only when REDIS_URL is set
 redis = web.AppKey("redis", Redis)
 rate_limiter = web.AppKey("rate_limiter", RateLimiter)
+#: WebSocket sockets per client address not authenticated yet (WS_MAX_UNAUTHENTICATED_PER_IP)
+ws_admission = web.AppKey("ws_admission", UnauthenticatedSockets[Connection])
 mailer = web.AppKey("mailer", Mailer)
 presence = web.AppKey("presence", Presence)
 analysis_runner = web.AppKey("analysis_runner", AnalysisRunner)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -17,11 +18,13 @@ import orjson
 from aiohttp import WSMsgType, web
 
 from handlers import keys, ws_frames
+from handlers.client_ip import client_ip
 from handlers.errors import error_response
 from handlers.permissions import can_subscribe
 from handlers.principal import Principal
 from handlers.ratelimit import RateLimiterUnavailable
 from handlers.tokens import TokenError
+from handlers.ws_admission import Ticket
 from handlers.ws_connection import (
     CLOSE_PROTOCOL,
     CLOSE_RATE_LIMITED,
@@ -429,6 +432,27 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     if not _origin_allowed(request):
         return error_response(403, "origin not allowed")
     config = app[keys.config].ws
+    # At most WS_MAX_UNAUTHENTICATED_PER_IP sockets per address before they authenticate, so
+    # one address cannot hold thousands of half-open sessions for WS_AUTH_TIMEOUT each.
+    ticket = app[keys.ws_admission].admit(client_ip(request, app[keys.config].http.trusted_proxies))
+    if ticket is None:
+        return error_response(
+            429,
+            "too many WebSocket connections from this address have not authenticated yet",
+            headers={"Retry-After": str(math.ceil(config.auth_timeout))},
+        )
+    try:
+        return await _upgraded(request, ticket)
+    finally:
+        ticket.release()
+
+
+async def _upgraded(request: web.Request, ticket: Ticket[Connection]) -> web.StreamResponse:
+    """The WebSocket session of an admitted upgrade (``ticket`` counts it until it
+    authenticates)."""
+    app = request.app
+    registry = app[keys.connections]
+    config = app[keys.config].ws
     ws = web.WebSocketResponse(
         heartbeat=config.heartbeat,
         max_msg_size=config.max_frame_bytes,
@@ -447,6 +471,7 @@ async def websocket(request: web.Request) -> web.StreamResponse:
         max_messages=config.max_queue_messages,
         max_bytes=config.max_queue_bytes,
     )
+    ticket.attach(conn)
     metrics = app[keys.http_metrics]
     registry.add(conn)
     metrics.ws_connections.inc()

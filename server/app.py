@@ -25,6 +25,7 @@ from handlers.analysis import api as analysis_api
 from handlers.metrics import HttpMetrics
 from handlers.middlewares import error_envelope, request_context, security_headers
 from handlers.tokens import TokenService
+from handlers.ws_admission import UnauthenticatedSockets
 from server import lifecycle
 from server.settings import Settings
 
@@ -64,6 +65,9 @@ def create_app(settings: Settings) -> web.Application:
     app[keys.http_metrics] = HttpMetrics.create(registry)
     app[keys.tokens] = TokenService(settings.handlers.auth)
     app[keys.backends] = {}
+    app[keys.ws_admission] = UnauthenticatedSockets(
+        settings.handlers.ws.max_unauthenticated_per_ip, lambda conn: conn.principal is not None
+    )
     app.on_response_prepare.append(security_headers)
     app.cleanup_ctx.append(lifecycle.database)
     app.cleanup_ctx.append(lifecycle.redis_client)

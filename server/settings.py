@@ -300,6 +300,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             command_rate=_float(env, "WS_COMMAND_RATE", 50.0, minimum=1.0),
             command_burst=_int(env, "WS_COMMAND_BURST", 100, minimum=1),
             max_connections_per_user=_int(env, "WS_MAX_CONNECTIONS_PER_USER", 20, minimum=1),
+            max_unauthenticated_per_ip=_int(env, "WS_MAX_UNAUTHENTICATED_PER_IP", 50, minimum=1),
             user_command_rate=_float(env, "WS_USER_COMMAND_RATE", 100.0, minimum=1.0),
             user_command_burst=_int(env, "WS_USER_COMMAND_BURST", 200, minimum=1),
         ),
