@@ -32,6 +32,8 @@ class AuthConfig:
     magic_link_ttl: int = 15 * 60
     leeway: int = 10
     service_secret: str = ""
+    #: seconds a signed service request's ``x-timestamp`` may be off the server clock
+    signature_tolerance: int = 120
     #: per (e-mail, client IP) pair
     login_rate_per_email: int = 5
     #: per e-mail across every client IP

@@ -15,6 +15,7 @@ from handlers.email import Mailer
 from handlers.metrics import HttpMetrics
 from handlers.outbox_relay import OutboxRelay
 from handlers.ratelimit import RateLimiter
+from handlers.service_signature import ReplayCache
 from handlers.tokens import TokenService
 from handlers.ws_admission import UnauthenticatedSockets
 from handlers.ws_connection import Connection
@@ -33,6 +34,8 @@ tokens = web.AppKey("tokens", TokenService)
 #: the shared Redis client, present only when REDIS_URL is set
 redis = web.AppKey("redis", Redis)
 rate_limiter = web.AppKey("rate_limiter", RateLimiter)
+#: signatures of signed service requests already used (Redis when REDIS_URL is set)
+replay_cache = web.AppKey("replay_cache", ReplayCache)
 #: WebSocket sockets per client address not authenticated yet (WS_MAX_UNAUTHENTICATED_PER_IP)
 ws_admission = web.AppKey("ws_admission", UnauthenticatedSockets[Connection])
 mailer = web.AppKey("mailer", Mailer)

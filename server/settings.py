@@ -276,6 +276,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             magic_link_ttl=_int(env, "MAGIC_LINK_TTL", 15 * 60, minimum=60),
             leeway=_int(env, "JWT_LEEWAY", 10),
             service_secret=service_secret,
+            signature_tolerance=_int(env, "SIGNATURE_TOLERANCE_SECONDS", 120, minimum=1),
             login_rate_per_email=_int(env, "LOGIN_RATE_PER_EMAIL", 5, minimum=1),
             login_rate_per_email_global=_int(env, "LOGIN_RATE_PER_EMAIL_GLOBAL", 50, minimum=1),
             login_rate_per_ip=_int(env, "LOGIN_RATE_PER_IP", 20, minimum=1),
