@@ -1,5 +1,12 @@
 """Finding the caller of a REST request: its ``Authorization: Bearer`` header, or a request
-signature made with ``SERVICE_SECRET`` (``handlers/service_signature.py``)."""
+signature made with ``SERVICE_SECRET`` (``handlers/service_signature.py``).
+
+Signatures are verified once, for every route, by the :func:`service_signatures` middleware:
+on each ``/api/v1/`` route that identifies its caller (every one not described with
+``auth=False``: login, verify, refresh and logout take no caller) a request carrying signature
+headers must verify, and then acts as the service principal, which :func:`require_principal`
+returns. Handlers therefore never deal with signatures themselves.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +14,11 @@ import logging
 import time
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from handlers import keys, service_signature
 from handlers.errors import ApiError
+from handlers.openapi import operation_of
 from handlers.principal import SERVICE_ROLE, Principal
 from handlers.tokens import TokenError
 
@@ -18,6 +27,9 @@ log = logging.getLogger(__name__)
 _BEARER = "bearer "
 #: ``user_id`` of the principal behind a signed request (a service token's is ``service:<name>``)
 SIGNED_SERVICE_ID = "service:signed-request"
+#: Routes under this prefix accept signed requests (unless described with ``auth=False``).
+SIGNED_PREFIX = "/api/v1/"
+_signed = web.RequestKey("signed_principal", Principal)
 
 
 def bearer_token(request: web.Request) -> str | None:
@@ -76,8 +88,34 @@ async def signed_principal(request: web.Request) -> Principal:
     )
 
 
+def accepts_signature(request: web.Request) -> bool:
+    """Whether the matched route identifies its caller and so accepts a signed request."""
+    route = request.match_info.route
+    resource = route.resource
+    if resource is None or route.method == "OPTIONS":  # unmatched, or a CORS preflight
+        return False
+    if not resource.canonical.startswith(SIGNED_PREFIX):
+        return False
+    operation = operation_of(route.handler)
+    return operation is None or operation.auth
+
+
+@web.middleware
+async def service_signatures(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Verify a signed request before its route runs (after ``error_envelope``, so refusals
+    get the envelope). A token and a signature together are ambiguous: 400."""
+    if has_signature(request) and accepts_signature(request):
+        if "Authorization" in request.headers:
+            raise ApiError(400, "send a bearer token or a request signature, not both")
+        request[_signed] = await signed_principal(request)
+    return await handler(request)
+
+
 def require_principal(request: web.Request) -> Principal:
-    """The authenticated caller; 401 without a valid access or service token."""
+    """The authenticated caller: the service principal of a signed request (verified by
+    :func:`service_signatures`), else the bearer token's; 401 without either."""
+    if _signed in request:
+        return request[_signed]
     token = bearer_token(request)
     if token is None:
         raise ApiError(401, "authentication required", headers={"WWW-Authenticate": "Bearer"})

@@ -13,9 +13,8 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
 from handlers import keys
-from handlers.auth_context import bearer_token, has_signature, signed_principal
+from handlers.auth_context import bearer_token, has_signature, require_principal
 from handlers.errors import ApiError, json_response
-from handlers.tokens import TokenError
 from handlers.validation import read_json, validate
 
 
@@ -26,25 +25,17 @@ class PublishBody(BaseModel):
     idempotency_key: str | None = Field(default=None, min_length=1, max_length=200)
 
 
-async def authorize_service(request: web.Request) -> None:
-    """Accept a service (or admin) token or a valid request signature; 401 otherwise."""
-    token = bearer_token(request)
-    if token is not None:
-        try:
-            principal = request.app[keys.tokens].principal(token)
-        except TokenError as exc:
-            raise ApiError(401, exc.reason) from None
-        if not principal.is_privileged:
-            raise ApiError(403, "only trusted services may publish")
-        return
-    if not has_signature(request):
+def authorize_service(request: web.Request) -> None:
+    """Only a service (or admin): 401 without credentials, 403 for other roles."""
+    if bearer_token(request) is None and not has_signature(request):
         raise ApiError(401, "service token or request signature required")
-    await signed_principal(request)
+    if not require_principal(request).is_privileged:
+        raise ApiError(403, "only trusted services may publish")
 
 
 async def publish(request: web.Request) -> web.Response:
     """Publish ``data`` to the channel; replies with the offset it got."""
-    await authorize_service(request)
+    authorize_service(request)
     channel = request.match_info["channel"]
     hub = request.app[keys.hub]
     hub.options(channel)  # InvalidChannel -> 400 via the error middleware

@@ -22,6 +22,7 @@ from handlers import (
     ws_handler,
 )
 from handlers.analysis import api as analysis_api
+from handlers.auth_context import service_signatures
 from handlers.metrics import HttpMetrics
 from handlers.middlewares import error_envelope, request_context, security_headers
 from handlers.tokens import TokenService
@@ -55,7 +56,7 @@ def create_app(settings: Settings) -> web.Application:
     """Build the service for ``settings``; resources open when the app starts."""
     hide_server_version()
     app = web.Application(
-        middlewares=[request_context, error_envelope],
+        middlewares=[request_context, error_envelope, service_signatures],
         client_max_size=settings.handlers.http.max_body_bytes,
     )
     app[lifecycle.settings_key] = settings

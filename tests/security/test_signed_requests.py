@@ -150,3 +150,87 @@ async def test_a_signature_used_on_one_instance_is_refused_by_another(
     assert "already used" in await _message(replay)
     fresh = signed("POST", body, path=DEMO)
     assert (await two.post(DEMO, data=body, headers=fresh)).status == 200
+
+
+# -- every backend route accepts a signed request (acting as the service principal) --------
+
+#: Routes that do not authenticate a caller by token: they ignore signature headers.
+PUBLIC_ROUTES = {
+    ("POST", "/api/v1/auth/login"),
+    ("POST", "/api/v1/auth/verify"),
+    ("POST", "/api/v1/auth/refresh"),
+    ("POST", "/api/v1/auth/logout"),
+}
+
+
+def _backend_routes(client: TestClient) -> list[tuple[str, str]]:
+    """``(method, concrete path)`` of every ``/api/v1/`` route, path parameters filled in."""
+    found = []
+    for route in client.server.app.router.routes():
+        resource = route.resource
+        if resource is None or route.method in ("HEAD", "OPTIONS", "*"):
+            continue
+        canonical = resource.canonical
+        if not canonical.startswith("/api/v1/") or (route.method, canonical) in PUBLIC_ROUTES:
+            continue
+        path = canonical.replace("{channel}", "alerts:parity")
+        while "{" in path:
+            start, end = path.index("{"), path.index("}")
+            path = path[:start] + str(uuid.uuid4()) + path[end + 1 :]
+        found.append((route.method, path))
+    return found
+
+
+async def test_every_backend_route_takes_a_signature_like_a_service_token(
+    client: TestClient,
+) -> None:
+    routes = _backend_routes(client)
+    assert len(routes) > 20
+    token = client.server.app[keys.tokens].issue_service("parity").token
+    for method, path in routes:
+        body = b"" if method in ("GET", "DELETE") else b"{}"
+        signed_response = await client.request(
+            method, path, data=body, headers=signed(method, body, path=path)
+        )
+        bearer_response = await client.request(
+            method,
+            path,
+            data=body,
+            headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+        )
+        assert signed_response.status not in (401, 500), (method, path, signed_response.status)
+        assert signed_response.status == bearer_response.status, (method, path)
+
+
+async def test_a_signed_request_is_the_service_principal(client: TestClient) -> None:
+    me = await client.get("/api/v1/auth/me", headers=signed("GET", b"", path="/api/v1/auth/me"))
+    assert me.status == 200, await me.text()
+    assert await me.json() == {"id": "service:signed-request", "email": None, "role": "service"}
+    # v1 works on every backend route too (the body of a GET is empty)
+    listed = await client.get("/api/v1/requests", headers=signed("GET", b""))
+    assert listed.status == 200, await listed.text()
+
+
+async def test_a_bad_signature_on_a_backend_route_is_refused(client: TestClient) -> None:
+    wrong = signed("GET", b"", path="/api/v1/requests", secret="x" * 40)
+    response = await client.get("/api/v1/requests", headers=wrong)
+    assert response.status == 401
+    assert await _message(response) == "invalid request signature"
+    moved = signed("GET", b"", path="/api/v1/requests")
+    response = await client.get("/api/v1/proposals", headers=moved)
+    assert response.status == 401
+
+
+async def test_a_token_and_a_signature_together_are_refused(client: TestClient) -> None:
+    token = client.server.app[keys.tokens].issue_service("both").token
+    headers = {**signed("GET", b"", path="/api/v1/auth/me"), "Authorization": f"Bearer {token}"}
+    response = await client.get("/api/v1/auth/me", headers=headers)
+    assert response.status == 400
+    assert "not both" in await _message(response)
+
+
+async def test_public_auth_routes_ignore_signature_headers(client: TestClient) -> None:
+    body = orjson.dumps({"email": "someone@example.com"})
+    garbage = {"x-signature": "nope", "x-timestamp": "1", "Content-Type": "application/json"}
+    response = await client.post("/api/v1/auth/login", data=body, headers=garbage)
+    assert response.status == 202
