@@ -72,6 +72,18 @@ def _is_error(exc: web.HTTPException) -> bool:
     return exc.status >= 400
 
 
+def _message(exc: web.HTTPException) -> str:
+    """What went wrong, for the envelope: the raiser's own explanation of a client error when it
+    gave one (aiohttp-cors says why it refused a preflight, aiohttp why a WebSocket handshake
+    is malformed), else the status phrase. Server errors never show theirs."""
+    if exc.status == 413:
+        return "request body too large"
+    text = (exc.text or "").strip()
+    if exc.status < 500 and text and text != f"{exc.status}: {exc.reason}":
+        return text
+    return exc.reason
+
+
 @web.middleware
 async def error_envelope(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Turn every failure into the JSON error envelope; never leak a traceback."""
@@ -87,10 +99,7 @@ async def error_envelope(request: web.Request, handler: Handler) -> web.StreamRe
             for name, value in exc.headers.items()
             if name in {"Allow", "Retry-After", "WWW-Authenticate"}
         }
-        message = exc.reason
-        if exc.status == 413:
-            message = "request body too large"
-        return error_response(exc.status, message, headers=headers)
+        return error_response(exc.status, _message(exc), headers=headers)
     except NotFound:
         return error_response(404, "not found")
     except StaleVersion:
