@@ -103,10 +103,17 @@ def accepts_signature(request: web.Request) -> bool:
 @web.middleware
 async def service_signatures(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Verify a signed request before its route runs (after ``error_envelope``, so refusals
-    get the envelope). A token and a signature together are ambiguous: 400."""
-    if has_signature(request) and accepts_signature(request):
-        if "Authorization" in request.headers:
-            raise ApiError(400, "send a bearer token or a request signature, not both")
+    get the envelope).
+
+    With an ``Authorization`` header the token decides and signature headers are ignored (as
+    the publish route always did): either way the caller gets no more than one credential
+    grants, and clients that add signature headers to every call keep working with a token.
+    """
+    if (
+        has_signature(request)
+        and "Authorization" not in request.headers
+        and accepts_signature(request)
+    ):
         request[_signed] = await signed_principal(request)
     return await handler(request)
 

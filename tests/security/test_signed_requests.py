@@ -221,12 +221,23 @@ async def test_a_bad_signature_on_a_backend_route_is_refused(client: TestClient)
     assert response.status == 401
 
 
-async def test_a_token_and_a_signature_together_are_refused(client: TestClient) -> None:
+async def test_with_a_token_the_token_decides_and_signature_headers_are_ignored(
+    client: TestClient,
+) -> None:
     token = client.server.app[keys.tokens].issue_service("both").token
-    headers = {**signed("GET", b"", path="/api/v1/auth/me"), "Authorization": f"Bearer {token}"}
-    response = await client.get("/api/v1/auth/me", headers=headers)
-    assert response.status == 400
-    assert "not both" in await _message(response)
+    garbage = {"x-signature": "nope", "x-timestamp": "1", "x-signature-version": "9"}
+    response = await client.get(
+        "/api/v1/auth/me", headers={**garbage, "Authorization": f"Bearer {token}"}
+    )
+    assert response.status == 200
+    assert (await response.json())["id"] == "service:both"
+    # a valid signature does not rescue a bad token, and is not spent by the attempt
+    good = signed("GET", b"", path="/api/v1/auth/me")
+    response = await client.get("/api/v1/auth/me", headers={**good, "Authorization": "Bearer x"})
+    assert response.status == 401
+    response = await client.get("/api/v1/auth/me", headers=good)
+    assert response.status == 200
+    assert (await response.json())["id"] == "service:signed-request"
 
 
 async def test_public_auth_routes_ignore_signature_headers(client: TestClient) -> None:
