@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from handlers import keys
 from handlers.auth_context import bearer_token, has_signature, require_principal
 from handlers.errors import ApiError, json_response
+from handlers.openapi import describe
 from handlers.validation import read_json, validate
 
 
@@ -25,6 +26,18 @@ class PublishBody(BaseModel):
     idempotency_key: str | None = Field(default=None, min_length=1, max_length=200)
 
 
+class PublishResult(BaseModel):
+    """Where the publication landed in the channel's stream."""
+
+    channel: str
+    offset: int = Field(description="Position in the channel's stream (1, 2, ...)")
+    epoch: str = Field(description="Stream generation; offsets compare only within one epoch")
+    duplicate: bool = Field(
+        description="True when idempotency_key was seen in the last 5 minutes: nothing was "
+        "published and offset is the first publication's"
+    )
+
+
 def authorize_service(request: web.Request) -> None:
     """Only a service (or admin): 401 without credentials, 403 for other roles."""
     if bearer_token(request) is None and not has_signature(request):
@@ -33,8 +46,18 @@ def authorize_service(request: web.Request) -> None:
         raise ApiError(403, "only trusted services may publish")
 
 
+@describe(
+    summary="Publish to a channel (trusted services)",
+    tags=("channels",),
+    body=PublishBody,
+    responses={200: PublishResult},
+    errors=(403,),
+)
 async def publish(request: web.Request) -> web.Response:
-    """Publish ``data`` to the channel; replies with the offset it got."""
+    """Publish `data` to the channel; the reply says at which offset. For trusted backends: a
+    service (or admin) token, or a request signed with SERVICE_SECRET (prefer
+    `x-signature-version: 2`); any other caller gets 403. The channel name must be valid
+    (`namespace:name`), else 400."""
     authorize_service(request)
     channel = request.match_info["channel"]
     hub = request.app[keys.hub]
