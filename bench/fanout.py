@@ -182,6 +182,8 @@ def project_env(database_url: str, redis_url: str | None, workdir: Path) -> dict
         "LOG_LEVEL": "WARNING",
         "UVLOOP": "true",
         "WS_MAX_CONNECTIONS_PER_USER": "20000",
+        # Every generator socket comes from 127.0.0.1, many of them connecting at once.
+        "WS_MAX_UNAUTHENTICATED_PER_IP": "100000",
         # Every generator connection is the same user: lift the per-user command budget.
         "WS_USER_COMMAND_RATE": "1000000",
         "WS_USER_COMMAND_BURST": "1000000",

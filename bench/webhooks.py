@@ -99,6 +99,7 @@ def server_env(database_url: str, port: int, redis_url: str | None) -> dict[str,
         "UVLOOP": "true",
         # Every request comes from 127.0.0.1: the per-IP limit would measure itself.
         "WEBHOOK_RATE_PER_IP": "100000000",
+        "WS_MAX_UNAUTHENTICATED_PER_IP": "100000",
     }
 
 

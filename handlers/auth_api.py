@@ -172,9 +172,13 @@ async def login(request: web.Request) -> web.Response:
     await _limit(request, f"login:ip:{ip}", auth.login_rate_per_ip, auth.login_rate_window)
     body = await parse_body(request, LoginBody)
     email = body.email.lower()
-    await _limit(
-        request, f"login:email:{_digest(email)}", auth.login_rate_per_email, auth.login_rate_window
-    )
+    # Per (e-mail, client IP) pair, so that a stranger spending the limit for someone else's
+    # address only locks out themselves; plus a much higher ceiling per e-mail across all
+    # addresses, which bounds the mail one person can be sent (trade-off in docs/security.md).
+    window = auth.login_rate_window
+    pair = _digest(f"{email}\n{ip}")
+    await _limit(request, f"login:email-ip:{pair}", auth.login_rate_per_email, window)
+    await _limit(request, f"login:email:{_digest(email)}", auth.login_rate_per_email_global, window)
     token = secrets.token_urlsafe(32)
     async with request.app[keys.pool].acquire() as conn:
         await auth_tokens.create_magic_link(conn, hash_token(token), email, auth.magic_link_ttl)
@@ -277,9 +281,10 @@ async def logout(request: web.Request) -> web.Response:
         raise ApiError(401, "invalid token") from None
     if str(user_id) != subject:
         raise ApiError(401, "invalid token")
-    await request.app[keys.connections].disconnect_user(
-        subject, Disconnect.UNAUTHENTICATED, "logged out"
-    )
+    # FORBIDDEN (4003), not UNAUTHENTICATED (4001): the session is over. After 4001 a client
+    # reconnects with the access token it still holds (valid until it expires), which would
+    # quietly resume a logged-out session.
+    await request.app[keys.connections].disconnect_user(subject, Disconnect.FORBIDDEN, "logged out")
     log.info("logout", extra={"user_id": subject})
     return web.Response(status=204)
 

@@ -11,17 +11,19 @@ from prometheus_client import CollectorRegistry
 from redis.asyncio import Redis
 
 from handlers.metrics import HttpMetrics
-from handlers.realtime.transport import Flusher
+from handlers.realtime.transport import Connection, Flusher
 from pubsub.hub import Hub
 from pubsub.presence import Presence
 from services.alerts.signatures import SecretBox
 from services.analysis.runner import AnalysisRunner
 from services.auth.ratelimit import RateLimiter
+from services.auth.service_signature import ReplayCache
 from services.auth.tokens import TokenService
 from services.channels.permissions import ChannelRules
 from services.config import HandlersConfig
 from services.mail.mailer import Mailer
 from services.outbox.relay import OutboxRelay
+from services.realtime.admission import UnauthenticatedSockets
 from services.realtime.registry import ConnectionRegistry
 from services.realtime.session import RealtimeService
 
@@ -44,6 +46,10 @@ redis = web.AppKey("redis", Redis)
 #: encrypts the strategies' webhook signing secrets (key derived from SERVICE_SECRET)
 secret_box = web.AppKey("webhook_secret_box", SecretBox)
 rate_limiter = web.AppKey("rate_limiter", RateLimiter)
+#: signatures of signed service requests already used (Redis when REDIS_URL is set)
+replay_cache = web.AppKey("replay_cache", ReplayCache)
+#: WebSocket sockets per client address not authenticated yet (WS_MAX_UNAUTHENTICATED_PER_IP)
+ws_admission = web.AppKey("ws_admission", UnauthenticatedSockets[Connection])
 mailer = web.AppKey("mailer", Mailer)
 presence = web.AppKey("presence", Presence)
 analysis_runner = web.AppKey("analysis_runner", AnalysisRunner)

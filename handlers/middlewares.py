@@ -125,6 +125,18 @@ def _is_error(exc: web.HTTPException) -> bool:
     return exc.status >= 400
 
 
+def _message(exc: web.HTTPException) -> str:
+    """What went wrong, for the envelope: the raiser's own explanation of a client error when it
+    gave one (aiohttp-cors says why it refused a preflight, aiohttp why a WebSocket handshake
+    is malformed), else the status phrase. Server errors never show theirs."""
+    if exc.status == 413:
+        return "request body too large"
+    text = (exc.text or "").strip()
+    if exc.status < 500 and text and text != f"{exc.status}: {exc.reason}":
+        return text
+    return exc.reason
+
+
 @web.middleware
 async def error_envelope(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Turn every failure into the JSON error envelope; never leak a traceback."""
@@ -140,10 +152,7 @@ async def error_envelope(request: web.Request, handler: Handler) -> web.StreamRe
             for name, value in exc.headers.items()
             if name in {"Allow", "Retry-After", "WWW-Authenticate"}
         }
-        message = exc.reason
-        if exc.status == 413:
-            message = "request body too large"
-        return error_response(exc.status, message, headers=headers)
+        return error_response(exc.status, _message(exc), headers=headers)
     except Invalid as exc:
         return error_response(400, exc.message, exc.errors)
     except Unsupported as exc:
@@ -179,7 +188,13 @@ async def error_envelope(request: web.Request, handler: Handler) -> web.StreamRe
 
 
 async def security_headers(request: web.Request, response: web.StreamResponse) -> None:
-    """``on_response_prepare`` hook: the same security headers on every response."""
+    """``on_response_prepare`` hook: the same security headers on every response.
+
+    ``X-XSS-Protection: 0`` switches the legacy XSS auditor *off* where it still exists: it is
+    gone from current browsers and its filtering could itself be abused to leak page content
+    (OWASP and MDN advise ``0``); the ``Content-Security-Policy`` is the protection instead.
+    A handler may set its own value first (the API docs page has a wider CSP).
+    """
     headers = response.headers
     if response.status == 101:
         # A WebSocket upgrade carries no document; its headers live as long as the socket,
@@ -189,6 +204,7 @@ async def security_headers(request: web.Request, response: web.StreamResponse) -
     headers.setdefault("X-Content-Type-Options", "nosniff")
     headers.setdefault("Referrer-Policy", "no-referrer")
     headers.setdefault("Content-Security-Policy", "default-src 'self'")
+    headers.setdefault("X-XSS-Protection", "0")
     if "X-Request-ID" not in headers:
         request_id = request_id_var.get()
         if request_id:

@@ -11,7 +11,10 @@ Usage — describe a handler where it is defined, register its route as usual::
     app.router.add_post("/api/v1/requests", create_request)
 
 ``query=Model`` documents query parameters, ``headers={"If-Match": "..."}`` request headers,
-``responses={204: None}`` an empty body, ``auth=False`` a public endpoint. 400 (when there is a
+``responses={204: None}`` an empty body, ``auth=False`` a public endpoint (one that identifies
+no caller: it then also ignores request signatures, see ``handlers/auth_context.py``). Every
+other operation accepts the :data:`SECURITY` alternatives: a bearer token, or a request signed
+with ``SERVICE_SECRET`` (version 1 or 2). 400 (when there is a
 body or query), 401 (with ``auth``), 500 and 503 are added to ``errors`` automatically; every
 error answers with the :class:`ErrorEnvelope`. ``GET /api/openapi.json`` walks ``app.router``,
 so a route is documented exactly when it is registered and described — nothing to keep in sync.
@@ -233,6 +236,52 @@ def _ref(name: str) -> str:
     return REF_TEMPLATE.format(model=name)
 
 
+#: How a caller may authenticate (``docs/security.md``): a bearer token, or a request signed
+#: with ``SERVICE_SECRET`` in one of its two versions.
+SECURITY_SCHEMES: dict[str, dict[str, Any]] = {
+    "bearerAuth": {
+        "type": "http",
+        "scheme": "bearer",
+        "bearerFormat": "JWT",
+        "description": "An access token (users) or a service token (trusted backends).",
+    },
+    "serviceSignature": {
+        "type": "apiKey",
+        "in": "header",
+        "name": "x-signature",
+        "description": (
+            "Trusted backends: lower-case hex HMAC-SHA256 of the canonical message with "
+            "SERVICE_SECRET, instead of a token; the request then acts as role `service`. "
+            "Version 1 (no x-signature-version): `{METHOD}|{body}|{timestamp}`. Each signature "
+            "is accepted once, within SIGNATURE_TOLERANCE_SECONDS of the server clock. "
+            "Ignored when an Authorization header is present. See docs/security.md."
+        ),
+    },
+    "serviceTimestamp": {
+        "type": "apiKey",
+        "in": "header",
+        "name": "x-timestamp",
+        "description": "Time of signing, Unix milliseconds (part of the signed message).",
+    },
+    "serviceSignatureVersion": {
+        "type": "apiKey",
+        "in": "header",
+        "name": "x-signature-version",
+        "description": (
+            "`2` selects the path-bound scheme for new integrations: "
+            "`{METHOD}|{path with query}|{body}|{timestamp}` (the request target exactly as "
+            "sent; the body is empty for GET)."
+        ),
+    },
+}
+#: Any one of these suffices on a route that identifies its caller.
+SECURITY: list[dict[str, list[str]]] = [
+    {"bearerAuth": []},
+    {"serviceSignature": [], "serviceTimestamp": []},
+    {"serviceSignature": [], "serviceTimestamp": [], "serviceSignatureVersion": []},
+]
+
+
 def build_spec(
     app: web.Application, *, title: str = "Arena Realtime", version: str = "1"
 ) -> dict[str, Any]:
@@ -262,11 +311,9 @@ def build_spec(
         "paths": paths,
         "components": {
             "schemas": defs,
-            "securitySchemes": {
-                "bearerAuth": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}
-            },
+            "securitySchemes": SECURITY_SCHEMES,
         },
-        "security": [{"bearerAuth": []}],
+        "security": SECURITY,
     }
 
 

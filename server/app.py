@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from aiohttp import web
+from aiohttp import web, web_response
 from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest, multiprocess
 
 from handlers import (
@@ -27,6 +27,7 @@ from handlers import (
     users_api,
     webhooks,
 )
+from handlers.auth_context import service_signatures
 from handlers.http_caching import conditional_get_and_gzip
 from handlers.metrics import DbPoolCollector, HttpMetrics, TokenCacheCollector
 from handlers.middlewares import error_envelope, request_context, security_headers
@@ -35,6 +36,7 @@ from server import lifecycle
 from server.settings import Settings
 from services.alerts.signatures import SecretBox
 from services.auth.tokens import TokenService
+from services.realtime.admission import UnauthenticatedSockets
 
 
 def metrics_exposition(settings: Settings, registry: CollectorRegistry) -> Callable[[], bytes]:
@@ -52,10 +54,33 @@ def metrics_exposition(settings: Settings, registry: CollectorRegistry) -> Calla
     return every_worker
 
 
+#: The ``Server`` header of every response: the product, never a version.
+SERVER_HEADER = "arena-realtime"
+
+
+def hide_server_version() -> None:
+    """Make aiohttp send :data:`SERVER_HEADER` as ``Server`` instead of its default
+    ``Python/3.x aiohttp/3.x``, which tells a scanner which known bugs to try.
+
+    aiohttp has no setting for it; it fills ``Server`` from this module constant while
+    preparing *every* response — handler answers, router 404s, static files, WebSocket
+    upgrades and the 400 it sends for a request it cannot parse (which never reaches the app,
+    so an ``on_response_prepare`` hook could not cover it). The check makes an aiohttp upgrade
+    that renames the constant fail loudly here instead of silently leaking versions again
+    (``tests/foundation/test_http_edges.py`` checks every kind of response).
+    """
+    if not isinstance(getattr(web_response, "SERVER_SOFTWARE", None), str):
+        raise RuntimeError(
+            "aiohttp.web_response.SERVER_SOFTWARE is gone; update hide_server_version"
+        )
+    web_response.SERVER_SOFTWARE = SERVER_HEADER  # type: ignore[attr-defined]  # see above
+
+
 def create_app(settings: Settings) -> web.Application:
     """Build the service for ``settings``; resources open when the app starts."""
+    hide_server_version()
     app = web.Application(
-        middlewares=[request_context, conditional_get_and_gzip, error_envelope],
+        middlewares=[request_context, conditional_get_and_gzip, error_envelope, service_signatures],
         client_max_size=settings.handlers.http.max_body_bytes,
     )
     app[lifecycle.settings_key] = settings
@@ -70,6 +95,9 @@ def create_app(settings: Settings) -> web.Application:
     registry.register(TokenCacheCollector(app[keys.tokens]))
     app[keys.secret_box] = SecretBox(settings.handlers.auth.service_secret)
     app[keys.backends] = {}
+    app[keys.ws_admission] = UnauthenticatedSockets(
+        settings.handlers.ws.max_unauthenticated_per_ip, lambda conn: conn.principal is not None
+    )
     app.on_response_prepare.append(security_headers)
     app.cleanup_ctx.append(lifecycle.database)
     app.cleanup_ctx.append(lifecycle.redis_client)

@@ -23,6 +23,7 @@ from server.settings import Settings
 from services.analysis.factory import build_provider
 from services.analysis.runner import AnalysisRunner
 from services.auth.ratelimit import MemoryRateLimiter, RedisRateLimiter
+from services.auth.service_signature import MemoryReplayCache, RedisReplayCache
 from services.channels.rules import channel_rules
 from services.mail.mailer import Mailer, make_backend
 from services.outbox.relay import OutboxRelay
@@ -131,11 +132,12 @@ async def close_websockets(app: web.Application) -> None:
 
 
 async def redis_client(app: web.Application) -> AsyncIterator[None]:
-    """The shared Redis client (when ``REDIS_URL`` is set) and the rate limiter built on it;
-    without Redis the rate limiter lives in process memory."""
+    """The shared Redis client (when ``REDIS_URL`` is set) and the rate limiter and signature
+    replay cache built on it; without Redis both live in process memory."""
     settings = app[settings_key]
     if not settings.redis_url:
         app[keys.rate_limiter] = MemoryRateLimiter()
+        app[keys.replay_cache] = MemoryReplayCache()
         yield
         return
     from redis.asyncio import Redis
@@ -143,6 +145,7 @@ async def redis_client(app: web.Application) -> AsyncIterator[None]:
     client = Redis.from_url(settings.redis_url, socket_connect_timeout=5, socket_timeout=5)
     app[keys.redis] = client
     app[keys.rate_limiter] = RedisRateLimiter(client, settings.redis_prefix)
+    app[keys.replay_cache] = RedisReplayCache(client, settings.redis_prefix)
     try:
         yield
     finally:

@@ -8,6 +8,7 @@ tokens survive a restart.
 
 from __future__ import annotations
 
+import hmac
 import json
 import os
 import re
@@ -167,9 +168,15 @@ def _secret(env: Mapping[str, str], name: str, production: bool, data_dir: Path)
     return value
 
 
-def _jwt_keys(env: Mapping[str, str], primary: str) -> dict[str, str]:
+def _jwt_keys(env: Mapping[str, str], primary: str, service_secret: str) -> dict[str, str]:
     """``JWT_SECRET`` is the signing key (kid ``k1`` unless ``JWT_KID``); ``JWT_OLD_SECRETS``
-    holds ``kid=secret`` pairs still accepted for verification during a rotation."""
+    holds ``kid=secret`` pairs still accepted for verification during a rotation.
+
+    No JWT key may equal ``SERVICE_SECRET``: whoever learns one secret must not get both powers
+    (minting user tokens, and signing service requests / decrypting alert-feed secrets).
+    """
+    if hmac.compare_digest(primary.encode(), service_secret.encode()):
+        raise SettingsError("SERVICE_SECRET must differ from JWT_SECRET (use two random secrets)")
     kid = _str(env, "JWT_KID", "k1")
     keys = {kid: primary}
     for item in _list(env, "JWT_OLD_SECRETS", ()):
@@ -178,6 +185,8 @@ def _jwt_keys(env: Mapping[str, str], primary: str) -> dict[str, str]:
             raise SettingsError("JWT_OLD_SECRETS must be a comma-separated list of kid=secret")
         if len(secret.encode()) < MIN_SECRET_BYTES:
             raise SettingsError(f"JWT_OLD_SECRETS key {old_kid!r} is shorter than 32 bytes")
+        if hmac.compare_digest(secret.encode(), service_secret.encode()):
+            raise SettingsError(f"JWT_OLD_SECRETS key {old_kid!r} must differ from SERVICE_SECRET")
         keys[old_kid] = secret
     return keys
 
@@ -275,7 +284,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         ),
         auth=AuthConfig(
             jwt_algorithm=jwt_algorithm,
-            jwt_keys=_jwt_keys(env, jwt_secret),
+            jwt_keys=_jwt_keys(env, jwt_secret, service_secret),
             jwt_private_key_file=_opt(env, "JWT_PRIVATE_KEY_FILE"),
             jwt_public_keys_dir=_opt(env, "JWT_PUBLIC_KEYS_DIR"),
             jwt_issuer=_str(env, "JWT_ISSUER", "arena-realtime"),
@@ -285,7 +294,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             magic_link_ttl=_int(env, "MAGIC_LINK_TTL", 15 * 60, minimum=60),
             leeway=_int(env, "JWT_LEEWAY", 10),
             service_secret=service_secret,
+            signature_tolerance=_int(env, "SIGNATURE_TOLERANCE_SECONDS", 120, minimum=1),
             login_rate_per_email=_int(env, "LOGIN_RATE_PER_EMAIL", 5, minimum=1),
+            login_rate_per_email_global=_int(env, "LOGIN_RATE_PER_EMAIL_GLOBAL", 50, minimum=1),
             login_rate_per_ip=_int(env, "LOGIN_RATE_PER_IP", 20, minimum=1),
             login_rate_window=_int(env, "LOGIN_RATE_WINDOW", 900, minimum=1),
             http_api_key=_http_api_key(env),
@@ -309,6 +320,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             command_rate=_float(env, "WS_COMMAND_RATE", 50.0, minimum=1.0),
             command_burst=_int(env, "WS_COMMAND_BURST", 100, minimum=1),
             max_connections_per_user=_int(env, "WS_MAX_CONNECTIONS_PER_USER", 20, minimum=1),
+            max_unauthenticated_per_ip=_int(env, "WS_MAX_UNAUTHENTICATED_PER_IP", 50, minimum=1),
             user_command_rate=_float(env, "WS_USER_COMMAND_RATE", 100.0, minimum=1.0),
             user_command_burst=_int(env, "WS_USER_COMMAND_BURST", 200, minimum=1),
         ),

@@ -36,7 +36,12 @@ class AuthConfig:
     service_secret: str = ""
     #: static key accepted by the Centrifugo-compatible server API besides service tokens
     http_api_key: str | None = None
+    #: seconds a signed service request's ``x-timestamp`` may be off the server clock
+    signature_tolerance: int = 120
+    #: per (e-mail, client IP) pair
     login_rate_per_email: int = 5
+    #: per e-mail across every client IP
+    login_rate_per_email_global: int = 50
     login_rate_per_ip: int = 20
     login_rate_window: int = 900
 
@@ -63,6 +68,8 @@ class WsConfig:
     command_rate: float = 50.0
     command_burst: int = 100
     max_connections_per_user: int = 20
+    #: sockets per client address that have not sent ``authenticate`` yet (per node)
+    max_unauthenticated_per_ip: int = 50
     #: per user across every instance (the shared rate limiter), on top of the per-connection bucket
     user_command_rate: float = 100.0
     user_command_burst: int = 200

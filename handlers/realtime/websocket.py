@@ -9,17 +9,20 @@ decodes it with the connection's codec and replies through the
 from __future__ import annotations
 
 import asyncio
+import math
 import uuid
 
 from aiohttp import WebSocketError, WSMsgType, web
 
 from handlers import keys
+from handlers.client_ip import client_ip
 from handlers.errors import error_response
 from handlers.realtime.transport import Connection
 from pubsub.namespaces import ChannelName
 from services.auth.principal import Principal
 from services.auth.ratelimit import RateLimiter, RateLimiterUnavailable
 from services.auth.tokens import TokenError
+from services.realtime.admission import Ticket
 from services.realtime.client import Identity
 from services.realtime.codecs import arena
 from services.realtime.errors import Disconnect, Unauthenticated
@@ -125,6 +128,26 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     if not _origin_allowed(request):
         return error_response(403, "origin not allowed")
     config = app[keys.config].ws
+    # At most WS_MAX_UNAUTHENTICATED_PER_IP sockets per address before they authenticate, so
+    # one address cannot hold thousands of half-open sessions for WS_AUTH_TIMEOUT each.
+    ticket = app[keys.ws_admission].admit(client_ip(request, app[keys.config].http.trusted_proxies))
+    if ticket is None:
+        return error_response(
+            429,
+            "too many WebSocket connections from this address have not authenticated yet",
+            headers={"Retry-After": str(math.ceil(config.auth_timeout))},
+        )
+    try:
+        return await _upgraded(request, ticket)
+    finally:
+        ticket.release()
+
+
+async def _upgraded(request: web.Request, ticket: Ticket[Connection]) -> web.StreamResponse:
+    """The session of an admitted upgrade (``ticket`` counts it until it authenticates)."""
+    app = request.app
+    registry = app[keys.connections]
+    config = app[keys.config].ws
     ws = web.WebSocketResponse(
         heartbeat=config.heartbeat,
         # aiohttp refuses a message whose size is >= max_msg_size; WS_MAX_FRAME_BYTES is the
@@ -145,6 +168,7 @@ async def websocket(request: web.Request) -> web.StreamResponse:
         max_messages=config.max_queue_messages,
         max_bytes=config.max_queue_bytes,
     )
+    ticket.attach(conn)
     metrics = app[keys.http_metrics]
     registry.add(conn)
     metrics.ws_connections.inc()
