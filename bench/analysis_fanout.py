@@ -173,6 +173,8 @@ def server_env(database_url: str, port: int, fake_url: str, flush_ms: float) -> 
         "ANTHROPIC_TIMEOUT": "600",
         "ANALYSIS_FLUSH_MS": str(flush_ms),
         "WS_MAX_CONNECTIONS_PER_USER": "20000",
+        # Every generator socket comes from 127.0.0.1, many of them connecting at once.
+        "WS_MAX_UNAUTHENTICATED_PER_IP": "100000",
         "WS_USER_COMMAND_RATE": "1000000",
         "WS_USER_COMMAND_BURST": "1000000",
     }
@@ -215,7 +217,7 @@ async def seed(database_url: str, env: dict[str, str]) -> tuple[str, str]:
             )
     finally:
         await conn.close()
-    from handlers.tokens import TokenService
+    from services.auth.tokens import TokenService
 
     tokens = TokenService(load_settings(env).handlers.auth)
     return str(request_id), tokens.issue_access(str(owner.id), owner.role, owner.email).token

@@ -44,6 +44,7 @@ def _project_app(database_url: str, data_dir: str) -> tuple[web.Application, str
             "SERVICE_SECRET": SERVICE_SECRET,
             "LOG_LEVEL": "WARNING",
             "WS_MAX_CONNECTIONS_PER_USER": "100000",
+            "WS_MAX_UNAUTHENTICATED_PER_IP": "100000",  # every socket is from 127.0.0.1
             "WS_USER_COMMAND_RATE": "1000000",
             "WS_USER_COMMAND_BURST": "1000000",
         }

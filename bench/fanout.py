@@ -7,7 +7,8 @@ about 1)::
     .venv/bin/python -m bench.fanout --quick        # shorter phases, to check the tooling
     .venv/bin/python -m bench.fanout --soak         # also 10,000 connections held for 60 s
 
-For every target (``arena-memory``, ``arena-redis``, ``raw-aiohttp``) it starts a fresh server
+For every target (``arena-memory``, ``arena-redis``, ``raw-aiohttp``; also ``arena-redis-2w``, the
+Redis broker with ``serve --workers 2``, when named in ``--targets``) it starts a fresh server
 per case and measures, with the load generator of ``bench/loadgen.py`` in separate processes:
 
 * ``connect``: seconds to open, authenticate and subscribe N connections; server RSS per idle
@@ -181,6 +182,8 @@ def project_env(database_url: str, redis_url: str | None, workdir: Path) -> dict
         "LOG_LEVEL": "WARNING",
         "UVLOOP": "true",
         "WS_MAX_CONNECTIONS_PER_USER": "20000",
+        # Every generator socket comes from 127.0.0.1, many of them connecting at once.
+        "WS_MAX_UNAUTHENTICATED_PER_IP": "100000",
         # Every generator connection is the same user: lift the per-user command budget.
         "WS_USER_COMMAND_RATE": "1000000",
         "WS_USER_COMMAND_BURST": "1000000",
@@ -209,13 +212,18 @@ def _cli(env: dict[str, str], *args: str) -> str:
 
 
 def project_target(
-    name: str, database_url: str, redis_url: str | None, workdir: Path, gc_probe: bool = False
+    name: str,
+    database_url: str,
+    redis_url: str | None,
+    workdir: Path,
+    gc_probe: bool = False,
+    workers: int = 1,
 ) -> Target:
     env = project_env(database_url, redis_url, workdir)
     command = (
         [sys.executable, "-m", "bench.gc_probe"]
         if gc_probe
-        else [str(VENV_BIN / "arena-realtime"), "serve"]
+        else [str(VENV_BIN / "arena-realtime"), "serve", "--workers", str(workers)]
     )
     tokens: dict[str, str] = {}
 
@@ -780,6 +788,9 @@ def main(argv: list[str] | None = None) -> int:
                     ),
                     "arena-redis": lambda: project_target(
                         "arena-redis", database_url, args.redis_url, workdir, args.gc_probe
+                    ),
+                    "arena-redis-2w": lambda: project_target(
+                        "arena-redis-2w", database_url, args.redis_url, workdir, workers=2
                     ),
                     "raw-aiohttp": lambda: raw_target(workdir),
                 }

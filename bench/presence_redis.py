@@ -67,6 +67,7 @@ async def main() -> None:
         "LOG_LEVEL": "WARNING",
         "PRESENCE_TTL": str(args.presence_ttl),
         "WS_MAX_CONNECTIONS_PER_USER": str(args.connections + 10),
+        "WS_MAX_UNAUTHENTICATED_PER_IP": str(args.connections + 10),  # all from 127.0.0.1
     }
     server = subprocess.Popen([str(BIN / "arena-realtime"), "serve"], env=env)
     rclient = redis.Redis.from_url(args.redis)

@@ -45,8 +45,8 @@ import asyncpg
 import orjson
 
 from bench.common import DATABASE_URL, ROOT, free_port, save_json, wait_ready
-from handlers.webhook_signature import sign
 from server.settings import load_settings
+from services.alerts.signatures import sign
 from storage import users
 
 JWT_SECRET = "bench-jwt-secret-that-is-long-enough-0123456789abcdef"  # noqa: S105
@@ -99,6 +99,7 @@ def server_env(database_url: str, port: int, redis_url: str | None) -> dict[str,
         "UVLOOP": "true",
         # Every request comes from 127.0.0.1: the per-IP limit would measure itself.
         "WEBHOOK_RATE_PER_IP": "100000000",
+        "WS_MAX_UNAUTHENTICATED_PER_IP": "100000",
     }
 
 
@@ -108,7 +109,7 @@ async def user_token(database_url: str, env: dict[str, str]) -> str:
         owner = await users.get_or_create(conn, f"bench-{uuid.uuid4().hex[:6]}@example.com")
     finally:
         await conn.close()
-    from handlers.tokens import TokenService
+    from services.auth.tokens import TokenService
 
     tokens = TokenService(load_settings(env).handlers.auth)
     return tokens.issue_access(str(owner.id), owner.role, owner.email).token

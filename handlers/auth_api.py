@@ -20,11 +20,14 @@ from handlers.auth_context import require_principal, require_role
 from handlers.client_ip import client_ip
 from handlers.errors import ApiError, json_response
 from handlers.openapi import describe
-from handlers.principal import ROLES
-from handlers.ratelimit import RateLimiterUnavailable
-from handlers.tokens import REFRESH, TokenError
 from handlers.validation import parse_body
-from handlers.ws_connection import CLOSE_UNAUTHENTICATED
+from services.auth.principal import ROLES
+from services.auth.ratelimit import RateLimiterUnavailable
+from services.auth.sessions import start_session
+from services.auth.tokens import REFRESH, TokenError
+from services.marketplace import invites
+from services.marketplace.models import InviteAccept
+from services.realtime.errors import Disconnect
 from storage import auth_tokens, users
 from storage.auth_tokens import RefreshOutcome
 from storage.errors import NotFound
@@ -169,9 +172,13 @@ async def login(request: web.Request) -> web.Response:
     await _limit(request, f"login:ip:{ip}", auth.login_rate_per_ip, auth.login_rate_window)
     body = await parse_body(request, LoginBody)
     email = body.email.lower()
-    await _limit(
-        request, f"login:email:{_digest(email)}", auth.login_rate_per_email, auth.login_rate_window
-    )
+    # Per (e-mail, client IP) pair, so that a stranger spending the limit for someone else's
+    # address only locks out themselves; plus a much higher ceiling per e-mail across all
+    # addresses, which bounds the mail one person can be sent (trade-off in docs/security.md).
+    window = auth.login_rate_window
+    pair = _digest(f"{email}\n{ip}")
+    await _limit(request, f"login:email-ip:{pair}", auth.login_rate_per_email, window)
+    await _limit(request, f"login:email:{_digest(email)}", auth.login_rate_per_email_global, window)
     token = secrets.token_urlsafe(32)
     async with request.app[keys.pool].acquire() as conn:
         await auth_tokens.create_magic_link(conn, hash_token(token), email, auth.magic_link_ttl)
@@ -212,11 +219,7 @@ async def verify(request: web.Request) -> web.Response:
         async with request.app[keys.pool].acquire() as conn, conn.transaction():
             email = await auth_tokens.consume_magic_link(conn, hash_token(body.token))
             user = await users.get_or_create(conn, email)
-            await auth_tokens.record_login(conn, user.id)
-            user = await users.get(conn, user.id)
-            family = await auth_tokens.start_family(conn, user.id)
-            refresh = tokens.issue_refresh(str(user.id), str(family))
-            await auth_tokens.add_refresh_token(conn, family, refresh.jti, refresh.expires_at)
+            user, refresh = await start_session(conn, tokens, user.id)
     except NotFound:
         raise ApiError(401, "sign-in link is invalid, expired or already used") from None
     log.info("login verified", extra={"user_id": str(user.id)})
@@ -278,9 +281,10 @@ async def logout(request: web.Request) -> web.Response:
         raise ApiError(401, "invalid token") from None
     if str(user_id) != subject:
         raise ApiError(401, "invalid token")
-    await request.app[keys.connections].disconnect_user(
-        subject, CLOSE_UNAUTHENTICATED, "logged out"
-    )
+    # FORBIDDEN (4003), not UNAUTHENTICATED (4001): the session is over. After 4001 a client
+    # reconnects with the access token it still holds (valid until it expires), which would
+    # quietly resume a logged-out session.
+    await request.app[keys.connections].disconnect_user(subject, Disconnect.FORBIDDEN, "logged out")
     log.info("logout", extra={"user_id": subject})
     return web.Response(status=204)
 
@@ -329,6 +333,37 @@ async def set_role(request: web.Request) -> web.Response:
     return json_response(_user_dict(user))
 
 
+@describe(
+    summary="Accept a vendor invitation (signs you in)",
+    tags=("auth",),
+    body=InviteAccept,
+    responses={200: TokenPair},
+    errors=(429,),
+    auth=False,
+)
+async def accept_invite(request: web.Request) -> web.Response:
+    """``POST /api/v1/invites/accept {token}``: consume an invitation link once and get a
+    session like ``verify`` gives. The account is created as a vendor (a buyer account becomes a
+    vendor) and may see the request it was invited to; 401 when the link is invalid, expired
+    or already used."""
+    config = request.app[keys.config]
+    auth = config.auth
+    ip = client_ip(request, config.http.trusted_proxies)
+    # The same per-IP budget as verify: both guess at one-time tokens.
+    await _limit(request, f"verify:ip:{ip}", auth.login_rate_per_ip, auth.login_rate_window)
+    body = await parse_body(request, InviteAccept)
+    try:
+        accepted = await invites.accept_invite(
+            request.app[keys.pool],
+            request.app.get(keys.relay),
+            request.app[keys.tokens],
+            body.token,
+        )
+    except NotFound:
+        raise ApiError(401, "invitation link is invalid, expired or already used") from None
+    return json_response(_token_pair(request, accepted.user, accepted.refresh.token))
+
+
 def setup_routes(app: web.Application) -> None:
     app.router.add_post("/api/v1/auth/login", login)
     app.router.add_post("/api/v1/auth/verify", verify)
@@ -336,3 +371,4 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_post("/api/v1/auth/logout", logout)
     app.router.add_get("/api/v1/auth/me", me)
     app.router.add_put("/api/v1/users/{user_id}/role", set_role)
+    app.router.add_post("/api/v1/invites/accept", accept_invite)

@@ -4,6 +4,9 @@ WebSocket handshake (``ALLOWED_ORIGINS``).
 Only ``/api/...`` routes get CORS: the WebSocket endpoint checks ``Origin`` itself (browsers do
 not preflight WebSockets) and webhooks are called server-to-server. Credentials (cookies) are
 not allowed: the API authenticates with bearer tokens, which a foreign page cannot read.
+
+A refused preflight is a 403 whose error envelope carries aiohttp-cors's reason (unknown
+origin, a header or method not allowed, ...), via ``middlewares.error_envelope``.
 """
 
 from __future__ import annotations
@@ -13,8 +16,18 @@ from aiohttp import web
 
 from handlers import keys
 
-#: Request headers a browser client may send.
-ALLOW_HEADERS = ("Authorization", "Content-Type", "If-Match", "Idempotency-Key", "X-Request-ID")
+#: Request headers a browser client may send (the ``x-signature*`` ones sign service requests,
+#: see ``services/auth/service_signature.py``).
+ALLOW_HEADERS = (
+    "Authorization",
+    "Content-Type",
+    "If-Match",
+    "Idempotency-Key",
+    "X-Request-ID",
+    "X-Signature",
+    "X-Timestamp",
+    "X-Signature-Version",
+)
 #: Response headers a browser client may read.
 EXPOSE_HEADERS = ("ETag", "Location", "Retry-After", "X-Request-ID")
 PREFLIGHT_MAX_AGE = 600

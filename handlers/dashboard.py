@@ -2,8 +2,9 @@
 
 The page (``handlers/static/dashboard/``: HTML, CSS and ES modules, no build step) talks to
 the service only through the public REST API and ``/static/arena-realtime.js``; see
-``docs/dashboard.md``. ``/login`` is where magic links point (``/login#token=...``); the
-token stays in the fragment, so it never reaches this handler or a log line.
+``docs/dashboard.md``. ``/login`` is where magic links point (``/login#token=...``) and
+``/invite`` where vendor invitations point (``/invite#token=...``); the token stays in the
+fragment, so it never reaches this handler or a log line.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from handlers.static_files import STATIC_DIR
 INDEX_HTML: Path = STATIC_DIR / "dashboard" / "index.html"
 
 #: Paths that serve the dashboard page; its views are chosen by the URL fragment.
-PAGE_PATHS = ("/", "/login")
+PAGE_PATHS = ("/", "/login", "/invite")
 
 
 async def dashboard_page(request: web.Request) -> web.FileResponse:

@@ -14,7 +14,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from handlers.context import request_id_var
+from services.context import request_id_var
 
 
 class ApiError(Exception):

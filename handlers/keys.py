@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import asyncpg
@@ -10,30 +11,50 @@ from prometheus_client import CollectorRegistry
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 
-from handlers.analysis.runner import AnalysisRunner
-from handlers.config import HandlersConfig
-from handlers.email import Mailer
 from handlers.metrics import HttpMetrics
-from handlers.outbox_relay import OutboxRelay
-from handlers.ratelimit import RateLimiter
-from handlers.tokens import TokenService
-from handlers.ws_registry import ConnectionRegistry
+from handlers.realtime.transport import Connection, Flusher
 from pubsub.hub import Hub
 from pubsub.presence import Presence
+from services.alerts.signatures import SecretBox
+from services.analysis.runner import AnalysisRunner
+from services.auth.ratelimit import RateLimiter
+from services.auth.service_signature import ReplayCache
+from services.auth.tokens import TokenService
+from services.channels.permissions import ChannelRules
+from services.config import HandlersConfig
+from services.mail.mailer import Mailer
+from services.outbox.relay import OutboxRelay
+from services.realtime.admission import UnauthenticatedSockets
+from services.realtime.registry import ConnectionRegistry
+from services.realtime.session import RealtimeService
 
 config = web.AppKey("config", HandlersConfig)
 pool = web.AppKey("pool", asyncpg.Pool)
 hub = web.AppKey("hub", Hub)
 registry = web.AppKey("registry", CollectorRegistry)
+#: renders /metrics: this process's registry, or every worker's under ``serve --workers``
+metrics_text: web.AppKey[Callable[[], bytes]] = web.AppKey("metrics_text")
 http_metrics = web.AppKey("http_metrics", HttpMetrics)
 connections = web.AppKey("connections", ConnectionRegistry)
+#: what every real-time session shares (hub, registry, permission rules, limits...)
+realtime = web.AppKey("realtime", RealtimeService)
+#: writes the queued frames of every WebSocket connection once per loop iteration
+flusher = web.AppKey("flusher", Flusher)
 relay = web.AppKey("relay", OutboxRelay)
 tokens = web.AppKey("tokens", TokenService)
 #: the shared Redis client (a cluster client for a redis+cluster:// URL), only with REDIS_URL
 redis: web.AppKey[Redis | RedisCluster] = web.AppKey("redis")
+#: encrypts the strategies' webhook signing secrets (key derived from SERVICE_SECRET)
+secret_box = web.AppKey("webhook_secret_box", SecretBox)
 rate_limiter = web.AppKey("rate_limiter", RateLimiter)
+#: signatures of signed service requests already used (Redis when REDIS_URL is set)
+replay_cache = web.AppKey("replay_cache", ReplayCache)
+#: WebSocket sockets per client address not authenticated yet (WS_MAX_UNAUTHENTICATED_PER_IP)
+ws_admission = web.AppKey("ws_admission", UnauthenticatedSockets[Connection])
 mailer = web.AppKey("mailer", Mailer)
 presence = web.AppKey("presence", Presence)
 analysis_runner = web.AppKey("analysis_runner", AnalysisRunner)
+#: who may subscribe to which channel
+channel_rules = web.AppKey("channel_rules", ChannelRules)
 #: what is in use, for logs and /ready: {"database": "embedded"|"postgres", "broker": ...}
 backends = web.AppKey("backends", dict[str, Any])

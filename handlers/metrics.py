@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
+import asyncpg
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from services.auth.tokens import TokenService
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,7 +37,10 @@ class HttpMetrics:
                 registry=registry,
             ),
             ws_connections=Gauge(
-                "arena_ws_connections", "Open WebSocket connections", registry=registry
+                "arena_ws_connections",
+                "Open WebSocket connections",
+                registry=registry,
+                multiprocess_mode="liveall",
             ),
             ws_disconnects=Counter(
                 "arena_ws_disconnects",
@@ -45,4 +54,49 @@ class HttpMetrics:
                 ["type", "outcome"],
                 registry=registry,
             ),
+        )
+
+
+class DbPoolCollector(Collector):
+    """The PostgreSQL pool's connections, read from asyncpg at scrape time.
+
+    asyncpg has no public count of callers waiting for a connection, so there is no
+    "waiting" gauge: ``arena_db_pool_in_use`` staying at ``arena_db_pool_max`` means requests
+    queue for connections (their time shows in ``arena_http_request_seconds``).
+    """
+
+    def __init__(self, pool: Callable[[], asyncpg.Pool | None]) -> None:
+        self._pool = pool
+
+    def collect(self) -> Iterator[Metric]:
+        pool = self._pool()
+        if pool is None:  # not started yet, or already closed
+            return
+        size, idle = pool.get_size(), pool.get_idle_size()
+        for name, text, value in (
+            ("arena_db_pool_size", "Open PostgreSQL connections in the pool", size),
+            ("arena_db_pool_idle", "Pool connections not lent to anyone", idle),
+            ("arena_db_pool_in_use", "Pool connections lent to a request or task", size - idle),
+            ("arena_db_pool_max", "Largest pool size (DB_POOL_MAX)", pool.get_max_size()),
+        ):
+            yield GaugeMetricFamily(name, text, value=value)
+
+
+class TokenCacheCollector(Collector):
+    """Hits and misses of the verified-token cache of
+    :class:`~services.auth.tokens.TokenService`."""
+
+    def __init__(self, tokens: TokenService) -> None:
+        self._tokens = tokens
+
+    def collect(self) -> Iterator[Metric]:
+        yield CounterMetricFamily(
+            "arena_token_cache_hits",
+            "Access/service tokens accepted from the cache without verifying the signature",
+            value=self._tokens.cache_hits,
+        )
+        yield CounterMetricFamily(
+            "arena_token_cache_misses",
+            "Access/service tokens that had to be verified (first use, expired entry, invalid)",
+            value=self._tokens.cache_misses,
         )

@@ -11,10 +11,19 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from handlers import keys
-from handlers.context import request_id_var
 from handlers.errors import ApiError, error_response
 from pubsub.broker import BrokerError
 from pubsub.namespaces import InvalidChannel
+from services.context import request_id_var
+from services.errors import (
+    Forbidden,
+    Invalid,
+    InvalidState,
+    RateLimited,
+    Unauthenticated,
+    Unavailable,
+    Unsupported,
+)
 from storage.errors import UNAVAILABLE, Conflict, NotFound, StaleVersion
 
 log = logging.getLogger("arena.http")
@@ -30,6 +39,49 @@ def route_label(request: web.Request) -> str:
     if resource is None:
         return "unmatched"
     return resource.canonical
+
+
+#: path parameters never written to a log line (``/webhooks/tv/{secret}``)
+SECRET_PATH_PARAMS = frozenset({"secret"})
+
+
+def loggable_path(request: web.Request) -> str:
+    """The concrete path with secret path parameters left as their template
+    (``/api/v1/requests/5f0c...`` but ``/webhooks/tv/{secret}``); never the query string."""
+    resource = request.match_info.route.resource
+    if resource is None:
+        return "unmatched"
+    formatter = resource.get_info().get("formatter")
+    if not isinstance(formatter, str):
+        return resource.canonical
+    values = {
+        name: "{" + name + "}" if name in SECRET_PATH_PARAMS else value
+        for name, value in request.match_info.items()
+    }
+    try:
+        return formatter.format_map(values)
+    except (KeyError, IndexError, ValueError):
+        return resource.canonical
+
+
+def _log_if_slow(request: web.Request, status: int, elapsed: float) -> None:
+    threshold = request.app[keys.config].http.slow_request_seconds
+    # 101: a WebSocket lasts as long as the connection; its duration is not a request's.
+    if threshold <= 0 or elapsed < threshold or status == 101:
+        return
+    log.warning(
+        "slow request",
+        extra={
+            "method": request.method,
+            "route": route_label(request),
+            "path": loggable_path(request),
+            "status": status,
+            "duration_ms": round(elapsed * 1000, 2),
+            "threshold_ms": round(threshold * 1000, 2),
+            # also set by the JSON formatter; explicit so the line has it wherever it goes
+            "request_id": request_id_var.get(),
+        },
+    )
 
 
 @web.middleware
@@ -65,11 +117,24 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
                 "duration_ms": round(elapsed * 1000, 2),
             },
         )
+        _log_if_slow(request, status, elapsed)
         request_id_var.reset(token)
 
 
 def _is_error(exc: web.HTTPException) -> bool:
     return exc.status >= 400
+
+
+def _message(exc: web.HTTPException) -> str:
+    """What went wrong, for the envelope: the raiser's own explanation of a client error when it
+    gave one (aiohttp-cors says why it refused a preflight, aiohttp why a WebSocket handshake
+    is malformed), else the status phrase. Server errors never show theirs."""
+    if exc.status == 413:
+        return "request body too large"
+    text = (exc.text or "").strip()
+    if exc.status < 500 and text and text != f"{exc.status}: {exc.reason}":
+        return text
+    return exc.reason
 
 
 @web.middleware
@@ -87,10 +152,22 @@ async def error_envelope(request: web.Request, handler: Handler) -> web.StreamRe
             for name, value in exc.headers.items()
             if name in {"Allow", "Retry-After", "WWW-Authenticate"}
         }
-        message = exc.reason
-        if exc.status == 413:
-            message = "request body too large"
-        return error_response(exc.status, message, headers=headers)
+        return error_response(exc.status, _message(exc), headers=headers)
+    except Invalid as exc:
+        return error_response(400, exc.message, exc.errors)
+    except Unsupported as exc:
+        return error_response(415, exc.message)
+    except Unauthenticated as exc:
+        return error_response(401, exc.message)
+    except Forbidden as exc:
+        return error_response(403, exc.message)
+    except InvalidState as exc:
+        return error_response(409, exc.message)
+    except RateLimited as exc:
+        return error_response(429, exc.message, headers={"Retry-After": str(exc.retry_after)})
+    except Unavailable as exc:
+        log.warning("dependency unavailable", exc_info=True)
+        return error_response(503, exc.message, headers={"Retry-After": "1"})
     except NotFound:
         return error_response(404, "not found")
     except StaleVersion:
@@ -111,7 +188,13 @@ async def error_envelope(request: web.Request, handler: Handler) -> web.StreamRe
 
 
 async def security_headers(request: web.Request, response: web.StreamResponse) -> None:
-    """``on_response_prepare`` hook: the same security headers on every response."""
+    """``on_response_prepare`` hook: the same security headers on every response.
+
+    ``X-XSS-Protection: 0`` switches the legacy XSS auditor *off* where it still exists: it is
+    gone from current browsers and its filtering could itself be abused to leak page content
+    (OWASP and MDN advise ``0``); the ``Content-Security-Policy`` is the protection instead.
+    A handler may set its own value first (the API docs page has a wider CSP).
+    """
     headers = response.headers
     if response.status == 101:
         # A WebSocket upgrade carries no document; its headers live as long as the socket,
@@ -121,6 +204,7 @@ async def security_headers(request: web.Request, response: web.StreamResponse) -
     headers.setdefault("X-Content-Type-Options", "nosniff")
     headers.setdefault("Referrer-Policy", "no-referrer")
     headers.setdefault("Content-Security-Policy", "default-src 'self'")
+    headers.setdefault("X-XSS-Protection", "0")
     if "X-Request-ID" not in headers:
         request_id = request_id_var.get()
         if request_id:

@@ -11,7 +11,10 @@ Usage — describe a handler where it is defined, register its route as usual::
     app.router.add_post("/api/v1/requests", create_request)
 
 ``query=Model`` documents query parameters, ``headers={"If-Match": "..."}`` request headers,
-``responses={204: None}`` an empty body, ``auth=False`` a public endpoint. 400 (when there is a
+``responses={204: None}`` an empty body, ``auth=False`` a public endpoint (one that identifies
+no caller: it then also ignores request signatures, see ``handlers/auth_context.py``). Every
+other operation accepts the :data:`SECURITY` alternatives: a bearer token, or a request signed
+with ``SERVICE_SECRET`` (version 1 or 2). 400 (when there is a
 body or query), 401 (with ``auth``), 500 and 503 are added to ``errors`` automatically; every
 error answers with the :class:`ErrorEnvelope`. ``GET /api/openapi.json`` walks ``app.router``,
 so a route is documented exactly when it is registered and described — nothing to keep in sync.
@@ -19,6 +22,7 @@ so a route is documented exactly when it is registered and described — nothing
 
 from __future__ import annotations
 
+import importlib.util
 import re
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -35,8 +39,19 @@ from handlers.errors import json_response
 REF_TEMPLATE = "#/components/schemas/{model}"
 OPENAPI_ATTR = "__openapi__"
 DOCS_HTML = Path(__file__).resolve().parent / "static" / "api-docs" / "index.html"
+REDOC_HTML = Path(__file__).resolve().parent / "static" / "api-docs" / "redoc.html"
+
+#: the PyPI package whose files we serve for Swagger UI and ReDoc (npm's swagger-ui-dist and
+#: redoc, re-released with their licenses); only its data files are used, it is never imported
+#: (its ``__init__`` imports Django)
+UI_PACKAGE = "drf_spectacular_sidecar"
 
 DOCS_CSP = "default-src 'self'; img-src 'self' data:"
+#: ReDoc styles itself with inline <style> elements and runs its search index in a blob: worker
+REDOC_CSP = (
+    "default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; "
+    "worker-src 'self' blob:; font-src 'self' data:"
+)
 
 _PATH_PARAM_RE = re.compile(r"\{([^}:]+)(?::[^}]*)?\}")
 
@@ -221,6 +236,52 @@ def _ref(name: str) -> str:
     return REF_TEMPLATE.format(model=name)
 
 
+#: How a caller may authenticate (``docs/security.md``): a bearer token, or a request signed
+#: with ``SERVICE_SECRET`` in one of its two versions.
+SECURITY_SCHEMES: dict[str, dict[str, Any]] = {
+    "bearerAuth": {
+        "type": "http",
+        "scheme": "bearer",
+        "bearerFormat": "JWT",
+        "description": "An access token (users) or a service token (trusted backends).",
+    },
+    "serviceSignature": {
+        "type": "apiKey",
+        "in": "header",
+        "name": "x-signature",
+        "description": (
+            "Trusted backends: lower-case hex HMAC-SHA256 of the canonical message with "
+            "SERVICE_SECRET, instead of a token; the request then acts as role `service`. "
+            "Version 1 (no x-signature-version): `{METHOD}|{body}|{timestamp}`. Each signature "
+            "is accepted once, within SIGNATURE_TOLERANCE_SECONDS of the server clock. "
+            "Ignored when an Authorization header is present. See docs/security.md."
+        ),
+    },
+    "serviceTimestamp": {
+        "type": "apiKey",
+        "in": "header",
+        "name": "x-timestamp",
+        "description": "Time of signing, Unix milliseconds (part of the signed message).",
+    },
+    "serviceSignatureVersion": {
+        "type": "apiKey",
+        "in": "header",
+        "name": "x-signature-version",
+        "description": (
+            "`2` selects the path-bound scheme for new integrations: "
+            "`{METHOD}|{path with query}|{body}|{timestamp}` (the request target exactly as "
+            "sent; the body is empty for GET)."
+        ),
+    },
+}
+#: Any one of these suffices on a route that identifies its caller.
+SECURITY: list[dict[str, list[str]]] = [
+    {"bearerAuth": []},
+    {"serviceSignature": [], "serviceTimestamp": []},
+    {"serviceSignature": [], "serviceTimestamp": [], "serviceSignatureVersion": []},
+]
+
+
 def build_spec(
     app: web.Application, *, title: str = "Arena Realtime", version: str = "1"
 ) -> dict[str, Any]:
@@ -250,11 +311,9 @@ def build_spec(
         "paths": paths,
         "components": {
             "schemas": defs,
-            "securitySchemes": {
-                "bearerAuth": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}
-            },
+            "securitySchemes": SECURITY_SCHEMES,
         },
-        "security": [{"bearerAuth": []}],
+        "security": SECURITY,
     }
 
 
@@ -269,14 +328,41 @@ async def openapi_json(request: web.Request) -> web.Response:
     return json_response(cache["spec"])
 
 
+def ui_assets() -> tuple[Path, Path]:
+    """The installed Swagger UI (``swagger-ui-dist``) and ReDoc (``redoc/bundles``) folders.
+
+    Found with ``find_spec``, which locates the package without running its ``__init__``.
+    """
+    spec = importlib.util.find_spec(UI_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError(f"the {UI_PACKAGE} package (Swagger UI and ReDoc) is not installed")
+    root = Path(next(iter(spec.submodule_search_locations))) / "static" / UI_PACKAGE
+    return root / "swagger-ui-dist", root / "redoc" / "bundles"
+
+
 async def docs_page(request: web.Request) -> web.FileResponse:
-    """Interactive API documentation (Swagger UI served from ``/static``)."""
+    """Interactive API documentation (Swagger UI, same-origin assets only)."""
     # Swagger UI's stylesheet draws its icons as data: SVGs; scripts stay 'self' only.
     headers = {"Cache-Control": "no-cache", "Content-Security-Policy": DOCS_CSP}
     return web.FileResponse(DOCS_HTML, headers=headers)
 
 
+async def redoc_page(request: web.Request) -> web.FileResponse:
+    """Reference documentation of the same OpenAPI document, rendered by ReDoc."""
+    headers = {"Cache-Control": "no-cache", "Content-Security-Policy": REDOC_CSP}
+    return web.FileResponse(REDOC_HTML, headers=headers)
+
+
 def setup_routes(app: web.Application) -> None:
     app[_spec_cache] = {}
-    app.router.add_get("/api/openapi.json", openapi_json)
-    app.router.add_get("/api/docs", docs_page)
+    swagger_ui, redoc = ui_assets()
+    app.router.add_static("/static/vendor/swagger-ui", swagger_ui, append_version=False)
+    app.router.add_static("/static/vendor/redoc", redoc, append_version=False)
+    # /api/v1/docs/, /api/v1/redoc/ and /api/v1/schema/ are the paths the first version of
+    # the service used; the trailing-slash alias makes both spellings answer.
+    for path in ("/api/openapi.json", "/api/v1/schema"):
+        app.router.add_get(path, openapi_json)
+    for path in ("/api/docs", "/api/v1/docs"):
+        app.router.add_get(path, docs_page)
+    for path in ("/api/redoc", "/api/v1/redoc"):
+        app.router.add_get(path, redoc_page)

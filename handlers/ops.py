@@ -7,7 +7,7 @@ import logging
 from typing import Any
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from handlers import keys
 from handlers.errors import envelope, json_response
@@ -43,7 +43,7 @@ async def ready(request: web.Request) -> web.Response:
     """
     backends = request.app[keys.backends]
     database, broker = await asyncio.gather(
-        _check(_db_ping(request)), _check(request.app[keys.hub].broker.ping())
+        _check(_db_ping(request)), _check(request.app[keys.hub].ping())
     )
     database["backend"] = backends.get("database")
     broker["backend"] = backends.get("broker")
@@ -62,8 +62,9 @@ async def ready(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    """Prometheus text exposition of this process's metrics."""
-    body = generate_latest(request.app[keys.registry])
+    """Prometheus text exposition of this process's metrics (every worker's under
+    ``serve --workers``)."""
+    body = request.app[keys.metrics_text]()
     response = web.Response(body=body)
     response.headers["Content-Type"] = CONTENT_TYPE_LATEST
     return response

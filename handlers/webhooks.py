@@ -1,47 +1,30 @@
 """Webhook ingestion: ``POST /webhooks/tv/{secret}`` (TradingView) and
 ``POST /webhooks/alerts/{strategy_id}`` (Standard Webhooks signatures).
 
-Both answer only after the alert is committed together with its outbox event; the fan-out to
-``alerts:{strategy_id}`` happens afterwards in the outbox relay, so a reply is fast and an
-acknowledged alert is never missing from the feed. A database outage is a 503 so senders
-retry. TradingView retries 5xx without a message id, so identical TradingView bodies for the
-same feed within ``WEBHOOK_DEDUP_WINDOW`` are stored once; signed messages are idempotent by
-``webhook-id``. Duplicates answer 200 with the original alert's id and publish nothing.
+HTTP only: the per-IP rate limit, the body size limit (413 while streaming), headers and the
+reply. :mod:`services.alerts.ingest` verifies, stores (de-duplicated) and publishes. Both
+answer only after the alert is committed with its outbox event: 201 for a new alert, 200 with
+the original's id for a duplicate; a database outage is a 503 so senders retry.
 
-The URL secret is only hashed and looked up; it never reaches a log line or a metric label
-(those use the route template). Unknown and revoked secrets get the same 404.
+The URL secret never reaches a log line or a metric label (those use the route template).
+Unknown and revoked secrets get the same 404.
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import logging
-import re
-import time
 from uuid import UUID
 
-import asyncpg
 from aiohttp import hdrs, web
 from pydantic import BaseModel, Field
 
 from handlers import keys
-from handlers.alert_body import BodyError, ParsedBody, parse
-from handlers.alerts_api import FEED_RAW_LIMIT, alert_json, channel
 from handlers.client_ip import client_ip
 from handlers.errors import ApiError, json_response
 from handlers.openapi import describe
 from handlers.paging import path_uuid
-from handlers.ratelimit import Decision, RateLimiterUnavailable
-from handlers.webhook_signature import (
-    SecretBox,
-    SignatureError,
-    parse_headers,
-    secret_key,
-    url_secret_hash,
-    verify,
-)
-from storage import alerts, outbox, strategies
+from services.alerts import ingest
+from services.auth.ratelimit import Decision, RateLimiterUnavailable
 from storage.errors import NotFound
 
 log = logging.getLogger(__name__)
@@ -54,12 +37,6 @@ class WebhookAck(BaseModel):
 
     id: UUID | None = Field(description="the alert (the original one for a duplicate)")
     duplicate: bool
-
-
-_URL_SECRET_RE = re.compile(r"^[A-Za-z0-9_\-]{20,128}$")
-
-
-secret_box_key = web.AppKey("webhook_secret_box", SecretBox)
 
 
 async def webhook_allowed(request: web.Request) -> Decision:
@@ -111,60 +88,16 @@ async def read_body(request: web.Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def _parse(request: web.Request, body: bytes) -> ParsedBody:
+def _body(request: web.Request, raw: bytes) -> ingest.Body:
     mimetype = request.content_type if hdrs.CONTENT_TYPE in request.headers else None
-    try:
-        return parse(body, mimetype, request.charset)
-    except BodyError as exc:
-        raise ApiError(exc.status, exc.message) from None
+    return ingest.Body(raw, mimetype, request.charset)
 
 
-async def _store(
-    request: web.Request, conn: asyncpg.Connection, new: alerts.NewAlert, dedup_seconds: int
-) -> web.Response:
-    """Commit the alert and its outbox event together; 201 for a new alert, 200 for a
-    duplicate (nothing stored, nothing published)."""
-    async with conn.transaction():
-        result = await alerts.insert(conn, new, dedup_seconds)
-        if not result.duplicate:
-            assert result.alert is not None
-            await outbox.add_event(
-                conn,
-                [channel(new.strategy_id)],
-                {
-                    "type": "alert.created",
-                    "alert": alert_json(result.alert, raw_limit=FEED_RAW_LIMIT),
-                },
-            )
-    if result.duplicate:
-        log.info(
-            "duplicate webhook ignored",
-            extra={"strategy_id": str(new.strategy_id), "source": new.source},
-        )
-        original = str(result.alert.id) if result.alert else None
-        return json_response({"id": original, "duplicate": True}, status=200)
-    request.app[keys.relay].kick()
-    assert result.alert is not None
-    return json_response({"id": str(result.alert.id), "duplicate": False}, status=201)
-
-
-def _new_alert(
-    strategy_id: UUID, source: str, body: bytes, parsed: ParsedBody, webhook_id: str | None
-) -> alerts.NewAlert:
-    fields = parsed.fields
-    return alerts.NewAlert(
-        strategy_id=strategy_id,
-        source=source,
-        raw_body=parsed.text,
-        content_type=parsed.content_type,
-        body_sha256=hashlib.sha256(body).digest(),
-        webhook_id=webhook_id,
-        ticker=fields.ticker,
-        action=fields.action,
-        quantity=fields.quantity,
-        price=fields.price,
-        alert_time=fields.alert_time,
-        message=fields.message,
+def _ack(result: ingest.Ingested) -> web.Response:
+    """201 for a new alert, 200 for a duplicate (nothing stored, nothing published)."""
+    alert_id = str(result.alert.id) if result.alert else None
+    return json_response(
+        {"id": alert_id, "duplicate": result.duplicate}, status=200 if result.duplicate else 201
     )
 
 
@@ -181,20 +114,19 @@ async def tradingview(request: web.Request) -> web.Response:
     config = request.app[keys.config].webhook
     _check_declared_length(request, config.max_body_bytes)
     secret = request.match_info["secret"]
-    if not _URL_SECRET_RE.match(secret):
+    if not ingest.well_formed_url_secret(secret):
         raise NotFound("webhook")
-    digest = url_secret_hash(secret)
     # The body (at most 64 KiB) is read before a pooled connection is taken, so a slow
     # sender never holds one.
-    body = await read_body(request, config.max_body_bytes)
-    async with request.app[keys.pool].acquire() as conn:
-        match = await strategies.find_by_url_secret(conn, digest)
-        # The index lookup compares bytes with memcmp; compare once more in constant time.
-        if not hmac.compare_digest(match.url_secret_sha256, digest):
-            raise NotFound("webhook")
-        parsed = _parse(request, body)
-        new = _new_alert(match.strategy_id, "tradingview", body, parsed, None)
-        return await _store(request, conn, new, config.dedup_window)
+    body = _body(request, await read_body(request, config.max_body_bytes))
+    result = await ingest.tradingview(
+        request.app[keys.pool],
+        request.app[keys.relay],
+        secret,
+        body,
+        dedup_seconds=config.dedup_window,
+    )
+    return _ack(result)
 
 
 @describe(
@@ -216,46 +148,25 @@ async def signed(request: web.Request) -> web.Response:
     config = request.app[keys.config].webhook
     _check_declared_length(request, config.max_body_bytes)
     strategy_id = path_uuid(request, "strategy_id")
-    try:
-        headers = parse_headers(
-            request.headers.get("webhook-id"),
-            request.headers.get("webhook-timestamp"),
-            request.headers.get("webhook-signature"),
-        )
-        if abs(time.time() - headers.timestamp) > config.timestamp_tolerance:
-            raise SignatureError(401, "webhook-timestamp is outside the tolerance window")
-    except SignatureError as exc:
-        raise ApiError(exc.status, exc.message) from None
-    body = await read_body(request, config.max_body_bytes)
-    async with request.app[keys.pool].acquire() as conn:
-        sealed = await strategies.signing_secrets(conn, strategy_id)
-        box = request.app[secret_box_key]
-        secrets = [box.open(strategy_id, item) for item in sealed]
-        try:
-            verify(
-                headers,
-                body,
-                [secret_key(secret) for secret in secrets if secret is not None],
-                now=time.time(),
-                tolerance=config.timestamp_tolerance,
-            )
-        except SignatureError as exc:
-            raise ApiError(exc.status, exc.message) from None
-        parsed = _parse(request, body)
-        new = _new_alert(strategy_id, "signed", body, parsed, headers.msg_id)
-        return await _store(request, conn, new, 0)
-
-
-def ensure_secret_box(app: web.Application) -> SecretBox:
-    """The app's :class:`SecretBox` (created on first use, before the app starts)."""
-    box = app.get(secret_box_key)
-    if box is None:
-        box = SecretBox(app[keys.config].auth.service_secret)
-        app[secret_box_key] = box
-    return box
+    headers = ingest.signed_headers(
+        request.headers.get("webhook-id"),
+        request.headers.get("webhook-timestamp"),
+        request.headers.get("webhook-signature"),
+        tolerance=config.timestamp_tolerance,
+    )
+    body = _body(request, await read_body(request, config.max_body_bytes))
+    result = await ingest.signed(
+        request.app[keys.pool],
+        request.app[keys.relay],
+        request.app[keys.secret_box],
+        strategy_id,
+        headers,
+        body,
+        tolerance=config.timestamp_tolerance,
+    )
+    return _ack(result)
 
 
 def setup_routes(app: web.Application) -> None:
-    ensure_secret_box(app)
     app.router.add_post("/webhooks/tv/{secret}", tradingview)
     app.router.add_post("/webhooks/alerts/{strategy_id}", signed)

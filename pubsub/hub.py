@@ -11,8 +11,10 @@ connections, in practice). Its guarantees, per channel:
 * **Gap-free subscribe**: a subscriber is registered for live publications *before* its
   history/position is read; what arrives meanwhile is buffered and merged by offset, so a
   publication is neither missed nor repeated however publishers race the subscribe.
-* **Serialise once**: each publication is encoded once (``encode``) and the same bytes go to
-  every subscriber.
+* **Serialise once per wire protocol**: subscribers are grouped by their :class:`Encoder` (one
+  per wire protocol and transport framing); each publication is encoded once per encoder in use
+  on the channel and the same bytes go to every subscriber of that group. With a single protocol
+  this is one encode per publication, as before.
 """
 
 from __future__ import annotations
@@ -23,26 +25,50 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
 
-from pubsub.broker import Broker, Publication, PublishResult, StreamPosition
+from pubsub.broker import Broker, HistoryResult, Publication, PublishResult, StreamPosition
 from pubsub.metrics import HubMetrics
-from pubsub.namespaces import NamespaceOptions, parse_channel
+from pubsub.namespaces import ChannelName, NamespaceOptions, parse, parse_channel
+
+if TYPE_CHECKING:  # presence imports the hub; the hub only names the entry type
+    from pubsub.presence import PresenceEntry
 
 log = logging.getLogger(__name__)
+
+
+#: handles one decoded control message (a JSON object with ``op``)
+ControlHandler = Callable[[dict[str, Any]], None]
 
 
 class SubscriptionCancelled(Exception):
     """The subscriber was unsubscribed while its subscribe was still in progress."""
 
 
+class Encoder(Protocol):
+    """How one wire protocol (over one transport framing) encodes what the hub delivers.
+
+    The hub groups a channel's subscribers by encoder and calls each method at most once per
+    publication or event per encoder, so encoders are long-lived objects (one per protocol and
+    framing in the process) compared by identity.
+    """
+
+    def publication(self, pub: Publication) -> bytes:
+        """The bytes a subscriber receives for ``pub``."""
+        ...
+
+    def presence(self, kind: str, channel: str, entry: PresenceEntry) -> bytes:
+        """The bytes of a ``join`` or ``leave`` event in ``channel``."""
+        ...
+
+
 class Subscriber(Protocol):
     """A local receiver of publications (a WebSocket connection). Methods must not block."""
 
     def deliver(self, frame: bytes) -> None:
-        """Queue an encoded publication for sending."""
+        """Queue bytes made by the subscriber's encoder for sending."""
 
     def lost(self, channel: str, position: StreamPosition) -> None:
         """Publications of ``channel`` were lost for good; continue from ``position``."""
@@ -65,6 +91,7 @@ class SubscribeResult:
 
 @dataclass(slots=True)
 class _Pending:
+    encoder: Encoder
     buffer: list[Publication] = field(default_factory=list)
     lost: bool = False
 
@@ -73,10 +100,11 @@ class _Pending:
 class _Channel:
     name: str
     options: NamespaceOptions
-    live: dict[Subscriber, None] = field(default_factory=dict)
+    #: live subscribers grouped by encoder (one group per wire protocol; empty groups removed)
+    live: dict[Encoder, dict[Subscriber, None]] = field(default_factory=dict)
     pending: dict[Subscriber, _Pending] = field(default_factory=dict)
-    #: subscribers that go live once the stream passes the offset given
-    skip: dict[Subscriber, int] = field(default_factory=dict)
+    #: subscribers that go live once the stream passes the offset given, with their encoder
+    skip: dict[Subscriber, tuple[int, Encoder]] = field(default_factory=dict)
     offset: int = -1  # newest offset delivered; -1 while unknown
     epoch: str = ""
     filling: bool = False
@@ -85,6 +113,16 @@ class _Channel:
 
     def empty(self) -> bool:
         return not (self.live or self.pending or self.skip)
+
+    def go_live(self, sub: Subscriber, encoder: Encoder) -> None:
+        group = self.live.get(encoder)
+        if group is None:
+            group = self.live[encoder] = {}
+        group[sub] = None
+
+    def receiving(self) -> int:
+        """Subscribers that receive live publications (live or catching up)."""
+        return sum(len(group) for group in self.live.values()) + len(self.skip)
 
 
 class _KeyedLocks:
@@ -113,16 +151,18 @@ class _KeyedLocks:
 class Hub:
     """Local index of channel → subscribers over one broker.
 
-    ``encode`` turns a publication into the bytes subscribers receive (a whole WebSocket frame,
-    for example); it is called once per publication. ``release_delay`` keeps an idle channel's
-    upstream subscription for a moment so that a quick unsubscribe/subscribe does not flap.
+    ``encoder`` turns publications into the bytes subscribers receive (whole WebSocket frames,
+    for example) for subscribers that do not bring their own (see :meth:`subscribe`); each
+    encoder in use on a channel is called once per publication. ``release_delay`` keeps an idle
+    channel's upstream subscription for a moment so that a quick unsubscribe/subscribe does not
+    flap.
     """
 
     def __init__(
         self,
         broker: Broker,
         namespaces: dict[str, NamespaceOptions],
-        encode: Callable[[Publication], bytes],
+        encoder: Encoder,
         *,
         metrics: HubMetrics | None = None,
         release_delay: float = 1.0,
@@ -130,14 +170,14 @@ class Hub:
     ) -> None:
         self.broker = broker
         self.namespaces = namespaces
-        self._encode = encode
+        self._encoder = encoder
         self._metrics = metrics if metrics is not None else HubMetrics.create(None)
         self._release_delay = release_delay
         self._pending_limit = pending_limit
         self._channels: dict[str, _Channel] = {}
         self._locks = _KeyedLocks()
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._control_handlers: list[Callable[[bytes], None]] = []
+        self._control_handlers: dict[str, list[ControlHandler]] = {}
         self._closed = False
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -163,6 +203,37 @@ class Hub:
         namespace, _ = parse_channel(channel, self.namespaces)
         return self.namespaces[namespace]
 
+    def parse(self, channel: str) -> ChannelName:
+        """``channel`` parsed once (namespace, identifier, options); raises ``InvalidChannel``."""
+        return parse(channel, self.namespaces)
+
+    # -- reading ---------------------------------------------------------------------------
+
+    async def position(self, channel: str) -> StreamPosition:
+        """The newest offset and epoch of ``channel``. Asking creates the stream (and fixes its
+        epoch) when it does not exist yet. Raises ``InvalidChannel`` or ``BrokerError``."""
+        return await self.broker.position(channel, self.options(channel))
+
+    async def history(
+        self, channel: str, *, since: StreamPosition | None = None, limit: int | None = None
+    ) -> HistoryResult:
+        """Publications still in history, ascending: after ``since`` when it is in the current
+        epoch, else the newest ``limit`` (offsets of another epoch mean nothing here).
+
+        One broker read when the epoch matches, a second only for a stale one. Raises
+        ``InvalidChannel`` or ``BrokerError``.
+        """
+        options = self.options(channel)
+        after = since.offset if since is not None else None
+        hist = await self.broker.history(channel, options, since=after, limit=limit)
+        if since is not None and hist.position.epoch != since.epoch:
+            hist = await self.broker.history(channel, options, limit=limit)
+        return hist
+
+    async def ping(self) -> None:
+        """Raise ``BrokerError`` unless the broker answers (readiness checks)."""
+        await self.broker.ping()
+
     # -- publishing ------------------------------------------------------------------------
 
     async def publish(
@@ -184,20 +255,29 @@ class Hub:
             channel, payload, self.options(channel), idempotency_key=idempotency_key
         )
 
-    async def publish_control(self, data: bytes) -> None:
-        """Send a control message to every node's control handlers."""
-        await self.broker.publish_control(data)
+    async def publish_control(self, op: str, fields: dict[str, Any]) -> None:
+        """Send control message ``op`` with ``fields`` (JSON-ready) to the handlers of ``op``
+        on every node, this one included. Raises ``BrokerError`` when the broker fails."""
+        await self.broker.publish_control(orjson.dumps({**fields, "op": op}))
 
-    def add_control_handler(self, handler: Callable[[bytes], None]) -> None:
-        """Call ``handler`` for every control message (from any node)."""
-        self._control_handlers.append(handler)
+    def add_control_handler(self, op: str, handler: ControlHandler) -> None:
+        """Call ``handler(message)`` for every control message ``op`` from any node; the
+        message is the decoded JSON object (``op`` included)."""
+        self._control_handlers.setdefault(op, []).append(handler)
 
     # -- subscribing -----------------------------------------------------------------------
 
     async def subscribe(
-        self, sub: Subscriber, channel: str, since: StreamPosition | None = None
+        self,
+        sub: Subscriber,
+        channel: str,
+        since: StreamPosition | None = None,
+        *,
+        encoder: Encoder | None = None,
     ) -> SubscribeResult:
         """Register ``sub`` on ``channel`` and return where it starts.
+
+        ``encoder`` is the wire protocol ``sub`` speaks (the hub's default when None).
 
         With ``since`` (and recovery allowed in the namespace) the publications after it are
         returned and ``recovered`` says whether all of them were still available in the same
@@ -206,12 +286,13 @@ class Hub:
         Raises ``BrokerError`` when the broker fails; ``sub`` is then not subscribed.
         """
         options = self.options(channel)
+        pending = _Pending(self._encoder if encoder is None else encoder)
         async with self._locks(channel):
             state = self._channels.get(channel)
             if state is None:
                 state = _Channel(channel, options)
                 self._channels[channel] = state
-                state.pending[sub] = _Pending()
+                state.pending[sub] = pending
                 try:
                     await self.broker.subscribe(channel)
                 except BaseException:
@@ -222,7 +303,7 @@ class Hub:
                 if state.release is not None:
                     state.release.cancel()
                     state.release = None
-                state.pending[sub] = _Pending()
+                state.pending[sub] = pending
         try:
             return await self._complete(sub, state, since)
         except BaseException:
@@ -281,9 +362,10 @@ class Hub:
         if pending.lost and recovered:
             recovered = False
         if state.offset < cursor and state.epoch == position.epoch:
-            state.skip[sub] = cursor  # live stream is behind this subscriber: wait for it
+            # live stream is behind this subscriber: wait for it
+            state.skip[sub] = (cursor, pending.encoder)
         else:
-            state.live[sub] = None
+            state.go_live(sub, pending.encoder)
         self._metrics.subscriptions.inc()
         if tail:
             position = StreamPosition(tail[-1].offset, position.epoch)
@@ -306,11 +388,14 @@ class Hub:
         state = self._channels.get(channel)
         if state is None:
             return False
-        found = False
-        for index in (state.live, state.skip):
-            if sub in index:
-                del index[sub]
+        found = state.skip.pop(sub, None) is not None
+        for encoder, group in state.live.items():
+            if sub in group:
+                del group[sub]
+                if not group:
+                    del state.live[encoder]
                 found = True
+                break
         if found:
             self._metrics.subscriptions.dec()
         elif state.pending.pop(sub, None) is not None:
@@ -339,22 +424,28 @@ class Hub:
             except Exception:
                 log.warning("upstream unsubscribe failed", extra={"channel": state.name})
 
-    def deliver_local(self, channel: str, frame: bytes) -> int:
-        """Hand ``frame`` to every local subscriber of ``channel`` that is receiving live
-        publications (used for events that are not publications, e.g. join/leave)."""
+    def deliver_presence(self, channel: str, kind: str, entry: PresenceEntry) -> int:
+        """Hand a ``join``/``leave`` event to every local subscriber of ``channel`` that is
+        receiving live publications, encoded once per encoder; returns how many got it."""
         state = self._channels.get(channel)
         if state is None:
             return 0
-        for sub in state.live:
-            sub.deliver(frame)
-        for sub in state.skip:
-            sub.deliver(frame)
-        return len(state.live) + len(state.skip)
+        frames: dict[Encoder, bytes] = {}
+        for encoder, group in state.live.items():
+            frame = frames[encoder] = encoder.presence(kind, channel, entry)
+            for sub in group:
+                sub.deliver(frame)
+        for sub, (_, encoder) in state.skip.items():
+            frame_or_none = frames.get(encoder)
+            if frame_or_none is None:
+                frame_or_none = frames[encoder] = encoder.presence(kind, channel, entry)
+            sub.deliver(frame_or_none)
+        return state.receiving()
 
     def subscriber_count(self, channel: str) -> int:
         """Local subscribers of ``channel`` (live, catching up or subscribing)."""
         state = self._channels.get(channel)
-        return 0 if state is None else len(state.live) + len(state.skip) + len(state.pending)
+        return 0 if state is None else state.receiving() + len(state.pending)
 
     def channels(self) -> list[str]:
         """Channels with an upstream subscription in this process."""
@@ -383,11 +474,20 @@ class Hub:
         self._dispatch(state, publication)
 
     def on_control(self, data: bytes) -> None:
-        for handler in self._control_handlers:
+        """Decode a control message once and route it by its ``op`` (one discriminator)."""
+        try:
+            message = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            message = None
+        op = message.get("op") if isinstance(message, dict) else None
+        if not isinstance(op, str):
+            log.warning("malformed control message ignored")
+            return
+        for handler in self._control_handlers.get(op, ()):
             try:
-                handler(data)
+                handler(message)
             except Exception:
-                log.exception("control handler failed")
+                log.exception("control handler failed", extra={"op": op})
 
     def on_reconnected(self) -> None:
         """Refill every channel: messages may have been published while we were away."""
@@ -406,18 +506,19 @@ class Hub:
     def _dispatch(self, state: _Channel, pub: Publication) -> None:
         state.offset = pub.offset
         state.epoch = pub.epoch
-        frame = self._encode(pub)
-        live = state.live
-        for sub in live:
-            sub.deliver(frame)
-        delivered = len(live)
-        if state.skip:
-            for sub, start in list(state.skip.items()):
-                if pub.offset > start:
-                    del state.skip[sub]
-                    live[sub] = None
-                    sub.deliver(frame)
-                    delivered += 1
+        delivered = 0
+        # Subscribers catching up need the frames of this publication too (rare).
+        frames: dict[Encoder, bytes] | None = {} if state.skip else None
+        # One group per wire protocol in use (usually one): encode once, write to all of them.
+        for encoder, group in state.live.items():
+            frame = encoder.publication(pub)
+            if frames is not None:
+                frames[encoder] = frame
+            for sub in group:
+                sub.deliver(frame)
+            delivered += len(group)
+        if frames is not None:
+            delivered += self._dispatch_skipped(state, pub, frames)
         if state.pending:
             for pending in state.pending.values():
                 if len(pending.buffer) < self._pending_limit:
@@ -428,6 +529,25 @@ class Hub:
             self._metrics.deliveries.inc(delivered)
             self._metrics.latency.observe(max(0.0, time.time() - pub.time))
 
+    def _dispatch_skipped(
+        self, state: _Channel, pub: Publication, frames: dict[Encoder, bytes]
+    ) -> int:
+        """Move the subscribers the stream has caught up with to live and deliver ``pub`` to
+        them; ``frames`` holds the encodings made for the live groups (reused, so ``pub`` is
+        encoded at most once per encoder)."""
+        delivered = 0
+        for sub, (start, encoder) in list(state.skip.items()):
+            if pub.offset <= start:
+                continue
+            del state.skip[sub]
+            frame = frames.get(encoder)
+            if frame is None:
+                frame = frames[encoder] = encoder.publication(pub)
+            state.go_live(sub, encoder)
+            sub.deliver(frame)
+            delivered += 1
+        return delivered
+
     def _lose(self, state: _Channel, position: StreamPosition) -> None:
         """Tell everyone on ``state`` that publications up to ``position`` are gone."""
         self._metrics.gaps.labels("lost").inc()
@@ -436,7 +556,8 @@ class Hub:
             extra={"channel": state.name, "offset": position.offset},
         )
         state.offset, state.epoch = position.offset, position.epoch
-        for sub in list(state.live) + list(state.skip):
+        subs = [sub for group in state.live.values() for sub in group]
+        for sub in subs + list(state.skip):
             sub.lost(state.name, position)
         for pending in state.pending.values():
             pending.lost = True

@@ -25,9 +25,17 @@ class HubMetrics:
         """Register the engine's metrics on ``registry`` (a private one when None)."""
         registry = registry if registry is not None else CollectorRegistry()
         return cls(
-            channels=Gauge("arena_channels", "Channels with local subscribers", registry=registry),
+            channels=Gauge(
+                "arena_channels",
+                "Channels with local subscribers",
+                registry=registry,
+                multiprocess_mode="liveall",
+            ),
             subscriptions=Gauge(
-                "arena_subscriptions", "Local channel subscriptions", registry=registry
+                "arena_subscriptions",
+                "Local channel subscriptions",
+                registry=registry,
+                multiprocess_mode="liveall",
             ),
             publications=Counter(
                 "arena_publications", "Publications received from the broker", registry=registry

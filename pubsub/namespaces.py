@@ -43,6 +43,23 @@ def default_namespaces() -> dict[str, NamespaceOptions]:
     }
 
 
+@dataclass(frozen=True, slots=True)
+class ChannelName:
+    """A channel name parsed once: ``name`` is ``namespace:ident`` and ``options`` are its
+    namespace's. Made by :func:`parse`; a subscribe parses the name once and passes this on."""
+
+    name: str
+    namespace: str
+    ident: str
+    options: NamespaceOptions
+
+
+def parse(channel: str, namespaces: dict[str, NamespaceOptions]) -> ChannelName:
+    """Parse and validate ``channel``; raises :class:`InvalidChannel` like :func:`parse_channel`."""
+    namespace, ident = parse_channel(channel, namespaces)
+    return ChannelName(channel, namespace, ident, namespaces[namespace])
+
+
 def parse_channel(channel: str, namespaces: dict[str, NamespaceOptions]) -> tuple[str, str]:
     """Split ``channel`` into ``(namespace, identifier)``.
 

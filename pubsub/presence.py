@@ -39,7 +39,7 @@ from typing import Any
 import orjson
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 from pubsub.hub import Hub
 
@@ -273,35 +273,31 @@ def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-EventEncoder = Callable[[str, str, PresenceEntry], bytes]
-
-
 class Presence:
     """Presence and join/leave for one node.
 
-    ``encode(kind, channel, entry)`` builds the push frame for a ``join``/``leave`` event;
-    frames go to the local live subscribers of the channel on every node (through the
-    broker's control channel). ``unique_users`` sends join only for a user's first client and
-    leave only for the last (several tabs of one user look like one presence).
+    ``join``/``leave`` events go to the local live subscribers of the channel on every node
+    (through the broker's control channel), each encoded by the hub once per wire protocol in
+    use (:meth:`~pubsub.hub.Hub.deliver_presence`). ``unique_users`` sends join only for a
+    user's first client and leave only for the last (several tabs of one user look like one
+    presence).
     """
 
     def __init__(
         self,
         hub: Hub,
         store: PresenceStore,
-        encode: EventEncoder,
         *,
         refresh_interval: float = 10.0,
         unique_users: bool = True,
     ) -> None:
         self.hub = hub
         self.store = store
-        self._encode = encode
         self._interval = refresh_interval
         self._unique = unique_users
         self._local: dict[tuple[str, str], PresenceEntry] = {}
         self._task: asyncio.Task[None] | None = None
-        hub.add_control_handler(self._on_control)
+        hub.add_control_handler("presence", self._on_control)
 
     def start(self) -> None:
         """Begin the periodic refresh-and-sweep loop."""
@@ -334,23 +330,17 @@ class Presence:
 
     async def _announce(self, kind: str, channel: str, entry: PresenceEntry) -> None:
         message = {
-            "op": "presence",
             "kind": kind,
             "channel": channel,
             "client": entry.client_id,
             "user": entry.user_id,
             "info": entry.info,
         }
-        await self.hub.publish_control(orjson.dumps(message))
+        await self.hub.publish_control("presence", message)
 
-    def _on_control(self, data: bytes) -> None:
-        if not data.startswith(b'{"op":"presence"'):
-            return
-        message = orjson.loads(data)
+    def _on_control(self, message: dict[str, Any]) -> None:
         entry = PresenceEntry(message["client"], message["user"], message.get("info") or {})
-        self.hub.deliver_local(
-            message["channel"], self._encode(message["kind"], message["channel"], entry)
-        )
+        self.hub.deliver_presence(message["channel"], message["kind"], entry)
 
     async def _loop(self) -> None:
         while True:
@@ -363,5 +353,5 @@ class Presence:
                     for gone in await self.store.sweep(channel):
                         if self.hub.options(channel).join_leave:
                             await self._announce("leave", channel, gone)
-            except (RedisError, OSError):
+            except (RedisError, RedisClusterException, OSError):
                 log.warning("presence refresh failed; retrying next interval", exc_info=True)

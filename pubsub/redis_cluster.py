@@ -39,6 +39,7 @@ from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
 from redis.crc import key_slot
 from redis.exceptions import ClusterError, RedisClusterException, RedisError, TryAgainError
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from pubsub.broker import BrokerError, BrokerEventHandler, BrokerUnavailable
 from pubsub.redis_broker import ScriptedBroker
@@ -454,8 +455,8 @@ class RedisClusterBroker(ScriptedBroker):
         """A connection to any node (a replica will do): PUBLISH reaches all of them. Each
         reconnect picks again, so a dead node is left behind."""
         nodes = self._cluster.get_nodes()
-        if not nodes:
-            raise BrokerUnavailable("no Redis Cluster node known")
+        if not nodes:  # the reconnect loop retries (it handles RedisError)
+            raise RedisConnectionError("no Redis Cluster node known")
         return _node_connection(random.choice(nodes))
 
     # -- subscriptions ---------------------------------------------------------------------

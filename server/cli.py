@@ -2,8 +2,10 @@
 
 ::
 
-    arena-realtime [serve]                         run the service (HOST, PORT from the environment)
+    arena-realtime [serve] [--workers N]           run the service (HOST, PORT from the environment)
     arena-realtime migrate                         apply database migrations and exit
+    arena-realtime migrate --status                list applied and pending migrations
+    arena-realtime seed-demo                       fill an empty database with demo data
     arena-realtime token --email E [--role R]      print an access token for E (user created if new)
     arena-realtime service-token [--name N]        print a token for a trusted backend
 """
@@ -13,34 +15,57 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import replace
 
 import asyncpg
 from aiohttp import web
 
 from handlers import keys
-from handlers.principal import ROLES
-from handlers.tokens import TokenService
 from pubsub.broker import BrokerError
 from server import lifecycle
 from server.app import create_app
 from server.logs import configure_logging
 from server.settings import Settings, SettingsError, load_settings
+from server.workers import (
+    Supervisor,
+    WorkersRefused,
+    check_workers,
+    worker_command,
+    worker_index,
+)
+from services.auth.principal import ROLES
+from services.auth.tokens import TokenService
+from services.demo import DemoSummary, NotEmpty, seed_demo
 from storage import users
-from storage.db import create_pool
+from storage.db import open_database
 from storage.embedded import start_embedded
-from storage.migrate import MigrationError, migrate
+from storage.migrate import MigrationError, migration_status
 
 log = logging.getLogger("arena")
+
+#: the states ``migrate --status`` reports, in the order of its summary line
+STATUSES = ("applied", "pending", "edited", "unknown")
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="arena-realtime", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command")
-    sub.add_parser("serve", help="run the service (default)")
-    sub.add_parser("migrate", help="apply database migrations and exit")
+    serve_cmd = sub.add_parser("serve", help="run the service (default)")
+    serve_cmd.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="worker processes sharing the port (default: WORKERS or 1; more needs REDIS_URL)",
+    )
+    migrate_cmd = sub.add_parser("migrate", help="apply database migrations and exit")
+    migrate_cmd.add_argument(
+        "--status", action="store_true", help="list applied and pending migrations, change nothing"
+    )
+    sub.add_parser("seed-demo", help="fill an empty database with a realistic demo")
     token = sub.add_parser("token", help="print an access token for a user")
     token.add_argument("--email", required=True)
     token.add_argument("--role", choices=ROLES, default="buyer")
@@ -87,31 +112,81 @@ def serve(settings: Settings) -> None:
         shutdown_timeout=settings.shutdown_timeout,
         access_log=None,
         print=lambda _: None,
+        # Under the --workers supervisor every worker binds the same port.
+        reuse_port=worker_index() is not None or None,
     )
     log.info("stopped")
 
 
-@asynccontextmanager
-async def _database(settings: Settings) -> AsyncIterator[asyncpg.Pool]:
+def serve_workers(settings: Settings, workers: int) -> int:
+    """Run ``workers`` worker processes on one port under a supervisor (see server.workers)."""
+    check_workers(settings, workers)
+    env = dict(os.environ)
     embedded = None
-    url = settings.database_url
-    if url is None:
-        embedded = await asyncio.to_thread(start_embedded, settings.data_dir)
-        url = embedded.url
-    pool = await create_pool(url, min_size=1, max_size=2)
+    if settings.database_url is None:
+        # One embedded server for all workers, started (and stopped) by the supervisor.
+        embedded = start_embedded(settings.data_dir)
+        env["DATABASE_URL"] = embedded.url
     try:
-        async with pool.acquire() as conn:
-            await migrate(conn)
-        yield pool
+        asyncio.run(_migrate(replace(settings, database_url=env.get("DATABASE_URL"))))
+        return Supervisor(settings, workers, worker_command(), env).run()
     finally:
-        await pool.close()
         if embedded is not None:
-            await asyncio.to_thread(embedded.stop)
+            embedded.stop()
+
+
+@asynccontextmanager
+async def _database(settings: Settings, *, apply: bool = True) -> AsyncIterator[asyncpg.Pool]:
+    """A small pool for a CLI command (migrations applied unless ``apply`` is false)."""
+    async with open_database(
+        settings.database_url, settings.data_dir, max_size=2, apply_migrations=apply
+    ) as database:
+        yield database.pool
 
 
 async def _migrate(settings: Settings) -> None:
     async with _database(settings):
         pass
+
+
+async def _migration_status(settings: Settings) -> str:
+    async with _database(settings, apply=False) as pool, pool.acquire() as conn:
+        states = await migration_status(conn)
+    lines = []
+    for state in states:
+        when = state.applied_at.isoformat(timespec="seconds") if state.applied_at else ""
+        lines.append(f"{state.status:<8} {when:<25} {state.name}")
+    counts = {status: sum(s.status == status for s in states) for status in STATUSES}
+    lines.append(
+        ", ".join(
+            f"{n} {status}" for status, n in counts.items() if n or status in {"applied", "pending"}
+        )
+    )
+    return "\n".join(lines)
+
+
+async def _seed_demo(settings: Settings) -> DemoSummary:
+    async with _database(settings) as pool, pool.acquire() as conn:
+        return await seed_demo(
+            conn, settings.handlers.auth.service_secret, settings.handlers.http.public_base_url
+        )
+
+
+def _demo_text(summary: DemoSummary) -> str:
+    return "\n".join(
+        [
+            f"demo data created: {len(summary.buyers) + len(summary.vendors) + 1} users, "
+            f"{summary.requests} requests, {summary.proposals} proposals, "
+            f"{summary.strategies} strategy with {summary.alerts} alerts "
+            f"({summary.events} live events queued for the outbox relay)",
+            f"buyers:  {', '.join(summary.buyers)}",
+            f"vendors: {', '.join(summary.vendors)}",
+            f"admin:   {summary.admin}",
+            "sign in at /login with any of them (magic link), or: "
+            "arena-realtime token --email <address> --role <role>",
+            f"TradingView webhook of the demo strategy: {summary.tradingview_url}",
+        ]
+    )
 
 
 async def _token(settings: Settings, email: str, role: str) -> str:
@@ -135,14 +210,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = args.command or "serve"
     try:
         if command == "serve":
-            serve(settings)
+            workers = getattr(args, "workers", None) or settings.workers
+            if workers == 1 or worker_index() is not None:
+                serve(settings)
+            else:
+                return serve_workers(settings, workers)
+        elif command == "migrate" and args.status:
+            print(asyncio.run(_migration_status(settings)))
         elif command == "migrate":
             asyncio.run(_migrate(settings))
             log.info("database is up to date")
+        elif command == "seed-demo":
+            print(_demo_text(asyncio.run(_seed_demo(settings))))
         elif command == "token":
             print(asyncio.run(_token(settings, args.email, args.role)))
         elif command == "service-token":
             print(TokenService(settings.handlers.auth).issue_service(args.name, args.ttl).token)
+    except WorkersRefused as exc:
+        print(f"arena-realtime: {exc}", file=sys.stderr)
+        return 2
+    except NotEmpty as exc:
+        log.error("cannot %s: %s", command, exc)
+        return 1
     except (MigrationError, BrokerError, OSError, asyncpg.PostgresError) as exc:
         # Expected operational failures (database or Redis down, port taken, bad migration)
         # get one clear line instead of a traceback; anything else still raises.

@@ -13,13 +13,8 @@ from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.cluster import RedisCluster
 
 from handlers import keys
-from handlers.analysis.factory import build_provider
-from handlers.analysis.runner import AnalysisRunner
-from handlers.email import Mailer, make_backend
-from handlers.outbox_relay import OutboxRelay
-from handlers.ratelimit import MemoryRateLimiter, RedisRateLimiter
-from handlers.ws_frames import presence_event, publication_frame
-from handlers.ws_registry import ConnectionRegistry
+from handlers.realtime.transport import Flusher
+from handlers.realtime.websocket import ARENA_WEBSOCKET, realtime_service
 from pubsub.broker import Broker
 from pubsub.hub import Hub
 from pubsub.memory import MemoryBroker
@@ -29,10 +24,16 @@ from pubsub.redis_keys import KeySpace, PartitionedKeySpace, Partitioning
 from pubsub.redis_url import cluster_client
 from pubsub.redis_url import redis_client as make_redis_client
 from server.settings import Settings
+from services.analysis.factory import build_provider
+from services.analysis.runner import AnalysisRunner
+from services.auth.ratelimit import MemoryRateLimiter, RedisRateLimiter
+from services.auth.service_signature import MemoryReplayCache, RedisReplayCache
+from services.channels.rules import channel_rules
+from services.mail.mailer import Mailer, make_backend
+from services.outbox.relay import OutboxRelay
+from services.realtime.registry import ConnectionRegistry
 from storage.auth_tokens import purge_expired
-from storage.db import create_pool
-from storage.embedded import start_embedded
-from storage.migrate import migrate
+from storage.db import open_database
 
 log = logging.getLogger("arena.lifecycle")
 
@@ -42,28 +43,19 @@ settings_key = web.AppKey("settings", Settings)
 async def database(app: web.Application) -> AsyncIterator[None]:
     """PostgreSQL: ``DATABASE_URL`` or an embedded server in ``DATA_DIR``; migrations applied."""
     settings = app[settings_key]
-    embedded = None
-    url = settings.database_url
-    kind = "postgres"
-    if url is None:
-        embedded = await asyncio.to_thread(start_embedded, settings.data_dir)
-        url, kind = embedded.url, "embedded"
-    try:
-        pool = await create_pool(url, min_size=settings.db_pool_min, max_size=settings.db_pool_max)
+    async with open_database(
+        settings.database_url,
+        settings.data_dir,
+        min_size=settings.db_pool_min,
+        max_size=settings.db_pool_max,
+        apply_migrations=settings.migrate_on_start,
+    ) as database:
         if settings.migrate_on_start:
-            async with pool.acquire() as conn:
-                applied = await migrate(conn)
-            log.info("migrations applied", extra={"applied": applied})
-        app[keys.pool] = pool
-        app[keys.backends]["database"] = kind
-        log.info("database ready", extra={"backend": kind})
-        try:
-            yield
-        finally:
-            await pool.close()
-    finally:
-        if embedded is not None:
-            await asyncio.to_thread(embedded.stop)
+            log.info("migrations applied", extra={"applied": database.applied})
+        app[keys.pool] = database.pool
+        app[keys.backends]["database"] = database.kind
+        log.info("database ready", extra={"backend": database.kind})
+        yield
 
 
 def make_broker(settings: Settings) -> Broker:
@@ -114,29 +106,31 @@ def _presence_store(settings: Settings) -> tuple[PresenceStore, Redis | RedisClu
 
 
 async def channels(app: web.Application) -> AsyncIterator[None]:
-    """Broker, hub and the connection registry."""
+    """Broker, hub, presence, the connection registry and the real-time sessions' services."""
     settings = app[settings_key]
     broker = make_broker(settings)
     hub = Hub(
         broker,
         settings.namespaces,
-        publication_frame,
+        ARENA_WEBSOCKET,
         metrics=HubMetrics.create(app[keys.registry]),
     )
     await hub.start()
     app[keys.hub] = hub
+    app[keys.channel_rules] = channel_rules(app[keys.pool])
     app[keys.connections] = ConnectionRegistry(hub)
+    app[keys.flusher] = Flusher()
     app[keys.backends]["broker"] = broker.name
     store, presence_redis = _presence_store(settings)
     presence = Presence(
         hub,
         store,
-        presence_event,
         refresh_interval=settings.presence_ttl / 3,
         unique_users=settings.presence_unique_users,
     )
     presence.start()
     app[keys.presence] = presence
+    app[keys.realtime] = realtime_service(app)
     expiry = asyncio.create_task(app[keys.connections].expire_forever(), name="ws-token-expiry")
     log.info("broker ready", extra={"backend": broker.name})
     try:
@@ -174,10 +168,12 @@ async def close_websockets(app: web.Application) -> None:
 
 async def redis_client(app: web.Application) -> AsyncIterator[None]:
     """The shared Redis client (when ``REDIS_URL`` is set; a cluster client for a cluster URL)
-    and the rate limiter built on it; without Redis the rate limiter lives in process memory."""
+    and the rate limiter and signature replay cache built on it; without Redis both live in
+    process memory."""
     settings = app[settings_key]
     if not settings.redis_url:
         app[keys.rate_limiter] = MemoryRateLimiter()
+        app[keys.replay_cache] = MemoryReplayCache()
         yield
         return
     # A cluster client fails commands beyond max_connections per node instead of waiting;
@@ -188,6 +184,7 @@ async def redis_client(app: web.Application) -> AsyncIterator[None]:
     )
     app[keys.redis] = client
     app[keys.rate_limiter] = RedisRateLimiter(client, settings.redis_prefix)
+    app[keys.replay_cache] = RedisReplayCache(client, settings.redis_prefix)
     try:
         yield
     finally:

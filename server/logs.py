@@ -9,7 +9,7 @@ from typing import Any
 
 import orjson
 
-from handlers.context import request_id_var
+from services.context import request_id_var
 
 _STANDARD = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime"}
 

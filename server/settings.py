@@ -8,6 +8,7 @@ tokens survive a restart.
 
 from __future__ import annotations
 
+import hmac
 import json
 import os
 import re
@@ -18,7 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from handlers.client_ip import parse_networks
-from handlers.config import (
+from pubsub.namespaces import NamespaceOptions, default_namespaces
+from pubsub.redis_url import is_cluster_url, parse_cluster_url
+from services.auth.tokens import KeyConfigError, TokenService
+from services.config import (
     AnalysisConfig,
     AuthConfig,
     EmailConfig,
@@ -27,9 +31,6 @@ from handlers.config import (
     WebhookConfig,
     WsConfig,
 )
-from handlers.tokens import KeyConfigError, TokenService
-from pubsub.namespaces import NamespaceOptions, default_namespaces
-from pubsub.redis_url import is_cluster_url, parse_cluster_url
 
 
 class SettingsError(ValueError):
@@ -59,6 +60,10 @@ class Settings:
     db_pool_max: int = 10
     shutdown_timeout: float = 10.0
     uvloop: bool = True
+    #: worker processes sharing the port (``serve --workers``); more than one needs REDIS_URL
+    workers: int = 1
+    #: prometheus-client's multiprocess folder; set (by the supervisor) when workers share /metrics
+    prometheus_multiproc_dir: Path | None = None
     migrate_on_start: bool = True
     presence_ttl: float = 30.0
     presence_unique_users: bool = True
@@ -113,6 +118,11 @@ def _float(env: Mapping[str, str], name: str, default: float, minimum: float = 0
     if value < minimum:
         raise SettingsError(f"{name} must be >= {minimum}, got {value}")
     return value
+
+
+def _path(env: Mapping[str, str], name: str) -> Path | None:
+    value = _opt(env, name)
+    return Path(value) if value else None
 
 
 def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
@@ -184,9 +194,15 @@ def _partitions(env: Mapping[str, str]) -> int:
     return count
 
 
-def _jwt_keys(env: Mapping[str, str], primary: str) -> dict[str, str]:
+def _jwt_keys(env: Mapping[str, str], primary: str, service_secret: str) -> dict[str, str]:
     """``JWT_SECRET`` is the signing key (kid ``k1`` unless ``JWT_KID``); ``JWT_OLD_SECRETS``
-    holds ``kid=secret`` pairs still accepted for verification during a rotation."""
+    holds ``kid=secret`` pairs still accepted for verification during a rotation.
+
+    No JWT key may equal ``SERVICE_SECRET``: whoever learns one secret must not get both powers
+    (minting user tokens, and signing service requests / decrypting alert-feed secrets).
+    """
+    if hmac.compare_digest(primary.encode(), service_secret.encode()):
+        raise SettingsError("SERVICE_SECRET must differ from JWT_SECRET (use two random secrets)")
     kid = _str(env, "JWT_KID", "k1")
     keys = {kid: primary}
     for item in _list(env, "JWT_OLD_SECRETS", ()):
@@ -195,8 +211,18 @@ def _jwt_keys(env: Mapping[str, str], primary: str) -> dict[str, str]:
             raise SettingsError("JWT_OLD_SECRETS must be a comma-separated list of kid=secret")
         if len(secret.encode()) < MIN_SECRET_BYTES:
             raise SettingsError(f"JWT_OLD_SECRETS key {old_kid!r} is shorter than 32 bytes")
+        if hmac.compare_digest(secret.encode(), service_secret.encode()):
+            raise SettingsError(f"JWT_OLD_SECRETS key {old_kid!r} must differ from SERVICE_SECRET")
         keys[old_kid] = secret
     return keys
+
+
+def _http_api_key(env: Mapping[str, str]) -> str | None:
+    """``HTTP_API_KEY``: optional static key of the Centrifugo-compatible server API."""
+    value = _opt(env, "HTTP_API_KEY")
+    if value is not None and len(value.encode()) < MIN_SECRET_BYTES:
+        raise SettingsError(f"HTTP_API_KEY must be at least {MIN_SECRET_BYTES} bytes long")
+    return value
 
 
 _NAMESPACE_FIELDS: dict[str, type] = {
@@ -280,10 +306,11 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             hsts=_bool(env, "HSTS", production),
             trusted_proxies=_list(env, "TRUSTED_PROXIES", ()),
             max_body_bytes=_int(env, "MAX_BODY_BYTES", 1024 * 1024, minimum=1024),
+            slow_request_seconds=_float(env, "SLOW_REQUEST_SECONDS", 1.0),
         ),
         auth=AuthConfig(
             jwt_algorithm=jwt_algorithm,
-            jwt_keys=_jwt_keys(env, jwt_secret),
+            jwt_keys=_jwt_keys(env, jwt_secret, service_secret),
             jwt_private_key_file=_opt(env, "JWT_PRIVATE_KEY_FILE"),
             jwt_public_keys_dir=_opt(env, "JWT_PUBLIC_KEYS_DIR"),
             jwt_issuer=_str(env, "JWT_ISSUER", "arena-realtime"),
@@ -293,9 +320,12 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             magic_link_ttl=_int(env, "MAGIC_LINK_TTL", 15 * 60, minimum=60),
             leeway=_int(env, "JWT_LEEWAY", 10),
             service_secret=service_secret,
+            signature_tolerance=_int(env, "SIGNATURE_TOLERANCE_SECONDS", 120, minimum=1),
             login_rate_per_email=_int(env, "LOGIN_RATE_PER_EMAIL", 5, minimum=1),
+            login_rate_per_email_global=_int(env, "LOGIN_RATE_PER_EMAIL_GLOBAL", 50, minimum=1),
             login_rate_per_ip=_int(env, "LOGIN_RATE_PER_IP", 20, minimum=1),
             login_rate_window=_int(env, "LOGIN_RATE_WINDOW", 900, minimum=1),
+            http_api_key=_http_api_key(env),
         ),
         email=EmailConfig(
             backend=email_backend,
@@ -316,6 +346,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             command_rate=_float(env, "WS_COMMAND_RATE", 50.0, minimum=1.0),
             command_burst=_int(env, "WS_COMMAND_BURST", 100, minimum=1),
             max_connections_per_user=_int(env, "WS_MAX_CONNECTIONS_PER_USER", 20, minimum=1),
+            max_unauthenticated_per_ip=_int(env, "WS_MAX_UNAUTHENTICATED_PER_IP", 50, minimum=1),
             user_command_rate=_float(env, "WS_USER_COMMAND_RATE", 100.0, minimum=1.0),
             user_command_burst=_int(env, "WS_USER_COMMAND_BURST", 200, minimum=1),
         ),
@@ -361,6 +392,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         db_pool_max=_int(env, "DB_POOL_MAX", 10, minimum=1),
         shutdown_timeout=_float(env, "SHUTDOWN_TIMEOUT", 10.0),
         uvloop=_bool(env, "UVLOOP", True),
+        workers=_int(env, "WORKERS", 1, minimum=1),
+        prometheus_multiproc_dir=_path(env, "PROMETHEUS_MULTIPROC_DIR"),
         migrate_on_start=_bool(env, "MIGRATE_ON_START", True),
         presence_ttl=_float(env, "PRESENCE_TTL", 30.0, minimum=0.3),
         presence_unique_users=_bool(env, "PRESENCE_UNIQUE_USERS", True),

@@ -26,7 +26,7 @@ class NewAlert:
     """An alert to store; every extracted column is optional, the raw body is not."""
 
     strategy_id: UUID
-    source: str  # "tradingview" | "signed"
+    source: str  # "tradingview" | "signed" | "manual"
     raw_body: str
     content_type: str  # "application/json" | "text/plain"
     body_sha256: bytes
@@ -54,6 +54,7 @@ class Alert:
     raw_body: str
     content_type: str
     received_at: datetime
+    edited_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,8 +76,21 @@ class Bucket:
 
 _COLUMNS = (
     "id, strategy_id, source, webhook_id, ticker, action, quantity, price, alert_time, "
-    "message, raw_body, content_type, received_at"
+    "message, raw_body, content_type, received_at, edited_at"
 )
+
+#: Columns an owner may correct with :func:`update`.
+EDITABLE = frozenset({"ticker", "action", "quantity", "price", "message"})
+
+
+@dataclass(frozen=True, slots=True)
+class SeriesPoint:
+    """One alert of a price series: when it arrived, its price and side."""
+
+    id: UUID
+    received_at: datetime
+    price: Decimal
+    action: str | None
 
 
 def _alert(row: asyncpg.Record) -> Alert:
@@ -150,6 +164,35 @@ async def insert(conn: asyncpg.Connection, new: NewAlert, dedup_seconds: int = 0
 async def get(conn: asyncpg.Connection, alert_id: UUID | str) -> Alert:
     """The alert; raises :class:`NotFound`."""
     row = await conn.fetchrow(f"SELECT {_COLUMNS} FROM alerts WHERE id = $1::uuid", str(alert_id))
+    if row is None:
+        raise NotFound("alert")
+    return _alert(row)
+
+
+async def get_for_update(conn: asyncpg.Connection, alert_id: UUID | str) -> Alert:
+    """The alert, locked until the end of the caller's transaction; raises :class:`NotFound`."""
+    row = await conn.fetchrow(
+        f"SELECT {_COLUMNS} FROM alerts WHERE id = $1::uuid FOR UPDATE", str(alert_id)
+    )
+    if row is None:
+        raise NotFound("alert")
+    return _alert(row)
+
+
+async def update(conn: asyncpg.Connection, alert_id: UUID | str, changes: dict[str, Any]) -> Alert:
+    """Set the :data:`EDITABLE` columns in ``changes`` (None clears one) and ``edited_at``;
+    raises :class:`NotFound`."""
+    unknown = set(changes) - EDITABLE
+    if unknown:
+        raise ValueError(f"not editable: {sorted(unknown)}")
+    names = sorted(changes)
+    sets = ", ".join(f"{name} = ${index}" for index, name in enumerate(names, start=2))
+    row = await conn.fetchrow(
+        f"UPDATE alerts SET {sets}{', ' if sets else ''}edited_at = clock_timestamp() "
+        f"WHERE id = $1::uuid RETURNING {_COLUMNS}",
+        str(alert_id),
+        *(changes[name] for name in names),
+    )
     if row is None:
         raise NotFound("alert")
     return _alert(row)
@@ -236,11 +279,12 @@ async def stats(
     bucket_seconds: int,
     strategy_id: UUID | str | None = None,
     ticker: str | None = None,
+    action: str | None = None,
 ) -> list[Bucket]:
     """Per-bucket alert count and buy/sell volume (sum of ``quantity``) over
     ``[since, until)``; buckets are aligned to the Unix epoch and empty ones are included, so
-    the series plots directly."""
-    clauses, args = _filters(viewer, strategy_id, ticker, None, since, until)
+    the series plots directly. ``action`` keeps only buy (or sell) alerts."""
+    clauses, args = _filters(viewer, strategy_id, ticker, action, since, until)
     args.extend([float(bucket_seconds), since, until])
     width, lo, hi = (f"${len(args) - 2}", f"${len(args) - 1}", f"${len(args)}")
     interval = f"make_interval(secs => {width})"
@@ -264,3 +308,30 @@ async def stats(
         *args,
     )
     return [Bucket(row["t"], row["count"], row["buy"], row["sell"]) for row in rows]
+
+
+async def series(
+    conn: asyncpg.Connection,
+    *,
+    strategy_id: UUID | str,
+    ticker: str,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    after: tuple[datetime, UUID] | None = None,
+    limit: int = 500,
+) -> list[SeriesPoint]:
+    """Alerts of one ticker of one strategy that carry a price, oldest first (a chart's
+    order), from ``after`` (the (received_at, id) of the previous page's last point) on."""
+    clauses, args = _filters(None, strategy_id, ticker, None, since, until)
+    clauses.append("a.price IS NOT NULL")
+    if after is not None:
+        args.extend(after)
+        clauses.append(f"(a.received_at, a.id) > (${len(args) - 1}, ${len(args)})")
+    args.append(limit)
+    rows = await conn.fetch(
+        f"SELECT a.id, a.received_at, a.price, a.action FROM alerts a "
+        f"WHERE {' AND '.join(clauses)} "
+        f"ORDER BY a.received_at, a.id LIMIT ${len(args)}",
+        *args,
+    )
+    return [SeriesPoint(row["id"], row["received_at"], row["price"], row["action"]) for row in rows]

@@ -17,13 +17,13 @@ import asyncpg
 
 from storage.errors import Conflict, NotFound
 
-KINDS = ("compare_proposals", "summarize_request")
+KINDS = ("compare_proposals", "summarize_request", "question")
 ACTIVE = ("queued", "running")
 FINISHED = ("done", "failed", "cancelled")
 
 _COLUMNS = (
-    "id, request_id, owner_id, kind, status, provider, model, text, seq, usage, stop_reason, "
-    "error_code, error_message, created_at, started_at, first_token_at, finished_at"
+    "id, request_id, owner_id, kind, question, status, provider, model, text, seq, usage, "
+    "stop_reason, error_code, error_message, created_at, started_at, first_token_at, finished_at"
 )
 
 
@@ -39,6 +39,8 @@ class Analysis:
     request_id: UUID
     owner_id: UUID
     kind: str
+    #: what the caller asked, for ``kind == "question"``; None for the other kinds
+    question: str | None
     status: str
     provider: str
     model: str
@@ -52,11 +54,6 @@ class Analysis:
     started_at: datetime | None
     first_token_at: datetime | None
     finished_at: datetime | None
-
-    @property
-    def channel(self) -> str:
-        """The channel its events are published on."""
-        return f"analysis:{self.id}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -240,6 +237,7 @@ async def create(
     model: str,
     node: str,
     per_user_limit: int,
+    question: str | None = None,
 ) -> Analysis:
     """Insert a ``queued`` analysis with the given id. Call inside a transaction.
 
@@ -256,12 +254,13 @@ async def create(
         raise TooManyActive(f"at most {per_user_limit} analyses may run at once per user")
     try:
         row = await conn.fetchrow(
-            f"INSERT INTO analyses (id, request_id, owner_id, kind, provider, model, node) "  # noqa: S608
-            f"VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING {_COLUMNS}",
+            "INSERT INTO analyses (id, request_id, owner_id, kind, question, provider, model, "  # noqa: S608
+            f"node) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING {_COLUMNS}",
             analysis_id,
             request_id,
             owner_id,
             kind,
+            question,
             provider,
             model,
             node,
@@ -293,6 +292,49 @@ async def list_for_request(
         request_id,
         limit,
     )
+    return [_analysis(row) for row in rows]
+
+
+async def list_analyses(
+    conn: asyncpg.Connection,
+    *,
+    viewer_id: UUID | None,
+    kind: str | None = None,
+    status: str | None = None,
+    request_id: UUID | None = None,
+    after: tuple[datetime, UUID] | None = None,
+    limit: int = 20,
+) -> list[Analysis]:
+    """Analyses newest first, ``limit`` of them, strictly after the ``after`` position.
+
+    ``viewer_id=None`` sees every analysis (admins); a viewer sees the analyses of the requests
+    they own (whoever started them), which are exactly those they may read.
+    """
+    where: list[str] = []
+    args: list[Any] = []
+
+    def arg(value: Any) -> str:
+        args.append(value)
+        return f"${len(args)}"
+
+    if viewer_id is not None:
+        # Placeholders only: every value goes in ``args``.
+        owned = f"SELECT r.id FROM requests r WHERE r.owner_id = {arg(viewer_id)}"  # noqa: S608
+        where.append(f"a.request_id IN ({owned})")
+    if kind is not None:
+        where.append(f"a.kind = {arg(kind)}")
+    if status is not None:
+        where.append(f"a.status = {arg(status)}")
+    if request_id is not None:
+        where.append(f"a.request_id = {arg(request_id)}")
+    if after is not None:
+        where.append(f"(a.created_at, a.id) < ({arg(after[0])}, {arg(after[1])}::uuid)")
+    columns = ", ".join(f"a.{name.strip()}" for name in _COLUMNS.split(","))
+    sql = f"SELECT {columns} FROM analyses a"  # noqa: S608
+    if where:
+        sql += " WHERE " + " AND ".join(where)
+    sql += f" ORDER BY a.created_at DESC, a.id DESC LIMIT {arg(limit)}"
+    rows = await conn.fetch(sql, *args)
     return [_analysis(row) for row in rows]
 
 

@@ -1,11 +1,38 @@
-"""The asyncpg connection pool."""
+"""Opening the database: the asyncpg pool (JSON through orjson), the embedded PostgreSQL
+fallback and migrations, in :func:`open_database`."""
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import asyncpg
 import orjson
+
+from storage.embedded import start_embedded
+from storage.migrate import migrate
+
+
+class DatabaseUnreachable(ConnectionError):
+    """PostgreSQL cannot be reached or refused us; the message names the server (host, port,
+    database), never the password."""
+
+
+def describe_dsn(dsn: str) -> str:
+    """``host:port/database`` of a PostgreSQL URL, without credentials."""
+    try:
+        parts = urlsplit(dsn)
+        host = parts.hostname or "localhost"
+        port = parts.port or 5432
+    except ValueError:
+        return "the configured address"
+    database = parts.path.lstrip("/") or "postgres"
+    return f"{host}:{port}/{database}"
 
 
 def _dumps(value: Any) -> str:
@@ -20,16 +47,73 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
 async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10) -> asyncpg.Pool:
     """Open a pool whose connections encode and decode JSON columns with orjson.
 
-    Raises the driver's connection errors (see ``storage.errors.UNAVAILABLE``) when the server
-    cannot be reached.
+    Raises :class:`DatabaseUnreachable` (a ``ConnectionError``, so one of
+    ``storage.errors.UNAVAILABLE``) when the server cannot be reached or refuses the login.
     """
-    pool = await asyncpg.create_pool(
-        dsn,
-        min_size=min_size,
-        max_size=max_size,
-        init=_init_connection,
-        command_timeout=30,
-        max_inactive_connection_lifetime=300,
-    )
+    try:
+        pool = await asyncpg.create_pool(
+            dsn,
+            min_size=min_size,
+            max_size=max_size,
+            init=_init_connection,
+            command_timeout=30,
+            max_inactive_connection_lifetime=300,
+        )
+    except OSError as exc:  # refused, unknown host, timeout
+        reason = str(exc) or type(exc).__name__
+        raise DatabaseUnreachable(
+            f"PostgreSQL at {describe_dsn(dsn)} is unreachable: {reason}"
+        ) from exc
+    except (asyncpg.PostgresError, asyncpg.InterfaceError) as exc:  # bad login, no database
+        reason = str(exc) or type(exc).__name__
+        raise DatabaseUnreachable(
+            f"PostgreSQL at {describe_dsn(dsn)} refused the connection: {reason}"
+        ) from exc
     assert pool is not None
     return pool
+
+
+@dataclass(frozen=True, slots=True)
+class Database:
+    """An open database: its pool, ``kind`` (``postgres`` or ``embedded``) and the migrations
+    applied while opening it (names, oldest first)."""
+
+    pool: asyncpg.Pool
+    kind: str
+    applied: list[str]
+
+
+@asynccontextmanager
+async def open_database(
+    url: str | None,
+    data_dir: Path,
+    *,
+    min_size: int = 1,
+    max_size: int = 10,
+    apply_migrations: bool = True,
+) -> AsyncIterator[Database]:
+    """Open ``url``, or start the embedded PostgreSQL in ``data_dir`` when it is None; apply
+    the migrations (under their advisory lock) unless told not to; close everything on exit.
+
+    The one way the service and every CLI command open the database. Raises
+    :class:`DatabaseUnreachable` when the server cannot be reached (the embedded one is
+    stopped again first).
+    """
+    embedded = None
+    kind = "postgres"
+    if url is None:
+        embedded = await asyncio.to_thread(start_embedded, data_dir)
+        url, kind = embedded.url, "embedded"
+    try:
+        pool = await create_pool(url, min_size=min_size, max_size=max_size)
+        try:
+            applied: list[str] = []
+            if apply_migrations:
+                async with pool.acquire() as conn:
+                    applied = await migrate(conn)
+            yield Database(pool, kind, applied)
+        finally:
+            await pool.close()
+    finally:
+        if embedded is not None:
+            await asyncio.to_thread(embedded.stop)

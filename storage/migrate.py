@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from dataclasses import dataclass
+from datetime import datetime
 from importlib import resources
 
 import asyncpg
@@ -43,6 +44,40 @@ def load_migrations() -> list[Migration]:
         key=lambda entry: entry.name,
     )
     return [Migration(entry.name, entry.read_text(encoding="utf-8")) for entry in files]
+
+
+@dataclass(frozen=True, slots=True)
+class MigrationState:
+    """Where one migration stands: ``applied`` (with ``applied_at``), ``pending``, ``edited``
+    (applied, but its file changed since) or ``unknown`` (recorded, but no such file ships)."""
+
+    name: str
+    status: str
+    applied_at: datetime | None = None
+
+
+async def migration_status(
+    conn: asyncpg.Connection, migrations: list[Migration] | None = None
+) -> list[MigrationState]:
+    """Every shipped and every recorded migration, in name order; changes nothing."""
+    migrations = load_migrations() if migrations is None else migrations
+    exists = await conn.fetchval("SELECT to_regclass('schema_migrations') IS NOT NULL")
+    rows = (
+        await conn.fetch("SELECT name, checksum, applied_at FROM schema_migrations")
+        if exists
+        else []
+    )
+    recorded = {row["name"]: row for row in rows}
+    states = []
+    for migration in migrations:
+        row = recorded.pop(migration.name, None)
+        if row is None:
+            states.append(MigrationState(migration.name, "pending"))
+        else:
+            status = "applied" if row["checksum"] == migration.checksum else "edited"
+            states.append(MigrationState(migration.name, status, row["applied_at"]))
+    states += [MigrationState(name, "unknown", row["applied_at"]) for name, row in recorded.items()]
+    return sorted(states, key=lambda state: state.name)
 
 
 async def migrate(conn: asyncpg.Connection, migrations: list[Migration] | None = None) -> list[str]:

@@ -1,7 +1,7 @@
 """The transactional outbox: events recorded with the change they describe.
 
 Write an event with :func:`add_event` inside the same transaction as the change; the relay
-(``handlers.outbox_relay``) publishes unpublished events in id order and marks them.
+(``services.outbox.relay``) publishes unpublished events in id order and marks them.
 """
 
 from __future__ import annotations

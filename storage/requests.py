@@ -111,8 +111,8 @@ async def list_requests(
     """Requests newest first, ``limit`` of them, strictly after the ``after`` position.
 
     Visibility: ``viewer_id=None`` sees everything (admins); otherwise a viewer sees their own
-    requests, those they submitted a proposal to, and with ``include_open`` (vendors) every
-    open request.
+    requests, those they submitted a proposal to or were given access to (``request_vendors``),
+    and with ``include_open`` (vendors) every open request.
     """
     where: list[str] = []
     args: list[Any] = []
@@ -127,6 +127,8 @@ async def list_requests(
             f"r.owner_id = {viewer}::uuid",
             "EXISTS (SELECT 1 FROM proposals p WHERE p.request_id = r.id "  # noqa: S608
             f"AND p.vendor_id = {viewer}::uuid)",
+            "EXISTS (SELECT 1 FROM request_vendors v WHERE v.request_id = r.id "  # noqa: S608
+            f"AND v.vendor_id = {viewer}::uuid)",
         ]
         if include_open:
             visible.append("r.status = 'open'")

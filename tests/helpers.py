@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import time
 import uuid
 from typing import Any
 
@@ -64,3 +65,12 @@ async def connect(client: TestClient, token: str, **kwargs: Any) -> ClientWebSoc
     reply = await request(ws, "authenticate", token=token)
     assert "result" in reply, reply
     return ws
+
+
+async def close_code(ws: ClientWebSocketResponse, timeout: float = 5.0) -> int | None:
+    """Read (and drop) frames until the server closes ``ws``; returns the close code."""
+    deadline = time.monotonic() + timeout
+    while True:
+        msg = await ws.receive(timeout=max(0.1, deadline - time.monotonic()))
+        if msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSED, WSMsgType.CLOSING):
+            return ws.close_code

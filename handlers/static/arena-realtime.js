@@ -14,6 +14,8 @@
 // away arrive in order without duplicates. When the server cannot recover them (history expired
 // or the epoch changed) the subscription's `resync` callback runs instead. See docs/protocol.md.
 
+// Codes after which reconnecting cannot help: 4003 logged out (the session was revoked; the
+// cached access token would still verify), 4005 too many subscriptions, 4006 too many connections.
 const NO_RECONNECT = new Set([4003, 4005, 4006]);
 
 export const CLOSE_CODES = Object.freeze({

@@ -11,8 +11,8 @@ import asyncpg
 import orjson
 import pytest
 
-from handlers.webhook_signature import sign
 from server.app import create_app
+from services.alerts.signatures import sign
 from tests.alerts.util import (
     TcpProxy,
     auth,

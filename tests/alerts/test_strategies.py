@@ -184,8 +184,11 @@ async def test_endpoints_are_in_the_openapi_document(client: Any) -> None:
     assert set(paths["/api/v1/strategies"]) == {"get", "post"}
     assert set(paths["/api/v1/strategies/{strategy_id}"]) == {"get", "patch", "delete"}
     assert "post" in paths["/api/v1/strategies/{strategy_id}/rotate"]
-    assert set(paths["/api/v1/alerts/{alert_id}"]) == {"get", "delete"}
+    assert set(paths["/api/v1/alerts/{alert_id}"]) == {"get", "patch", "delete"}
+    assert set(paths["/api/v1/alerts"]) == {"get", "post"}
     assert "get" in paths["/api/v1/alerts/stats"]
+    assert "get" in paths["/api/v1/alerts/series"]
+    assert "get" in paths["/api/v1/strategies/by-secret/{secret}"]
     assert "201" in paths["/webhooks/alerts/{strategy_id}"]["post"]["responses"]
     assert "404" in paths["/webhooks/tv/{secret}"]["post"]["responses"]
 

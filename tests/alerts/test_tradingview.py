@@ -13,8 +13,8 @@ import pytest
 from redis.asyncio import Redis
 
 from handlers import keys
-from handlers.ratelimit import RedisRateLimiter
 from server.app import create_app
+from services.auth.ratelimit import RedisRateLimiter
 from storage import alerts
 from storage.errors import NotFound
 from tests.alerts.util import auth, count_rows, create_strategy, tv_path

@@ -11,7 +11,7 @@ import orjson
 from aiohttp.test_utils import TestClient
 
 from handlers import keys
-from handlers.webhook_signature import sign
+from services.alerts.signatures import sign
 
 
 async def create_strategy(client: TestClient, token: str, name: str = "Breakout") -> dict[str, Any]:

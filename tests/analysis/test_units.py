@@ -9,9 +9,9 @@ from decimal import Decimal
 
 import pytest
 
-from handlers.analysis.coalescer import Coalescer
-from handlers.analysis.offline_provider import OfflineProvider, tokenize
-from handlers.analysis.prompt import build_prompt
+from services.analysis.coalescer import Coalescer
+from services.analysis.offline_provider import OfflineProvider, tokenize
+from services.analysis.prompt import build_prompt
 from storage.analyses import AnalysisInput, Answer, ProposalFacts, RequestFacts, Requirement
 
 

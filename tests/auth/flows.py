@@ -11,7 +11,7 @@ from aiohttp import WSMsgType
 from aiohttp.test_utils import TestClient
 
 from handlers import keys
-from handlers.email import ConsoleBackend
+from services.mail.mailer import ConsoleBackend
 
 LINK_RE = re.compile(r"(\S+)#token=([A-Za-z0-9_\-]+)")
 

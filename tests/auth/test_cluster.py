@@ -5,8 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 from handlers import keys
-from handlers.ws_connection import CLOSE_RATE_LIMITED, CLOSE_UNAUTHENTICATED
 from server.app import create_app
+from services.realtime.codecs.arena import (
+    CLOSE_FORBIDDEN,
+    CLOSE_RATE_LIMITED,
+)
 from tests.auth.flows import closed_with, sign_in
 from tests.helpers import connect, make_user, request, send
 
@@ -22,7 +25,7 @@ async def test_logout_on_one_instance_closes_websockets_on_the_other(
     bystander = await connect(two, other_token)
     resp = await one.post("/api/v1/auth/logout", json={"refresh_token": session["refresh_token"]})
     assert resp.status == 204
-    await closed_with(ws, CLOSE_UNAUTHENTICATED)
+    await closed_with(ws, CLOSE_FORBIDDEN)
     assert "result" in await request(bystander, "ping")
     # the family is revoked for every instance: it lives in PostgreSQL
     resp = await two.post("/api/v1/auth/refresh", json={"refresh_token": session["refresh_token"]})

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from tests.helpers import connect, make_user
 
 ALLOWED = "http://127.0.0.1:8080"
@@ -51,3 +53,58 @@ async def test_websocket_still_upgrades_with_an_allowed_origin(client: Any) -> N
     _, token = await make_user(client)
     ws = await connect(client, token, origin=ALLOWED)
     await ws.close()
+
+
+SIGNATURE_HEADERS = ("x-signature", "x-timestamp", "x-signature-version")
+
+
+async def test_preflight_allows_the_signature_headers(client: Any) -> None:
+    resp = await client.options(
+        "/api/v1/requests",
+        headers={
+            "Origin": ALLOWED,
+            "Access-Control-Request-Method": "GET",
+            "Access-Control-Request-Headers": ", ".join(SIGNATURE_HEADERS),
+        },
+    )
+    assert resp.status == 200, await resp.text()
+    allowed = {h.strip().lower() for h in resp.headers["Access-Control-Allow-Headers"].split(",")}
+    assert set(SIGNATURE_HEADERS) <= allowed
+
+
+@pytest.mark.parametrize(
+    ("headers", "reason"),
+    [
+        (
+            {"Origin": FOREIGN, "Access-Control-Request-Method": "POST"},
+            f"CORS preflight request failed: origin '{FOREIGN}' is not allowed",
+        ),
+        (
+            {
+                "Origin": ALLOWED,
+                "Access-Control-Request-Method": "POST",
+                "Access-Control-Request-Headers": "X-Evil",
+            },
+            "CORS preflight request failed: headers are not allowed: X-EVIL",
+        ),
+        (
+            {"Origin": ALLOWED},
+            "CORS preflight request failed: 'Access-Control-Request-Method' header is not "
+            "specified",
+        ),
+        (
+            {"Access-Control-Request-Method": "POST"},
+            "CORS preflight request failed: origin header is not specified in the request",
+        ),
+    ],
+)
+async def test_a_refused_preflight_says_why(
+    client: Any, headers: dict[str, str], reason: str
+) -> None:
+    resp = await client.options("/api/v1/auth/login", headers=headers)
+    assert resp.status == 403
+    assert resp.content_type == "application/json"
+    body = await resp.json()
+    assert body["status_code"] == 403
+    assert body["message"] == reason
+    assert "Access-Control-Allow-Origin" not in resp.headers

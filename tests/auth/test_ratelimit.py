@@ -10,7 +10,7 @@ import pytest
 from aiohttp import web
 from redis.asyncio import Redis
 
-from handlers.ratelimit import (
+from services.auth.ratelimit import (
     MemoryRateLimiter,
     RateLimiter,
     RateLimiterUnavailable,

@@ -8,7 +8,7 @@ from typing import Any
 from aiohttp import WSMsgType
 
 from handlers import keys
-from handlers.ws_connection import CLOSE_UNAUTHENTICATED
+from services.realtime.codecs.arena import CLOSE_FORBIDDEN
 from tests.auth.flows import bearer, sign_in
 from tests.helpers import connect, make_user
 
@@ -113,7 +113,9 @@ async def test_logout_revokes_the_family_and_closes_websockets(client: Any) -> N
     assert resp.status == 204
     msg = await ws.receive(timeout=5)
     assert msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSED)
-    assert ws.close_code == CLOSE_UNAUTHENTICATED
+    # 4003, not 4001: the session is over, so clients must not reconnect with a cached token.
+    assert ws.close_code == CLOSE_FORBIDDEN
+    assert msg.extra == "logged out"
     assert (await _refresh(client, session["refresh_token"])).status == 401
 
 

@@ -11,10 +11,10 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
-from handlers.config import AuthConfig
-from handlers.tokens import KeyConfigError, TokenError, TokenService
 from server.app import create_app
 from server.settings import SettingsError
+from services.auth.tokens import KeyConfigError, TokenError, TokenService
+from services.config import AuthConfig
 from tests.auth.flows import bearer
 from tests.conftest import TEST_SECRET
 

@@ -9,8 +9,8 @@ import aiohttp
 import asyncpg
 from playwright.async_api import Page, expect
 
-from handlers.tokens import TokenService
 from server.settings import load_settings
+from services.auth.tokens import TokenService
 from storage import users
 from tests.e2e.conftest import Server
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import uuid
 
+import aiohttp
 import asyncpg
 import pytest
 import redis.asyncio as aioredis
@@ -100,3 +102,30 @@ async def test_lost_history_is_shown_and_the_board_reloads_over_rest(
     row = page.locator(f"tr[data-proposal-id='{proposal_id}']")
     await expect(row.locator(".status .badge")).to_have_text("rejected")
     await page.screenshot(path=screenshot_path("lost-history"))
+
+
+async def test_the_page_does_not_reconnect_after_its_session_is_logged_out(
+    page: Page, e2e_server: Server
+) -> None:
+    """Logging out (here: from another device, with the same session's refresh token) closes the
+    page's WebSocket with 4003, and the real JavaScript client stays closed: its access token is
+    still valid for minutes, so reconnecting would quietly resume the revoked session."""
+    session = await sign_in(page, e2e_server, f"leaver-{uuid.uuid4().hex[:8]}@example.com")
+    badge = page.locator("#conn")
+    await expect(badge).to_have_attribute("data-state", "connected")
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(
+            f"{e2e_server.url}/api/v1/auth/logout",
+            json={"refresh_token": session["refresh_token"]},
+        ) as response,
+    ):
+        assert response.status == 204, await response.text()
+    await expect(badge).to_have_attribute("data-state", "closed", timeout=15_000)
+    await expect(badge).to_have_attribute("title", re.compile(r"closed with 4003 logged out"))
+    # "closed" is final in the client (no reconnect timer is armed); the server agrees: the
+    # user has no WebSocket left, and the access token still works on REST, so nothing but
+    # the close code kept the client from reconnecting.
+    me = await api(e2e_server, session["access_token"], "GET", "/api/v1/auth/me")
+    assert me["email"] == session["user"]["email"]
+    await expect(badge).to_have_attribute("data-state", "closed")

@@ -30,7 +30,7 @@ def _resolve(base: str, target: str) -> str:
     return "/".join(parts)
 
 
-@pytest.mark.parametrize("path", ["/", "/login"])
+@pytest.mark.parametrize("path", ["/", "/login", "/invite"])
 async def test_page_paths_serve_the_dashboard(client: Any, path: str) -> None:
     response = await client.get(path)
     assert response.status == 200

@@ -3,6 +3,7 @@ security headers on every response."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 from collections.abc import Callable, Iterator
@@ -14,7 +15,7 @@ import pytest
 from aiohttp import ClientResponse
 from aiohttp.test_utils import TestClient
 
-from server.app import create_app
+from server.app import SERVER_HEADER, create_app
 from server.logs import JsonFormatter
 from server.settings import Settings
 from tests.helpers import connect, make_user, request, service_token
@@ -26,6 +27,8 @@ SECURITY_HEADERS = {
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
     "Content-Security-Policy": "default-src 'self'",
+    # The legacy XSS auditor is gone from browsers and could itself leak data; CSP replaces it.
+    "X-XSS-Protection": "0",
 }
 
 
@@ -212,6 +215,8 @@ async def test_security_headers_on_every_response(client: TestClient) -> None:
     assert_security_headers(await client.get("/nope"))
     assert_security_headers(await client.post(PUBLISH, data=b"{"))
     assert_security_headers(await client.delete("/ready"))
+    assert_security_headers(await client.get("/"))  # the dashboard page
+    assert_security_headers(await client.get("/static/arena-realtime.js"))
 
 
 async def test_hsts_only_when_enabled(
@@ -221,3 +226,59 @@ async def test_hsts_only_when_enabled(
     for response in (await client.get("/health"), await client.get("/nope")):
         assert_security_headers(response, hsts=True)
         assert response.headers["Strict-Transport-Security"].startswith("max-age=31536000")
+
+
+async def _raw_head(client: TestClient, request: bytes) -> tuple[int, dict[str, str]]:
+    """Send ``request`` as raw bytes; the status and headers of the answer (lower-case names)."""
+    reader, writer = await asyncio.open_connection(client.host, client.port)
+    try:
+        writer.write(request)
+        await writer.drain()
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+    finally:
+        writer.close()
+        await writer.wait_closed()
+    status_line, *lines = head.decode("latin-1").split("\r\n")
+    headers = {}
+    for line in lines:
+        name, sep, value = line.partition(":")
+        if sep:
+            headers[name.strip().lower()] = value.strip()
+    return int(status_line.split()[1]), headers
+
+
+def assert_no_version(server: str | None) -> None:
+    assert server is not None
+    assert server == SERVER_HEADER
+    assert not re.search(r"\d", server), server
+    assert "aiohttp" not in server.lower()
+    assert "python" not in server.lower()
+
+
+async def test_the_server_header_never_discloses_versions(client: TestClient) -> None:
+    responses = [
+        await client.get("/health"),
+        await client.get("/nope"),  # 404 from the router
+        await client.delete("/health"),  # 405
+        await client.get("/static/arena-realtime.js"),  # static file
+        await client.get("/"),  # the dashboard page
+        await client.get("/api/openapi.json"),
+        await client.post(PUBLISH, data=b"{"),  # an error envelope from a handler
+        await client.options(
+            "/api/v1/requests",
+            headers={"Origin": "https://evil.example", "Access-Control-Request-Method": "GET"},
+        ),  # a refused CORS preflight
+    ]
+    for response in responses:
+        assert_no_version(response.headers.get("Server"))
+    ws_status, ws_headers = await _raw_head(
+        client,
+        b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+    )
+    assert ws_status == 101
+    assert_no_version(ws_headers.get("server"))
+    # A request aiohttp cannot even parse is answered below the application.
+    bad_status, bad_headers = await _raw_head(client, b"NOT HTTP AT ALL\r\n\r\n")
+    assert bad_status == 400
+    assert_no_version(bad_headers.get("server"))

@@ -83,6 +83,21 @@ def test_short_secrets_are_rejected(tmp_path: Path, name: str, env: str) -> None
         load_settings(production_env(tmp_path, ENV=env, **{name: "x" * 31}))
 
 
+@pytest.mark.parametrize("env", ["development", "production"])
+def test_the_two_secrets_must_differ(tmp_path: Path, env: str) -> None:
+    # One leaked secret must not give both powers: minting user tokens and signing service
+    # requests (and decrypting alert-feed secrets).
+    with pytest.raises(SettingsError, match="SERVICE_SECRET must differ from JWT_SECRET"):
+        load_settings(production_env(tmp_path, ENV=env, SERVICE_SECRET=SECRET))
+
+
+def test_an_old_jwt_key_must_not_be_the_service_secret(tmp_path: Path) -> None:
+    with pytest.raises(
+        SettingsError, match="JWT_OLD_SECRETS key 'k0' must differ from SERVICE_SECRET"
+    ):
+        load_settings(production_env(tmp_path, JWT_OLD_SECRETS=f"k0={OTHER_SECRET}"))
+
+
 @pytest.mark.parametrize(
     ("name", "value", "message"),
     [

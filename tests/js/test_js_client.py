@@ -14,7 +14,7 @@ import pytest
 
 from handlers import keys
 from handlers.static_files import STATIC_DIR
-from handlers.ws_connection import CLOSE_GOING_AWAY
+from services.realtime.errors import Disconnect
 from tests.helpers import make_user
 
 NODE = shutil.which("node")
@@ -75,7 +75,7 @@ async def test_js_client_recovers_after_server_drop(client: Any) -> None:
             await hub.publish(channel, {"i": i})
         assert (await probe.next("pub"))["offset"] == 1
         # Drop the connection (as a node shutting down does) and publish while it is away.
-        registry.close_all(CLOSE_GOING_AWAY, "test drop")
+        registry.close_all(Disconnect.SHUTDOWN, "test drop")
         registry.accepting = True
         for i in range(10, 20):
             await hub.publish(channel, {"i": i})

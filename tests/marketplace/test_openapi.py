@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -80,8 +81,8 @@ async def test_docs_page_loads_only_same_origin_assets(client: Any) -> None:
     assert "<script>" not in html
     assert "http" not in html.replace("/static/", "")
     for asset in (
-        "/static/swagger-ui/swagger-ui-bundle.js",
-        "/static/swagger-ui/swagger-ui.css",
+        "/static/vendor/swagger-ui/swagger-ui-bundle.js",
+        "/static/vendor/swagger-ui/swagger-ui.css",
         "/static/api-docs/init.js",
     ):
         assert asset in html
@@ -89,8 +90,47 @@ async def test_docs_page_loads_only_same_origin_assets(client: Any) -> None:
         assert loaded.status == 200, asset
 
 
+async def test_redoc_page_loads_only_same_origin_assets(client: Any) -> None:
+    response = await client.get("/api/redoc")
+    assert response.status == 200
+    html = await response.text()
+    assert "<script>" not in html
+    assert "http" not in html.replace("/static/", "")
+    assert 'spec-url="/api/openapi.json"' in html
+    asset = "/static/vendor/redoc/redoc.standalone.js"
+    assert asset in html
+    loaded = await client.get(asset)
+    assert loaded.status == 200
+    assert "javascript" in loaded.headers["Content-Type"]
+
+
+async def test_the_first_versions_docs_paths_still_answer(client: Any) -> None:
+    spec = await (await client.get("/api/openapi.json")).json()
+    for path in ("/api/v1/schema/", "/api/v1/schema"):
+        response = await client.get(path, allow_redirects=False)
+        assert response.status == 200, path
+        assert await response.json() == spec
+    for path, marker in (
+        ("/api/v1/docs/", "swagger-ui-bundle.js"),
+        ("/api/v1/redoc/", "redoc.standalone.js"),
+    ):
+        response = await client.get(path, allow_redirects=False)
+        assert response.status == 200, path
+        assert marker in await response.text()
+
+
+def test_the_ui_assets_come_from_the_installed_package_not_our_tree() -> None:
+    import handlers
+    from handlers.openapi import ui_assets
+
+    ours = Path(handlers.__file__).resolve().parent
+    for folder in ui_assets():
+        assert ours not in folder.resolve().parents
+    assert not (ours / "static" / "swagger-ui").exists()
+
+
 async def test_marketplace_operations_are_described_from_the_handler_models(client: Any) -> None:
-    from handlers.marketplace_models import ProposalStatusChange, RequestCreate
+    from services.marketplace.models import ProposalStatusChange, RequestCreate
 
     spec = await (await client.get("/api/openapi.json")).json()
     paths = spec["paths"]

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from handlers import keys
-from handlers.outbox_relay import OutboxRelay
+from services.outbox.relay import OutboxRelay
 from storage import outbox
 
 

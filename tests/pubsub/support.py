@@ -10,6 +10,7 @@ from collections.abc import Callable
 import redis.asyncio
 
 from pubsub.broker import Publication, StreamPosition
+from pubsub.presence import PresenceEntry
 from pubsub.redis_broker import RedisBroker
 
 
@@ -39,8 +40,21 @@ class Recorder:
 
 
 def encode(pub: Publication) -> bytes:
-    """The hub encoder used in tests: ``<offset> <epoch>``."""
+    """How the test encoder encodes a publication: ``<offset> <epoch>``."""
     return f"{pub.offset} {pub.epoch}".encode()
+
+
+class PlainEncoder:
+    """The :class:`pubsub.hub.Encoder` of these tests (publications only, as :func:`encode`)."""
+
+    def publication(self, pub: Publication) -> bytes:
+        return encode(pub)
+
+    def presence(self, kind: str, channel: str, entry: PresenceEntry) -> bytes:
+        raise AssertionError("no presence in these tests")
+
+
+ENCODER = PlainEncoder()
 
 
 class Sink:

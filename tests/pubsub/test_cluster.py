@@ -21,13 +21,13 @@ from aiohttp.test_utils import TestClient
 from redis.crc import key_slot
 
 from handlers import keys
-from handlers.ratelimit import RedisRateLimiter
 from pubsub.broker import BrokerError, Publication, PublishResult, StreamPosition
 from pubsub.hub import Hub
 from pubsub.namespaces import NamespaceOptions
 from pubsub.redis_cluster import RedisClusterBroker
 from server.app import create_app
 from server.settings import Settings
+from services.auth.ratelimit import RedisRateLimiter
 from tests.helpers import connect, make_user, request, service_token
 from tests.presence.test_presence import _next_of, _request_id
 from tests.pubsub.support import Recorder, eventually

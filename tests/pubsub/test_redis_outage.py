@@ -29,7 +29,7 @@ from server.app import create_app
 from server.settings import Settings
 from tests.conftest import redis_server_binary
 from tests.helpers import service_token
-from tests.pubsub.support import Sink, assert_no_silent_hole, encode, eventually
+from tests.pubsub.support import ENCODER, Sink, assert_no_silent_hole, encode, eventually
 
 NAMESPACES = {"alerts": NamespaceOptions()}
 ALERTS = NAMESPACES["alerts"]
@@ -106,7 +106,7 @@ async def hub(server: RedisProcess) -> AsyncIterator[Hub]:
         keepalive=0.2,
         reconnect=ReconnectPolicy(minimum=0.05, maximum=0.2),
     )
-    hub = Hub(broker, NAMESPACES, encode, release_delay=0.05)
+    hub = Hub(broker, NAMESPACES, ENCODER, release_delay=0.05)
     await hub.start()
     yield hub
     await hub.close()

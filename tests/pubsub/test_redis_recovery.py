@@ -19,6 +19,7 @@ from pubsub.namespaces import NamespaceOptions
 from pubsub.redis_broker import RedisBroker
 from pubsub.redis_pubsub import ReconnectPolicy
 from tests.pubsub.support import (
+    ENCODER,
     Recorder,
     Sink,
     assert_no_silent_hole,
@@ -41,7 +42,7 @@ async def make_hub(redis_url: str, redis_prefix: str) -> AsyncIterator[MakeHub]:
 
     async def make(**broker_options: Any) -> Hub:
         broker = RedisBroker(redis_url, prefix=redis_prefix, **broker_options)
-        hub = Hub(broker, NAMESPACES, encode, release_delay=0.05)
+        hub = Hub(broker, NAMESPACES, ENCODER, release_delay=0.05)
         await hub.start()
         hubs.append(hub)
         return hub

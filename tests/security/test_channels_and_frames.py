@@ -10,8 +10,8 @@ import pytest
 from aiohttp import WSMsgType
 
 from handlers import keys
-from handlers.ws_connection import CLOSE_RATE_LIMITED, CLOSE_TOO_BIG
 from server.app import create_app
+from services.realtime.codecs.arena import CLOSE_RATE_LIMITED, CLOSE_TOO_BIG
 from tests.helpers import connect, make_user, request, send, service_token
 
 
@@ -94,6 +94,19 @@ async def test_foreign_origin_is_refused_before_upgrade(client: Any) -> None:
     with pytest.raises(aiohttp.WSServerHandshakeError) as info:
         await client.ws_connect("/ws", origin="https://evil.example")
     assert info.value.status == 403
+    # the refusal is the usual JSON error envelope (a plain GET with the upgrade headers)
+    response = await client.get(
+        "/ws",
+        headers={
+            "Origin": "https://evil.example",
+            "Upgrade": "websocket",
+            "Connection": "Upgrade",
+            "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+            "Sec-WebSocket-Version": "13",
+        },
+    )
+    assert response.status == 403
+    assert (await response.json())["status_code"] == 403
     assert len(client.server.app[keys.connections]) == 0
 
 

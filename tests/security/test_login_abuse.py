@@ -129,6 +129,53 @@ async def test_forwarded_for_counts_only_behind_a_trusted_proxy(
     assert await login("203.0.113.6") == 202
 
 
+def _from(ip: str) -> dict[str, str]:
+    """Headers of a request relayed by the trusted proxy (loopback) for client ``ip``."""
+    return {"X-Forwarded-For": ip}
+
+
+async def _login_from(client: Any, email: str, ip: str) -> int:
+    resp = await client.post("/api/v1/auth/login", json={"email": email}, headers=_from(ip))
+    if resp.status == 429:
+        assert int(resp.headers["Retry-After"]) >= 1
+    return int(resp.status)
+
+
+async def test_a_stranger_cannot_lock_a_person_out_of_sign_in(
+    make_settings: Any, aiohttp_client: Any
+) -> None:
+    """The per-e-mail limit counts per (e-mail, client IP): a stranger who spends the limit for
+    the victim's address from their own address only blocks themselves."""
+    settings = make_settings(LOGIN_RATE_PER_EMAIL="2", TRUSTED_PROXIES="127.0.0.0/8,::1")
+    client = await aiohttp_client(create_app(settings))
+    victim = "victim@example.com"
+    stranger = [await _login_from(client, victim, "203.0.113.66") for _ in range(4)]
+    assert stranger == [202, 202, 429, 429]
+    # the victim, from their own address, still gets links (and, at their pace, the limit too)
+    own = [await _login_from(client, victim, "198.51.100.7") for _ in range(3)]
+    assert own == [202, 202, 429]
+    assert (await _counts(client))["magic_links"] == 4
+    assert len(await sent_messages(client)) == 4
+
+
+async def test_the_per_email_ceiling_holds_across_addresses(
+    make_settings: Any, aiohttp_client: Any
+) -> None:
+    """Many addresses together still cannot mail one person more than the global ceiling."""
+    settings = make_settings(
+        LOGIN_RATE_PER_EMAIL="2",
+        LOGIN_RATE_PER_EMAIL_GLOBAL="5",
+        TRUSTED_PROXIES="127.0.0.0/8,::1",
+    )
+    client = await aiohttp_client(create_app(settings))
+    victim = "bombed@example.com"
+    statuses = [await _login_from(client, victim, f"203.0.113.{i}") for i in (1, 1, 2, 2, 3, 3, 4)]
+    assert statuses == [202, 202, 202, 202, 202, 429, 429]
+    assert await _login_from(client, victim, "198.51.100.7") == 429
+    assert await _login_from(client, "someone-else@example.com", "203.0.113.4") == 202
+    assert (await _counts(client))["magic_links"] == 6
+
+
 @pytest.mark.parametrize("value", INJECTIONS)
 async def test_sql_injection_strings_in_auth_fields_are_harmless(client: Any, value: str) -> None:
     session = await sign_in(client, "victim@example.com")

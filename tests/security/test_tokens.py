@@ -12,7 +12,7 @@ import pytest
 from aiohttp import WSMsgType
 
 from handlers import keys
-from handlers.ws_connection import CLOSE_UNAUTHENTICATED
+from services.realtime.codecs.arena import CLOSE_UNAUTHENTICATED
 from tests.auth.flows import bearer, sign_in
 from tests.auth.tokens import alg_none, claims, forge
 from tests.conftest import TEST_SECRET

@@ -1,4 +1,4 @@
-// Renders /api/openapi.json with the vendored Swagger UI (a file, not inline: CSP is 'self').
+// Renders /api/openapi.json with Swagger UI from the drf-spectacular-sidecar package (a file, not inline: CSP is 'self').
 window.addEventListener("load", function () {
   window.ui = SwaggerUIBundle({
     url: "/api/openapi.json",

@@ -1,14 +1,17 @@
 // Alerts view: create alert feeds (strategies), copy a feed's webhook URL, and watch alerts
-// arrive live in a table and on a chart of the stats series.
+// arrive live in a table, on a chart of the stats series, and on a price line of one ticker
+// with buy/sell markers (GET /api/v1/alerts/series, then extended by live alert.created).
 //
 // The webhook URL holds a secret and the API shows it once (on create or rotate); the view
 // keeps it in memory for this page only, never in storage.
 
 import { h, replace, money, time, describeError } from "./dom.js";
-import { barChart } from "./chart.js";
+import { barChart, priceChart } from "./chart.js";
 
 const revealed = new Map(); // strategy id -> secrets, for this page's lifetime only
 const STATS_WINDOW_MS = 60 * 60 * 1000;
+const SERIES_WINDOW_MS = 24 * 60 * 60 * 1000;
+const SERIES_PAGES = 5; // at most 5 x 2000 points on the line
 
 function copyButton(text) {
   const button = h("button", { type: "button", class: "small" }, "Copy");
@@ -85,6 +88,88 @@ function feed(root, id, { session, client, notice }) {
   let statsTimer = null;
   let closed = false;
 
+  // The price line: one ticker (the newest priced alert's, or the one picked), its points
+  // oldest first. Live points that arrive during a (re)load are kept and merged on top of it.
+  const priceBox = h("div", { class: "chart-box", "data-testid": "price-chart" });
+  const tickerSelect = h("select", {
+    "data-testid": "price-ticker",
+    "aria-label": "Ticker",
+    onchange: () => {
+      selected = tickerSelect.value || null;
+      loadSeries().catch(() => {});
+    },
+  });
+  let selected = null;
+  let points = [];
+  let seriesLoads = 0;
+  let seriesPending = null;
+  let seriesTimer = null;
+
+  function drawPrice() {
+    replace(priceBox, priceChart(points, { label: `${selected ?? "no ticker"} price` }));
+  }
+
+  function drawTickers() {
+    const known = new Set([...alerts.values()].filter((a) => a.ticker && a.price !== null).map((a) => a.ticker));
+    if (selected) known.add(selected);
+    const options = [...known].sort();
+    replace(tickerSelect, options.length ? options.map((t) => h("option", { value: t }, t)) : h("option", { value: "" }, "no priced alerts yet"));
+    tickerSelect.value = selected ?? "";
+  }
+
+  function addPoint(point) {
+    if (points.some((p) => p.id === point.id)) return;
+    points.push(point);
+    points.sort((a, b) => a.time.localeCompare(b.time) || a.id.localeCompare(b.id));
+  }
+
+  async function loadSeries() {
+    const generation = ++seriesLoads;
+    const ticker = selected;
+    seriesPending ??= [];
+    const live = seriesPending;
+    let loaded = [];
+    if (ticker) {
+      const since = new Date(Date.now() - SERIES_WINDOW_MS).toISOString();
+      let cursor = null;
+      for (let page = 0; page < SERIES_PAGES; page++) {
+        const query = new URLSearchParams({ strategy_id: id, ticker, since, limit: "2000" });
+        if (cursor) query.set("cursor", cursor);
+        const res = await session.api(`/api/v1/alerts/series?${query}`);
+        loaded = loaded.concat(res.points);
+        cursor = res.next_cursor;
+        if (!cursor) break;
+      }
+    }
+    if (closed || generation !== seriesLoads) return;
+    seriesPending = null;
+    points = loaded;
+    for (const point of live) if (point.ticker === ticker) addPoint(point);
+    drawTickers();
+    drawPrice();
+  }
+
+  function refreshSeriesSoon() {
+    clearTimeout(seriesTimer);
+    seriesTimer = setTimeout(() => loadSeries().catch(() => {}), 250);
+  }
+
+  function livePrice(alert) {
+    if (!alert.ticker || alert.price === null || alert.price === undefined) return;
+    const point = { id: alert.id, time: alert.received_at, price: alert.price, action: alert.action, ticker: alert.ticker };
+    seriesPending?.push(point);
+    if (!selected) {
+      selected = alert.ticker;
+      loadSeries().catch(() => {});
+      return;
+    }
+    if (alert.ticker === selected) {
+      addPoint(point);
+      drawPrice();
+    }
+    drawTickers();
+  }
+
   function drawRows() {
     const items = [...alerts.values()].sort((a, b) => b.received_at.localeCompare(a.received_at));
     replace(
@@ -142,7 +227,8 @@ function feed(root, id, { session, client, notice }) {
     });
     for (const [key, a] of changes.added) alerts.set(key, a);
     drawRows();
-    await loadStats();
+    if (!selected) selected = page.items.find((a) => a.ticker && a.price !== null)?.ticker ?? null;
+    await Promise.all([loadStats(), loadSeries()]);
   }
 
   async function rotate() {
@@ -163,6 +249,8 @@ function feed(root, id, { session, client, notice }) {
       h("header", {}, title, h("a", { class: "small-link", href: "#/alerts" }, "All feeds")),
       secretsSlot,
       chartBox,
+      h("div", { class: "price-head" }, h("h3", {}, "Price"), tickerSelect),
+      priceBox,
       h(
         "table",
         { class: "alerts", "data-testid": "alerts-table" },
@@ -192,10 +280,17 @@ function feed(root, id, { session, client, notice }) {
         const alert = { ...event.alert, fresh: true };
         alerts.set(alert.id, alert);
         pending?.added.set(alert.id, alert);
+        livePrice(alert);
+      } else if (event.type === "alert.updated" && event.alert) {
+        const alert = { ...event.alert, fresh: true };
+        alerts.set(alert.id, alert);
+        pending?.added.set(alert.id, alert);
+        refreshSeriesSoon();
       } else if (event.type === "alert.deleted") {
         alerts.delete(event.alert_id);
         pending?.added.delete(event.alert_id);
         pending?.deleted.add(event.alert_id);
+        refreshSeriesSoon();
       } else {
         return;
       }
@@ -210,6 +305,7 @@ function feed(root, id, { session, client, notice }) {
   return () => {
     closed = true;
     clearTimeout(statsTimer);
+    clearTimeout(seriesTimer);
     sub.unsubscribe();
   };
 }

@@ -1,5 +1,6 @@
-// Requests & proposals board. Buyers see their requests with every proposal and move
-// proposals through the state machine; vendors see open requests, submit proposals and
+// Requests & proposals board. Buyers see their requests with every proposal, move proposals
+// through the state machine and invite vendors by e-mail; vendors see open requests (and those
+// they were invited to, which appear live when an invitation is accepted), submit proposals and
 // withdraw them. Changes made anywhere (another tab, another user, the API) arrive on the
 // user's own channel `user:{id}` and are applied by version, so a REST reload and a live event
 // can arrive in either order without undoing each other.
@@ -29,6 +30,7 @@ export function boardView(root, { session, client, user, notice }) {
   const requests = new Map();
   const proposals = new Map();
   const flashed = new Set();
+  const invited = new Map(); // request id -> outcome of the last invitation sent from this page
   const list = h("div", { class: "board-list", "data-testid": "board-list" });
   let closed = false;
 
@@ -110,6 +112,34 @@ export function boardView(root, { session, client, user, notice }) {
     );
   }
 
+  function inviteForm(request) {
+    const email = h("input", { type: "email", name: "email", required: true, placeholder: "Vendor's e-mail" });
+    // The card is redrawn by every live event: the outcome is kept per request, not in the DOM.
+    const status = h("span", { class: "form-status", "data-testid": "invite-status" }, invited.get(request.id) || "");
+    return h(
+      "form",
+      {
+        class: "inline invite-form",
+        onsubmit: async (event) => {
+          event.preventDefault();
+          try {
+            const invite = await session.api(`/api/v1/requests/${request.id}/invites`, {
+              method: "POST",
+              body: { email: email.value.trim() },
+            });
+            invited.set(request.id, `Invitation sent to ${invite.email}`);
+          } catch (error) {
+            invited.set(request.id, describeError(error));
+          }
+          draw();
+        },
+      },
+      email,
+      h("button", { type: "submit", class: "small" }, "Invite vendor"),
+      status,
+    );
+  }
+
   function requestCard(request) {
     const own = proposalsOf(request.id);
     const mine = vendor ? own.filter((p) => p.vendor_id === user.id) : own;
@@ -130,6 +160,7 @@ export function boardView(root, { session, client, user, notice }) {
         : null,
       proposalTable(mine, request),
       vendor && !mine.length && request.status === "open" ? proposalForm(request) : null,
+      !vendor && request.status === "open" ? inviteForm(request) : null,
     );
   }
 
@@ -183,6 +214,7 @@ export function boardView(root, { session, client, user, notice }) {
       for (const p of proposalsOf(event.request_id)) proposals.delete(p.id);
     } else if (event.request && upsert(requests, event.request)) {
       flashed.add(event.request.id);
+      if (event.type === "request.invited") notice(`You were invited to “${event.request.title}”`);
     } else if (event.proposal && event.proposal.version !== undefined && upsert(proposals, event.proposal)) {
       flashed.add(event.proposal.id);
     }

@@ -1,5 +1,6 @@
-// Sign-in: ask for a magic link, then complete it on /login#token=... (the token is in the
-// fragment, so it never reaches a server log).
+// Sign-in: ask for a magic link, then complete it on /login#token=...; vendors invited to a
+// request complete their invitation on /invite#token=... (the token is in the fragment, so it
+// never reaches a server log).
 
 import { h, replace, describeError } from "./dom.js";
 
@@ -16,6 +17,23 @@ export async function completeLogin(session, notice) {
     return true;
   } catch (error) {
     notice(`Sign-in failed: ${describeError(error)}`, "error");
+    return false;
+  }
+}
+
+/** Accept the vendor invitation in the URL (/invite#token=...); true when signed in. */
+export async function completeInvite(session, notice) {
+  const token = new URLSearchParams(location.hash.replace(/^#/, "")).get("token");
+  if (!token) {
+    notice("This invitation link has no token.", "error");
+    return false;
+  }
+  try {
+    const user = await session.acceptInvite(token);
+    notice(`Invitation accepted: signed in as ${user.email} (vendor)`);
+    return true;
+  } catch (error) {
+    notice(`Invitation failed: ${describeError(error)}`, "error");
     return false;
   }
 }

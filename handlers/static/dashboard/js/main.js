@@ -4,7 +4,7 @@
 import { ArenaClient } from "/static/arena-realtime.js";
 import { Session } from "./session.js";
 import { connectionIndicator } from "./connection.js";
-import { loginView, completeLogin } from "./login.js";
+import { loginView, completeLogin, completeInvite } from "./login.js";
 import { boardView } from "./board.js";
 import { analysisView } from "./analysis.js";
 import { alertsView } from "./alerts.js";
@@ -94,8 +94,9 @@ logoutButton.addEventListener("click", () => session.logout());
 window.addEventListener("hashchange", render);
 
 async function start() {
-  if (location.pathname === "/login") {
-    const ok = await completeLogin(session, notice);
+  if (location.pathname === "/login" || location.pathname === "/invite") {
+    const complete = location.pathname === "/login" ? completeLogin : completeInvite;
+    const ok = await complete(session, notice);
     history.replaceState(null, "", ok ? "/#/board" : "/");
   }
   render();

@@ -122,6 +122,12 @@ export class Session extends EventTarget {
     return this.user;
   }
 
+  /** Accept a vendor invitation (signs the invitee in, as a vendor). */
+  async acceptInvite(token) {
+    this._store(await postJson("/api/v1/invites/accept", { token }), "signed in");
+    return this.user;
+  }
+
   /** A valid access token, rotating the refresh token first when it is about to expire. */
   async accessToken() {
     if (!this.data) throw new ApiError(401, "signed out");

@@ -1,7 +1,0 @@
-"""Streaming AI analyses of a request and its proposals (see ``docs/analysis.md``).
-
-``providers`` is the interface, ``anthropic_provider`` and ``offline_provider`` implement it,
-``prompt`` and ``offline_report`` turn stored data into a prompt or a computed report,
-``coalescer`` batches text deltas, ``runner`` schedules, streams and persists analyses and
-``api`` is the REST surface.
-"""

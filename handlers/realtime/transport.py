@@ -1,0 +1,270 @@
+"""The WebSocket transport: one client's outgoing side, a bounded queue flushed with one write
+per loop tick (:class:`Connection` implements ``services.realtime.client.Client``).
+
+A naive broadcast calls ``send_str`` once per message per socket, so each delivery costs a
+coroutine and a socket write. Here a publication is encoded once (per wire protocol) into
+complete frame bytes and
+:class:`Flusher` picks one of two regimes from what it saw in the last loop iteration:
+
+* **light load** (fewer than two frames per connection per iteration): the first frame a
+  connection gets in an iteration is written to its transport at once, so subscribers early in
+  a fan-out do not wait for the loop over every other subscriber nor for the next iteration;
+  any further frame in the same iteration is queued;
+* **load** (a flush found a connection with queued frames): every delivery only appends to the
+  connection's queue and each dirty connection gets a single ``transport.writelines`` in the
+  next iteration, so many frames share one write; the flusher goes back to light load as soon
+  as a flush finds no connection with more than one frame.
+
+Frames are never reordered: a frame is written at once only when nothing is queued before it.
+
+A client that stops reading makes its transport's buffer grow. When queue plus transport buffer
+exceed ``max_queue_bytes`` (or the queue exceeds ``max_queue_messages``) the connection is closed
+with ``Disconnect.SLOW_CONSUMER``; the broadcast never waits for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+
+from pubsub.broker import StreamPosition
+from services.realtime.client import Client, Identity
+from services.realtime.errors import Disconnect
+from services.realtime.framing import websocket_close_frame
+from services.realtime.wire import Wire
+
+log = logging.getLogger(__name__)
+
+#: seconds a closing connection gets to take the frames still buffered, then it is aborted
+CLOSE_TIMEOUT = 5.0
+
+
+class Flusher:
+    """Writes the queues of all connections that got frames during this loop iteration, and
+    decides whether a connection with an empty queue may write its first frame of an iteration
+    at once (``direct``, light load) or must queue it (load)."""
+
+    __slots__ = ("_dirty", "_scheduled", "direct", "tick", "ticking", "writes")
+
+    def __init__(self) -> None:
+        self._dirty: list[Connection] = []
+        self._scheduled = False
+        #: light load: a connection's first frame in an iteration is written at once
+        self.direct = True
+        #: counts loop iterations in which something was written at once
+        self.tick = 0
+        self.ticking = False
+        #: coalesced writes made by flushes (the direct writes are not counted)
+        self.writes = 0
+
+    def mark(self, conn: Connection) -> None:
+        self._dirty.append(conn)
+        if not self._scheduled:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def start_tick(self) -> None:
+        """A direct write happened in this iteration: the next one starts a new tick."""
+        self.ticking = True
+        asyncio.get_running_loop().call_soon(self._next_tick)
+
+    def _next_tick(self) -> None:
+        self.tick += 1
+        self.ticking = False
+
+    def _flush(self) -> None:
+        self._scheduled = False
+        dirty, self._dirty = self._dirty, []
+        most = 0
+        for conn in dirty:
+            written = conn.flush()
+            if written > most:
+                most = written
+        self.writes += len(dirty)
+        if self.direct:
+            # Something was queued behind a direct write: a connection got two frames in one
+            # iteration. Coalesce from now on.
+            self.direct = most == 0
+        else:
+            # Back to direct writes once no connection had more than one frame to write.
+            self.direct = most <= 1
+
+
+class Connection:
+    """One WebSocket client: the hub delivers into it (``pubsub.hub.Subscriber``) and its
+    session replies through it (``services.realtime.client.Client``). ``wire`` is the protocol
+    it speaks, framed as WebSocket text frames."""
+
+    __slots__ = (
+        "_bytes",
+        "_flusher",
+        "_queue",
+        "_tick",
+        "_transport",
+        "close_code",
+        "closed",
+        "conn_id",
+        "max_bytes",
+        "max_messages",
+        "on_close",
+        "principal",
+        "subscriptions",
+        "wire",
+    )
+
+    def __init__(
+        self,
+        conn_id: str,
+        transport: asyncio.Transport,
+        flusher: Flusher,
+        wire: Wire,
+        *,
+        max_messages: int,
+        max_bytes: int,
+    ) -> None:
+        self.conn_id = conn_id
+        self.wire = wire
+        self._transport = transport
+        self._flusher = flusher
+        self._queue: list[bytes] = []
+        self._bytes = 0
+        self._tick = -1  # the flusher tick of this connection's last direct write
+        self.max_messages = max_messages
+        self.max_bytes = max_bytes
+        self.closed = False
+        #: the code this side closed with (None while open or when the client closed first)
+        self.close_code: int | None = None
+        self.principal: Identity | None = None
+        self.subscriptions: set[str] = set()
+        #: called once when the connection starts closing (the registry detaches it from the hub)
+        self.on_close: Callable[[Client], None] | None = None
+
+    # -- Subscriber ------------------------------------------------------------------------
+
+    def deliver(self, frame: bytes) -> None:
+        if self.closed:
+            return
+        queue = self._queue
+        if not queue:
+            flusher = self._flusher
+            if flusher.direct and self._tick != flusher.tick:
+                # Light load and nothing queued: write now (see the module docstring).
+                self._tick = flusher.tick
+                if not flusher.ticking:
+                    flusher.start_tick()
+                self._write(frame)
+                return
+            flusher.mark(self)
+        queue.append(frame)
+        self._bytes += len(frame)
+        if len(queue) > self.max_messages or self._bytes > self.max_bytes:
+            self.close(Disconnect.SLOW_CONSUMER, "slow consumer")
+
+    def lost(self, channel: str, position: StreamPosition) -> None:
+        self.deliver(self.wire.resync(channel, position))
+
+    # -- writing ---------------------------------------------------------------------------
+
+    def send(self, frame: bytes) -> None:
+        """Queue a reply or push frame; it goes out in order with publications."""
+        self.deliver(frame)
+
+    def flush(self) -> int:
+        """Write what is queued in one call; returns the number of frames written."""
+        queue = self._queue
+        if not queue or self.closed:
+            return 0
+        self._queue = []
+        self._bytes = 0
+        return len(queue) if self._write(queue[0] if len(queue) == 1 else queue) else 0
+
+    def _write(self, data: bytes | list[bytes]) -> bool:
+        """Write one frame, or a list of frames in one call; whether anything was written.
+
+        The one place that writes frames (direct writes and flushes): a transport that raises is
+        closed with 1001 without stopping anyone else's writes (the hub's fan-out loop or the
+        flush of every other connection), and one whose unsent buffer passes ``max_bytes`` is
+        closed as a slow consumer.
+        """
+        transport = self._transport
+        if transport.is_closing():
+            return False
+        try:
+            if isinstance(data, bytes):
+                transport.write(data)
+            else:
+                transport.writelines(data)
+            backlog = transport.get_write_buffer_size()
+        except Exception:
+            log.exception("write failed", extra={"conn_id": self.conn_id})
+            self.close(Disconnect.WRITE_FAILED, "internal error")
+            return False
+        if backlog > self.max_bytes:
+            self.close(Disconnect.SLOW_CONSUMER, "slow consumer")
+        return True
+
+    def buffered_bytes(self) -> int:
+        """Bytes queued here plus bytes the transport has not sent yet."""
+        return self._bytes + self._transport.get_write_buffer_size()
+
+    # -- closing ---------------------------------------------------------------------------
+
+    def close(
+        self, disconnect: Disconnect, reason: str, *, flush: bool = False, code: int | None = None
+    ) -> None:
+        """Close with the wire protocol's code for ``disconnect``, or with ``code`` when an
+        application chose its own (see :meth:`close_soon`)."""
+        if code is None:
+            code = self.wire.codec.close_code(disconnect)
+        self.close_soon(code, reason, flush=flush)
+
+    def close_soon(self, code: int, reason: str, *, flush: bool = False) -> None:
+        """Stop delivering and close with ``code`` now, without awaiting anything.
+
+        The close frame is written behind whatever the transport still buffers and the
+        transport is closed gracefully, so a client that catches up reads every frame and then
+        the close code. One that never does is aborted after :data:`CLOSE_TIMEOUT` seconds.
+        ``flush`` first writes what is queued (otherwise the queue is dropped).
+        """
+        if self.closed:
+            return
+        if flush:
+            self.flush()
+            if self.closed:  # the write failed or overflowed, and that closed the connection
+                return
+        self.closed = True
+        self.close_code = code
+        self._queue = []
+        self._bytes = 0
+        loop = asyncio.get_running_loop()
+        if self.on_close is not None:
+            # Not inline: we may be inside the hub's fan-out loop over this channel's subscribers.
+            loop.call_soon(self.on_close, self)
+        transport = self._transport
+        if transport.is_closing():
+            return
+        try:
+            transport.write(websocket_close_frame(code, reason))
+            transport.close()
+        except Exception:  # a broken transport gets no close frame; drop it at once
+            self._abort()
+            return
+        loop.call_later(CLOSE_TIMEOUT, self._abort)
+
+    def closed_by_websocket(self, code: int) -> None:
+        """aiohttp itself closed the WebSocket with ``code`` (too big, invalid UTF-8, protocol
+        violation): stop delivering and remember the code it sent, without writing anything."""
+        if self.closed:
+            return
+        self.closed = True
+        self.close_code = code
+        self._queue = []
+        self._bytes = 0
+        if self.on_close is not None:
+            asyncio.get_running_loop().call_soon(self.on_close, self)
+
+    def _abort(self) -> None:
+        with contextlib.suppress(Exception):
+            self._transport.abort()  # no-op when the graceful close already finished

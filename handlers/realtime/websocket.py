@@ -1,0 +1,199 @@
+"""``GET /ws``: the WebSocket endpoint of our protocol (documented in ``docs/protocol.md``).
+
+This module only does what needs aiohttp: the upgrade, the read loop and close codes. Every
+text frame goes to the protocol-neutral :class:`~services.realtime.session.Session`, which
+decodes it with the connection's codec and replies through the
+:class:`~handlers.realtime.transport.Connection`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import uuid
+
+from aiohttp import WebSocketError, WSMsgType, web
+
+from handlers import keys
+from handlers.client_ip import client_ip
+from handlers.errors import error_response
+from handlers.realtime.transport import Connection
+from pubsub.namespaces import ChannelName
+from services.auth.principal import Principal
+from services.auth.ratelimit import RateLimiter, RateLimiterUnavailable
+from services.auth.tokens import TokenError
+from services.realtime.admission import Ticket
+from services.realtime.client import Identity
+from services.realtime.codecs import arena
+from services.realtime.errors import Disconnect, Unauthenticated
+from services.realtime.framing import websocket_text_frame
+from services.realtime.session import RealtimeService, Session, SessionLimits
+from services.realtime.wire import Wire, wire
+
+#: our JSON protocol in WebSocket text frames
+ARENA_WEBSOCKET: Wire = wire(arena.CODEC, websocket_text_frame)
+
+
+class _SharedLimiter:
+    """``services.auth.ratelimit`` behind the session's ``UserRateLimiter`` (fails open)."""
+
+    def __init__(self, limiter: RateLimiter) -> None:
+        self._limiter = limiter
+
+    async def allow(self, key: str, limit: int, period: float) -> bool:
+        try:
+            decision = await self._limiter.hit(key, limit, period)
+        except RateLimiterUnavailable:
+            return True
+        return decision.allowed
+
+
+def realtime_service(app: web.Application) -> RealtimeService:
+    """The session's dependencies, wired from the application (once, at startup)."""
+    config = app[keys.config].ws
+    metrics = app[keys.http_metrics]
+    tokens = app[keys.tokens]
+
+    def verify(token: str) -> Identity:
+        try:
+            return tokens.principal(token)
+        except TokenError as exc:
+            raise Unauthenticated(exc.reason) from None
+
+    rules = app[keys.channel_rules]
+
+    async def can_subscribe(principal: Identity, channel: ChannelName) -> bool:
+        assert isinstance(principal, Principal)  # what ``verify`` returns
+        return await rules.can_subscribe(principal, channel)
+
+    def count_command(command: str, outcome: str) -> None:
+        metrics.ws_commands.labels(command, outcome).inc()
+
+    return RealtimeService(
+        hub=app[keys.hub],
+        registry=app[keys.connections],
+        verify_token=verify,
+        can_subscribe=can_subscribe,
+        user_limiter=_SharedLimiter(app[keys.rate_limiter]),
+        limits=SessionLimits(
+            auth_timeout=config.auth_timeout,
+            max_subscriptions=config.max_subscriptions,
+            max_connections_per_user=config.max_connections_per_user,
+            command_rate=config.command_rate,
+            command_burst=config.command_burst,
+            user_command_rate=config.user_command_rate,
+            user_command_burst=config.user_command_burst,
+        ),
+        presence=app.get(keys.presence),
+        count_command=count_command,
+    )
+
+
+def _origin_allowed(request: web.Request) -> bool:
+    origin = request.headers.get("Origin")
+    if origin is None:
+        return True  # not a browser; browsers always send Origin on a WebSocket handshake
+    return origin in request.app[keys.config].http.allowed_origins
+
+
+async def _read(session: Session, conn: Connection, ws: web.WebSocketResponse) -> None:
+    """Feed text frames to the session until either side closes."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + session.service.limits.auth_timeout
+    while not conn.closed:
+        timeout = None if conn.principal else max(0.0, deadline - loop.time())
+        try:
+            msg = await ws.receive(timeout=timeout)
+        except TimeoutError:
+            conn.close(Disconnect.UNAUTHENTICATED, "authentication timeout")
+            return
+        if msg.type == WSMsgType.TEXT:
+            await session.receive(msg.data)
+        elif msg.type == WSMsgType.BINARY:
+            conn.close(Disconnect.UNSUPPORTED_DATA, "binary frames are not supported")
+        else:
+            if msg.type == WSMsgType.ERROR and isinstance(msg.data, WebSocketError):
+                # aiohttp closed with this code (1009 too big, 1007 bad UTF-8, 1002 protocol
+                # error); ws.close_code then holds the client's echo or 1006, not what was sent.
+                conn.closed_by_websocket(msg.data.code)
+            return  # CLOSE, CLOSING, CLOSED or ERROR
+
+
+async def websocket(request: web.Request) -> web.StreamResponse:
+    """Upgrade to a WebSocket and run the session until the client or server closes."""
+    app = request.app
+    registry = app[keys.connections]
+    if not registry.accepting:
+        return error_response(503, "server shutting down")
+    if not _origin_allowed(request):
+        return error_response(403, "origin not allowed")
+    config = app[keys.config].ws
+    # At most WS_MAX_UNAUTHENTICATED_PER_IP sockets per address before they authenticate, so
+    # one address cannot hold thousands of half-open sessions for WS_AUTH_TIMEOUT each.
+    ticket = app[keys.ws_admission].admit(client_ip(request, app[keys.config].http.trusted_proxies))
+    if ticket is None:
+        return error_response(
+            429,
+            "too many WebSocket connections from this address have not authenticated yet",
+            headers={"Retry-After": str(math.ceil(config.auth_timeout))},
+        )
+    try:
+        return await _upgraded(request, ticket)
+    finally:
+        ticket.release()
+
+
+async def _upgraded(request: web.Request, ticket: Ticket[Connection]) -> web.StreamResponse:
+    """The session of an admitted upgrade (``ticket`` counts it until it authenticates)."""
+    app = request.app
+    registry = app[keys.connections]
+    config = app[keys.config].ws
+    ws = web.WebSocketResponse(
+        heartbeat=config.heartbeat,
+        # aiohttp refuses a message whose size is >= max_msg_size; WS_MAX_FRAME_BYTES is the
+        # largest size accepted.
+        max_msg_size=config.max_frame_bytes + 1,
+        compress=False,
+        autoping=True,
+    )
+    await ws.prepare(request)
+    transport = request.transport
+    if transport is None:  # pragma: no cover - the client vanished during the handshake
+        return ws
+    conn = Connection(
+        uuid.uuid4().hex,
+        transport,
+        app[keys.flusher],
+        ARENA_WEBSOCKET,
+        max_messages=config.max_queue_messages,
+        max_bytes=config.max_queue_bytes,
+    )
+    ticket.attach(conn)
+    metrics = app[keys.http_metrics]
+    registry.add(conn)
+    metrics.ws_connections.inc()
+    session = Session(app[keys.realtime], conn, ARENA_WEBSOCKET)
+    try:
+        await _read(session, conn, ws)
+    except ConnectionError:
+        pass
+    finally:
+        await session.close()
+        registry.remove(conn)
+        metrics.ws_connections.dec()
+        # Our own code when the server closed (4004 = slow consumer, 4001, ...), else the
+        # client's, else 1006 (the connection just vanished).
+        code = conn.close_code or ws.close_code or 1006
+        metrics.ws_disconnects.labels(str(code)).inc()
+        if not conn.closed:
+            if ws.close_code is None:
+                conn.close(Disconnect.PROTOCOL_ERROR, "bye", flush=True)
+            else:
+                conn.close(Disconnect.NORMAL, "bye", flush=True)
+    return ws
+
+
+def setup_routes(app: web.Application) -> None:
+    app.router.add_get("/ws", websocket)
+    # the path the Arena marketplace client connects to (same protocol)
+    app.router.add_get("/ws/updates/", websocket)

@@ -1,0 +1,180 @@
+"""Where a webhook becomes an alert on a socket.
+
+A verified body (TradingView secret URL, Standard Webhooks signature, or a manual alert from
+the strategy's owner) is parsed (:mod:`services.alerts.body`), stored de-duplicated, and
+committed together with an ``alert.created`` outbox event on ``alerts:{strategy_id}``; the
+outbox relay publishes it after the commit, so an acknowledged alert is never missing from the
+feed. Every source goes through :func:`store`.
+
+TradingView retries 5xx without a message id, so identical TradingView bodies for the same feed
+within the de-duplication window are stored once; signed messages are idempotent by
+``webhook-id``. A duplicate stores and publishes nothing and answers with the original's id.
+
+The URL secret is only hashed and looked up; it never reaches a log line. Unknown, malformed
+and revoked secrets are all :class:`storage.errors.NotFound`.
+
+:class:`~services.alerts.body.BodyError` (malformed: ``Invalid``; wrong media type:
+``Unsupported``) and :class:`~services.alerts.signatures.SignatureError` (malformed headers:
+``Invalid``; not authentic: ``Unauthenticated``) are domain errors: the caller maps them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import re
+import time
+from dataclasses import dataclass
+from uuid import UUID
+
+import asyncpg
+
+from services.alerts.body import ParsedBody, parse
+from services.alerts.feed import created_event
+from services.alerts.signatures import (
+    InvalidSignature,
+    SecretBox,
+    SignedHeaders,
+    parse_headers,
+    secret_key,
+    url_secret_hash,
+    verify,
+)
+from services.channels import names
+from services.outbox.relay import OutboxRelay
+from storage import alerts, outbox, strategies
+from storage.errors import NotFound
+
+log = logging.getLogger(__name__)
+
+_URL_SECRET_RE = re.compile(r"^[A-Za-z0-9_\-]{20,128}$")
+
+
+@dataclass(frozen=True, slots=True)
+class Ingested:
+    """The stored alert (the original one for a duplicate; None if that was deleted)."""
+
+    alert: alerts.Alert | None
+    duplicate: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Body:
+    """A request body as received: raw bytes and the declared media type (None: none sent)."""
+
+    raw: bytes
+    mimetype: str | None
+    charset: str | None
+
+
+def well_formed_url_secret(secret: str) -> bool:
+    """Whether ``secret`` can be a URL secret at all (checked before any lookup)."""
+    return bool(_URL_SECRET_RE.match(secret))
+
+
+async def strategy_of_url_secret(conn: asyncpg.Connection, secret: str) -> UUID:
+    """The strategy a valid URL secret belongs to; :class:`NotFound` for malformed, unknown,
+    expired and revoked secrets alike."""
+    if not well_formed_url_secret(secret):
+        raise NotFound("webhook")
+    digest = url_secret_hash(secret)
+    match = await strategies.find_by_url_secret(conn, digest)
+    # The index lookup compares bytes with memcmp; compare once more in constant time.
+    if not hmac.compare_digest(match.url_secret_sha256, digest):
+        raise NotFound("webhook")
+    return match.strategy_id
+
+
+def new_alert(
+    strategy_id: UUID, source: str, body: bytes, parsed: ParsedBody, webhook_id: str | None
+) -> alerts.NewAlert:
+    """The row to insert for a parsed body."""
+    fields = parsed.fields
+    return alerts.NewAlert(
+        strategy_id=strategy_id,
+        source=source,
+        raw_body=parsed.text,
+        content_type=parsed.content_type,
+        body_sha256=hashlib.sha256(body).digest(),
+        webhook_id=webhook_id,
+        ticker=fields.ticker,
+        action=fields.action,
+        quantity=fields.quantity,
+        price=fields.price,
+        alert_time=fields.alert_time,
+        message=fields.message,
+    )
+
+
+async def store(
+    conn: asyncpg.Connection, relay: OutboxRelay, new: alerts.NewAlert, dedup_seconds: int
+) -> Ingested:
+    """Commit the alert and its ``alert.created`` outbox event together, then wake the relay;
+    a duplicate stores and publishes nothing."""
+    async with conn.transaction():
+        result = await alerts.insert(conn, new, dedup_seconds)
+        if not result.duplicate:
+            assert result.alert is not None
+            await outbox.add_event(
+                conn, [names.alerts(new.strategy_id)], created_event(result.alert)
+            )
+    if result.duplicate:
+        log.info(
+            "duplicate webhook ignored",
+            extra={"strategy_id": str(new.strategy_id), "source": new.source},
+        )
+        return Ingested(result.alert, True)
+    relay.kick()
+    return Ingested(result.alert, False)
+
+
+async def tradingview(
+    pool: asyncpg.Pool, relay: OutboxRelay, secret: str, body: Body, *, dedup_seconds: int
+) -> Ingested:
+    """A TradingView alert for the feed whose URL secret is ``secret``."""
+    if not well_formed_url_secret(secret):
+        raise NotFound("webhook")
+    async with pool.acquire() as conn:
+        strategy_id = await strategy_of_url_secret(conn, secret)
+        parsed = parse(body.raw, body.mimetype, body.charset)
+        new = new_alert(strategy_id, "tradingview", body.raw, parsed, None)
+        return await store(conn, relay, new, dedup_seconds)
+
+
+def signed_headers(
+    msg_id: str | None, timestamp: str | None, signature: str | None, *, tolerance: int
+) -> SignedHeaders:
+    """Well-formed Standard Webhooks headers inside the timestamp window (checked before the
+    body is read); raises :class:`~services.alerts.signatures.SignatureError`."""
+    headers = parse_headers(msg_id, timestamp, signature)
+    if abs(time.time() - headers.timestamp) > tolerance:
+        raise InvalidSignature("webhook-timestamp is outside the tolerance window")
+    return headers
+
+
+async def signed(
+    pool: asyncpg.Pool,
+    relay: OutboxRelay,
+    box: SecretBox,
+    strategy_id: UUID,
+    headers: SignedHeaders,
+    body: Body,
+    *,
+    tolerance: int,
+) -> Ingested:
+    """A Standard Webhooks signed alert for ``strategy_id``, verified against every valid
+    signing key of the strategy (idempotent by ``webhook-id``)."""
+    async with pool.acquire() as conn:
+        sealed = await strategies.signing_secrets(conn, strategy_id)
+        secrets = [box.open(strategy_id, item) for item in sealed]
+        verify(
+            headers,
+            body.raw,
+            [secret_key(secret) for secret in secrets if secret is not None],
+            now=time.time(),
+            tolerance=tolerance,
+        )
+        parsed = parse(body.raw, body.mimetype, body.charset)
+        new = new_alert(strategy_id, "signed", body.raw, parsed, headers.msg_id)
+        return await store(conn, relay, new, 0)

@@ -1,0 +1,1 @@
+"""Sending e-mail: an SMTP backend and a console backend for development."""

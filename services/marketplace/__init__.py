@@ -1,0 +1,1 @@
+"""Buyers' requests and vendors' proposals: their models, state machine and live events."""

@@ -1,0 +1,108 @@
+"""What a command can fail with, and why a connection is closed, independent of the wire.
+
+Codecs turn :class:`CommandError` into their error replies (the ``code`` is our protocol's
+string code, other protocols map it) and :class:`Disconnect` into their close codes.
+"""
+
+from __future__ import annotations
+
+import enum
+
+
+class CommandError(Exception):
+    """The current command failed; the client gets an error reply with ``code``."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class BadRequest(CommandError):
+    """Malformed input: not JSON, missing or wrongly typed field."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__("bad_request", message)
+
+
+class UnknownCommand(CommandError):
+    def __init__(self, message: str = "unknown command type") -> None:
+        super().__init__("unknown_command", message)
+
+
+class Unauthenticated(CommandError):
+    def __init__(self, message: str) -> None:
+        super().__init__("unauthenticated", message)
+
+
+class AlreadyAuthenticated(CommandError):
+    def __init__(self) -> None:
+        super().__init__("already_authenticated", "connection is already authenticated")
+
+
+class InvalidChannel(CommandError):
+    def __init__(self, message: str) -> None:
+        super().__init__("invalid_channel", message)
+
+
+class PermissionDenied(CommandError):
+    def __init__(self, message: str) -> None:
+        super().__init__("permission_denied", message)
+
+
+class AlreadySubscribed(CommandError):
+    def __init__(self) -> None:
+        super().__init__("already_subscribed", "already subscribed to this channel")
+
+
+class NotSubscribed(CommandError):
+    def __init__(self) -> None:
+        super().__init__("not_subscribed", "not subscribed to this channel")
+
+
+class LimitExceeded(CommandError):
+    def __init__(self, message: str) -> None:
+        super().__init__("limit_exceeded", message)
+
+
+class BrokerUnavailable(CommandError):
+    """The broker (Redis) or the presence store cannot be reached; retry later."""
+
+    def __init__(self, message: str = "message broker unavailable") -> None:
+        super().__init__("broker_unavailable", message)
+
+
+class TemporarilyUnavailable(CommandError):
+    """The database cannot be reached (a permission rule could not be evaluated); retry later."""
+
+    def __init__(self, message: str = "temporarily unavailable, retry later") -> None:
+        super().__init__("temporarily_unavailable", message)
+
+
+class NotAvailable(CommandError):
+    def __init__(self, message: str) -> None:
+        super().__init__("not_available", message)
+
+
+class Disconnect(enum.Enum):
+    """Why the server closes a connection; each codec maps it to its own close code."""
+
+    #: the server is shutting down (or a test drops connections): reconnect elsewhere
+    SHUTDOWN = "shutdown"
+    #: writing to the socket failed
+    WRITE_FAILED = "write_failed"
+    #: a frame of a kind the protocol does not use (binary frames in a text protocol)
+    UNSUPPORTED_DATA = "unsupported_data"
+    #: the connection ended without a proper close (e.g. the handler stopped on an error)
+    PROTOCOL_ERROR = "protocol_error"
+    #: no, late or bad authentication; expired token; logged out
+    UNAUTHENTICATED = "unauthenticated"
+    #: the token family was revoked
+    FORBIDDEN = "forbidden"
+    #: the outgoing queue overflowed
+    SLOW_CONSUMER = "slow_consumer"
+    TOO_MANY_SUBSCRIPTIONS = "too_many_subscriptions"
+    TOO_MANY_CONNECTIONS = "too_many_connections"
+    RATE_LIMITED = "rate_limited"
+    #: the client said goodbye and we answer
+    NORMAL = "normal"

@@ -1,0 +1,54 @@
+"""A :class:`Wire` is one codec's messages framed for one transport.
+
+It is what a connection sends through and what the hub groups subscribers by
+(:class:`pubsub.hub.Encoder`): each publication is encoded and framed once per Wire in use on a
+channel. Wires are made once per process (:func:`wire`) so that identity comparisons work.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+
+from pubsub.broker import Publication, StreamPosition
+from pubsub.presence import PresenceEntry
+from services.realtime.codecs import Codec
+from services.realtime.commands import Malformed, Request, Result
+from services.realtime.errors import CommandError
+
+Framing = Callable[[bytes], bytes]
+
+
+class Wire:
+    """``codec`` messages wrapped by ``frame`` (e.g. into WebSocket text frames)."""
+
+    __slots__ = ("codec", "frame")
+
+    def __init__(self, codec: Codec, frame: Framing) -> None:
+        self.codec = codec
+        self.frame = frame
+
+    def __repr__(self) -> str:
+        return f"Wire({self.codec.name}, {getattr(self.frame, '__name__', self.frame)})"
+
+    def publication(self, pub: Publication) -> bytes:
+        return self.frame(self.codec.publication(pub))
+
+    def presence(self, kind: str, channel: str, entry: PresenceEntry) -> bytes:
+        return self.frame(self.codec.presence(kind, channel, entry))
+
+    def resync(self, channel: str, position: StreamPosition) -> bytes:
+        return self.frame(self.codec.resync(channel, position))
+
+    def result(self, request: Request, result: Result) -> bytes | None:
+        message = self.codec.result(request, result)
+        return None if message is None else self.frame(message)
+
+    def error(self, request: Request | Malformed, error: CommandError) -> bytes:
+        return self.frame(self.codec.error(request, error))
+
+
+@functools.cache
+def wire(codec: Codec, frame: Framing) -> Wire:
+    """The process-wide Wire of ``codec`` over ``frame``."""
+    return Wire(codec, frame)

@@ -1,0 +1,1 @@
+"""Users' own profiles: name, company and notification settings."""
