@@ -24,10 +24,12 @@ from handlers import keys
 from pubsub.broker import BrokerError, Publication, PublishResult, StreamPosition
 from pubsub.hub import Hub
 from pubsub.namespaces import NamespaceOptions
+from pubsub.presence import PresenceEntry
 from pubsub.redis_cluster import RedisClusterBroker
 from server.app import create_app
 from server.settings import Settings
 from services.auth.ratelimit import RedisRateLimiter
+from services.auth.service_signature import RedisReplayCache
 from tests.helpers import connect, make_user, request, service_token
 from tests.presence.test_presence import _next_of, _request_id
 from tests.pubsub.support import Recorder, eventually
@@ -153,7 +155,7 @@ async def test_presence_and_join_leave_cross_nodes(nodes: Nodes) -> None:
     assert (left["type"], left["user"]) == ("leave", owner_id)
 
 
-async def test_rate_limits_are_shared_through_the_cluster(
+async def test_rate_limits_and_replay_cache_are_shared_through_the_cluster(
     nodes: Nodes, cluster_prefix: str
 ) -> None:
     node_a, node_b = nodes
@@ -164,14 +166,28 @@ async def test_rate_limits_are_shared_through_the_cluster(
     refused = await limiter_a.hit("login:x", 2, 60)
     assert not refused.allowed, "the third within the window, counted across both nodes"
     assert refused.retry_after > 0
+    replay_a = RedisReplayCache(node_a.server.app[keys.redis], cluster_prefix)
+    replay_b = RedisReplayCache(node_b.server.app[keys.redis], cluster_prefix)
+    assert await replay_a.claim("sig-1", 60)
+    assert not await replay_b.claim("sig-1", 60), "a signature used on node A is spent on B"
 
 
 # -- brokers and hubs ----------------------------------------------------------------------
 
 
 def encode(pub: Publication) -> bytes:
-    """The hub encoder of these tests: ``<offset> <epoch> <data>``."""
+    """How these tests encode a publication: ``<offset> <epoch> <data>``."""
     return b"%d %s %s" % (pub.offset, pub.epoch.encode(), pub.data)
+
+
+class DataEncoder:
+    """The hub :class:`~pubsub.hub.Encoder` of these tests: publications, as :func:`encode`."""
+
+    def publication(self, pub: Publication) -> bytes:
+        return encode(pub)
+
+    def presence(self, kind: str, channel: str, entry: PresenceEntry) -> bytes:
+        raise AssertionError("no presence in these tests")
 
 
 @dataclass(eq=False)
@@ -204,7 +220,7 @@ async def make_hub(cluster_url: str, cluster_prefix: str) -> AsyncIterator[MakeH
 
     async def make(**broker_options: Any) -> Hub:
         broker = RedisClusterBroker(cluster_url, prefix=cluster_prefix, **broker_options)
-        hub = Hub(broker, NAMESPACES, encode, release_delay=0.05)
+        hub = Hub(broker, NAMESPACES, DataEncoder(), release_delay=0.05)
         await hub.start()
         hubs.append(hub)
         return hub
