@@ -52,6 +52,49 @@ class ReconnectPolicy:
         return ceiling * random.uniform(0.5, 1.0)
 
 
+class Liveness:
+    """The keepalive rule of one connection: when to PING it and when to give up on it.
+
+    The caller reports what happened (``reset`` on a new connection, ``received`` for every
+    reply or message, ``ping_sent``) and asks ``ping_due()`` and ``dead()`` at the times
+    ``next_check()`` names. ``clock`` is injectable so the rule can be tested with a fake clock.
+
+    A connection is dead after ``interval + timeout`` seconds without receiving anything;
+    checks come every ``interval``.
+    """
+
+    def __init__(
+        self, interval: float, timeout: float, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.interval = interval
+        self.timeout = timeout
+        self._clock = clock
+        self._last_received = clock()
+
+    def reset(self) -> None:
+        """A new connection: it counts as just heard from."""
+        self._last_received = self._clock()
+
+    def received(self) -> None:
+        """Something (a reply or a message) was read from the connection."""
+        self._last_received = self._clock()
+
+    def ping_sent(self) -> None:
+        """A keepalive PING was written."""
+
+    def ping_due(self) -> bool:
+        """Whether a keepalive PING should be sent now."""
+        return self._clock() - self._last_received > self.interval
+
+    def dead(self) -> bool:
+        """Whether the connection must be given up as silently dead."""
+        return self._clock() - self._last_received > self.interval + self.timeout
+
+    def next_check(self) -> float:
+        """Seconds until ``ping_due`` or ``dead`` should be asked again."""
+        return self.interval
+
+
 class PubSubConnection:
     """Subscriptions over one Redis connection, with a reader task that survives Redis outages.
 
@@ -70,20 +113,23 @@ class PubSubConnection:
         policy: ReconnectPolicy | None = None,
         subscribe_timeout: float = 5.0,
         keepalive: float = 10.0,
+        keepalive_timeout: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._make_connection = make_connection
         self._on_message = on_message
         self._on_reconnected = on_reconnected
         self._policy = policy if policy is not None else ReconnectPolicy()
         self._subscribe_timeout = subscribe_timeout
-        self._keepalive = keepalive
+        self._liveness = Liveness(
+            keepalive, keepalive if keepalive_timeout is None else keepalive_timeout, clock
+        )
         self._wanted: dict[bytes, None] = {}
         self._waiters: dict[bytes, deque[asyncio.Future[None]]] = {}
         self._conn: AbstractConnection | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._closed = False
         self._ever_ready = False
-        self._last_seen = 0.0
         #: Redis ``CLIENT ID`` of the current connection (None while disconnected).
         self.client_id: int | None = None
         #: Successful reconnects since start, for logs and tests.
@@ -202,7 +248,7 @@ class PubSubConnection:
             raise
         self._conn = conn
         self.client_id = client_id
-        self._last_seen = time.monotonic()
+        self._liveness.reset()
         stale = [name for name in sent if name not in self._wanted]
         if stale:
             await self._send("UNSUBSCRIBE", *stale)
@@ -240,13 +286,14 @@ class PubSubConnection:
     async def _read(self, conn: AbstractConnection) -> None:
         read = conn.read_response
         on_message = self._on_message
+        received = self._liveness.received
         while True:
             try:
                 response = await read(timeout=math.inf)
             except ResponseError as exc:
                 log.warning("redis pub/sub error reply", extra={"error": str(exc)})
                 continue
-            self._last_seen = time.monotonic()
+            received()
             try:
                 kind = response[0]
                 if kind == b"message":
@@ -277,17 +324,19 @@ class PubSubConnection:
         self._ever_ready = True
 
     async def _keepalive_loop(self) -> None:
-        """PING an idle connection; drop it when a whole interval passed without any reply,
-        so a silently dead peer (no RST) is noticed instead of waited on forever."""
+        """PING an idle connection and drop it when :class:`Liveness` says it is dead, so a
+        silently dead peer (no RST) is noticed instead of waited on forever."""
+        liveness = self._liveness
         while True:
-            await asyncio.sleep(self._keepalive)
+            await asyncio.sleep(liveness.next_check())
             conn = self._conn
             if conn is None:
                 continue
-            if time.monotonic() - self._last_seen > 2 * self._keepalive:
+            if liveness.dead():
                 log.warning("redis pub/sub connection silent; reconnecting")
                 with contextlib.suppress(Exception):
                     await conn.disconnect(nowait=True)
                 continue
-            if time.monotonic() - self._last_seen > self._keepalive:
+            if liveness.ping_due():
+                liveness.ping_sent()
                 await self._send("PING", _KEEPALIVE)
