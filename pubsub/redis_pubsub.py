@@ -55,12 +55,17 @@ class ReconnectPolicy:
 class Liveness:
     """The keepalive rule of one connection: when to PING it and when to give up on it.
 
-    The caller reports what happened (``reset`` on a new connection, ``received`` for every
-    reply or message, ``ping_sent``) and asks ``ping_due()`` and ``dead()`` at the times
-    ``next_check()`` names. ``clock`` is injectable so the rule can be tested with a fake clock.
+    A PING is due once nothing was received for ``interval`` seconds. The connection is dead
+    only when a PING sent at time *T* got nothing back (neither its reply nor anything else)
+    by *T* + ``timeout``. The verdict rests on when the PING went out and when bytes came in,
+    never on when the caller happens to check: a check that runs late (timer jitter, a busy
+    event loop) only delays a verdict, it cannot produce a false one. A dead peer is noticed
+    within ``interval + timeout`` of the last byte received (plus the caller's lateness).
 
-    A connection is dead after ``interval + timeout`` seconds without receiving anything;
-    checks come every ``interval``.
+    The caller reports what happened (``reset`` for a new connection, ``received`` for every
+    reply or message read, ``ping_sent``) and asks ``dead()`` and ``ping_due()`` after
+    sleeping ``next_check()``. ``clock`` is injectable so the rule can be tested with a fake
+    clock.
     """
 
     def __init__(
@@ -70,29 +75,47 @@ class Liveness:
         self.timeout = timeout
         self._clock = clock
         self._last_received = clock()
+        #: When the unanswered keepalive PING was sent; None when nothing is outstanding.
+        self._ping_sent_at: float | None = None
 
     def reset(self) -> None:
-        """A new connection: it counts as just heard from."""
+        """A new connection: it counts as just heard from, with no PING outstanding."""
         self._last_received = self._clock()
+        self._ping_sent_at = None
 
     def received(self) -> None:
-        """Something (a reply or a message) was read from the connection."""
+        """Something (a reply or a message) was read: the connection is alive, and that
+        answers any outstanding PING."""
         self._last_received = self._clock()
+        self._ping_sent_at = None
 
     def ping_sent(self) -> None:
         """A keepalive PING was written."""
+        self._ping_sent_at = self._clock()
 
     def ping_due(self) -> bool:
-        """Whether a keepalive PING should be sent now."""
-        return self._clock() - self._last_received > self.interval
+        """Whether a keepalive PING should be sent now (never while one is outstanding)."""
+        if self._ping_sent_at is not None:
+            return False
+        return self._clock() - self._last_received >= self.interval
 
     def dead(self) -> bool:
-        """Whether the connection must be given up as silently dead."""
-        return self._clock() - self._last_received > self.interval + self.timeout
+        """Whether the outstanding PING went unanswered for ``timeout`` seconds."""
+        sent = self._ping_sent_at
+        return sent is not None and self._clock() - sent >= self.timeout
 
     def next_check(self) -> float:
-        """Seconds until ``ping_due`` or ``dead`` should be asked again."""
-        return self.interval
+        """Seconds until ``dead`` or ``ping_due`` should be asked again.
+
+        Without a PING outstanding: until the next one is due. With one outstanding: until its
+        deadline, but at most one interval, so that once the reply came (which the caller does
+        not announce) the next PING still goes out about one interval after it.
+        """
+        now = self._clock()
+        sent = self._ping_sent_at
+        if sent is None:
+            return max(0.0, self._last_received + self.interval - now)
+        return max(0.0, min(sent + self.timeout - now, self.interval))
 
 
 class PubSubConnection:
@@ -113,7 +136,7 @@ class PubSubConnection:
         policy: ReconnectPolicy | None = None,
         subscribe_timeout: float = 5.0,
         keepalive: float = 10.0,
-        keepalive_timeout: float | None = None,
+        keepalive_timeout: float = 10.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._make_connection = make_connection
@@ -121,9 +144,7 @@ class PubSubConnection:
         self._on_reconnected = on_reconnected
         self._policy = policy if policy is not None else ReconnectPolicy()
         self._subscribe_timeout = subscribe_timeout
-        self._liveness = Liveness(
-            keepalive, keepalive if keepalive_timeout is None else keepalive_timeout, clock
-        )
+        self._liveness = Liveness(keepalive, keepalive_timeout, clock)
         self._wanted: dict[bytes, None] = {}
         self._waiters: dict[bytes, deque[asyncio.Future[None]]] = {}
         self._conn: AbstractConnection | None = None
@@ -134,6 +155,13 @@ class PubSubConnection:
         self.client_id: int | None = None
         #: Successful reconnects since start, for logs and tests.
         self.reconnects = 0
+        #: Keepalive PINGs answered since start, for logs and tests.
+        self.keepalive_replies = 0
+
+    @property
+    def liveness(self) -> Liveness:
+        """The keepalive rule (its ``interval`` and ``timeout`` are the configured ones)."""
+        return self._liveness
 
     @property
     def connected(self) -> bool:
@@ -303,6 +331,8 @@ class PubSubConnection:
                 elif kind == b"pong":
                     if response[1] == _BARRIER:
                         self._ready()
+                    elif response[1] == _KEEPALIVE:
+                        self.keepalive_replies += 1
                 elif kind != b"unsubscribe":
                     log.warning("unexpected pub/sub message", extra={"kind": repr(kind)[:40]})
             except Exception:
@@ -324,19 +354,24 @@ class PubSubConnection:
         self._ever_ready = True
 
     async def _keepalive_loop(self) -> None:
-        """PING an idle connection and drop it when :class:`Liveness` says it is dead, so a
-        silently dead peer (no RST) is noticed instead of waited on forever."""
+        """PING an idle connection and drop it when :class:`Liveness` says its PING went
+        unanswered, so a silently dead peer (no RST) is noticed instead of waited on forever."""
         liveness = self._liveness
         while True:
-            await asyncio.sleep(liveness.next_check())
             conn = self._conn
-            if conn is None:
-                continue
-            if liveness.dead():
-                log.warning("redis pub/sub connection silent; reconnecting")
+            if conn is not None and liveness.dead():
+                log.warning(
+                    "redis pub/sub connection silent; reconnecting",
+                    extra={"timeout": liveness.timeout},
+                )
                 with contextlib.suppress(Exception):
                     await conn.disconnect(nowait=True)
+                conn = None  # the reader sees the closed socket and reconnects
+            if conn is None:
+                # Reconnecting; ``_connect`` resets the rule for the next connection.
+                await asyncio.sleep(liveness.interval)
                 continue
             if liveness.ping_due():
                 liveness.ping_sent()
                 await self._send("PING", _KEEPALIVE)
+            await asyncio.sleep(liveness.next_check())

@@ -67,7 +67,12 @@ def make_broker(settings: Settings) -> Broker:
     if settings.redis_url:
         from pubsub.redis_broker import RedisBroker
 
-        return RedisBroker(settings.redis_url, prefix=settings.redis_prefix)
+        return RedisBroker(
+            settings.redis_url,
+            prefix=settings.redis_prefix,
+            keepalive=settings.redis_keepalive_interval,
+            keepalive_timeout=settings.redis_keepalive_timeout,
+        )
     return MemoryBroker()
 
 

@@ -51,6 +51,10 @@ class Settings:
     database_url: str | None = None
     redis_url: str | None = None
     redis_prefix: str = "arena"
+    #: Seconds of silence before the pub/sub connection is PINGed.
+    redis_keepalive_interval: float = 10.0
+    #: Seconds a keepalive PING may go unanswered before the connection is replaced.
+    redis_keepalive_timeout: float = 10.0
     data_dir: Path = Path(".data")
     log_level: str = "INFO"
     db_pool_min: int = 1
@@ -328,6 +332,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         database_url=_opt(env, "DATABASE_URL"),
         redis_url=_opt(env, "REDIS_URL"),
         redis_prefix=_str(env, "REDIS_PREFIX", "arena"),
+        redis_keepalive_interval=_float(env, "REDIS_KEEPALIVE_INTERVAL", 10.0, minimum=0.1),
+        redis_keepalive_timeout=_float(env, "REDIS_KEEPALIVE_TIMEOUT", 10.0, minimum=0.1),
         data_dir=data_dir,
         log_level=_str(env, "LOG_LEVEL", "INFO").upper(),
         db_pool_min=_int(env, "DB_POOL_MIN", 1),

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from server import cli
+from server.lifecycle import make_broker
 from server.settings import SettingsError, load_settings
 
 SECRET = "s" * 48
@@ -176,3 +177,14 @@ def test_bad_channel_namespaces_name_the_variable(tmp_path: Path, raw: str, frag
     with pytest.raises(SettingsError, match="CHANNEL_NAMESPACES") as info:
         load_settings({"DATA_DIR": str(tmp_path), "CHANNEL_NAMESPACES": raw})
     assert fragment in str(info.value)
+
+
+def test_redis_keepalive_settings_reach_the_broker(tmp_path: Path) -> None:
+    env = {"DATA_DIR": str(tmp_path), "REDIS_URL": "redis://127.0.0.1:6379/0"}
+    default = make_broker(load_settings(env)).pubsub.liveness  # not started: no connection
+    assert (default.interval, default.timeout) == (10.0, 10.0)
+    env |= {"REDIS_KEEPALIVE_INTERVAL": "2.5", "REDIS_KEEPALIVE_TIMEOUT": "7"}
+    liveness = make_broker(load_settings(env)).pubsub.liveness
+    assert (liveness.interval, liveness.timeout) == (2.5, 7.0)
+    with pytest.raises(SettingsError, match=r"REDIS_KEEPALIVE_TIMEOUT must be >= 0\.1"):
+        load_settings(env | {"REDIS_KEEPALIVE_TIMEOUT": "0"})

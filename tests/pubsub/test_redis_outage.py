@@ -104,6 +104,7 @@ async def hub(server: RedisProcess) -> AsyncIterator[Hub]:
         connect_timeout=0.5,
         subscribe_timeout=0.5,
         keepalive=0.2,
+        keepalive_timeout=1.0,
         reconnect=ReconnectPolicy(minimum=0.05, maximum=0.2),
     )
     hub = Hub(broker, NAMESPACES, encode, release_delay=0.05)
