@@ -16,6 +16,8 @@ class HttpConfig:
     hsts: bool = False
     trusted_proxies: tuple[str, ...] = ()
     max_body_bytes: int = 1024 * 1024
+    #: seconds each /ready check (database, broker) may take
+    ready_timeout: float = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +47,7 @@ class EmailConfig:
     smtp_username: str | None = None
     smtp_password: str | None = None
     smtp_starttls: bool = True
+    smtp_timeout: float = 30.0
     sender: str = "Arena Realtime <no-reply@localhost>"
 
 

@@ -58,7 +58,7 @@ class RedisBroker(Broker):
         *,
         prefix: str = "arena",
         command_timeout: float = 5.0,
-        connect_timeout: float = 2.0,
+        connect_timeout: float = 5.0,
         max_connections: int = 64,
         subscribe_timeout: float = 5.0,
         keepalive: float = 10.0,

@@ -98,7 +98,13 @@ async def _database(settings: Settings) -> AsyncIterator[asyncpg.Pool]:
     if url is None:
         embedded = await asyncio.to_thread(start_embedded, settings.data_dir)
         url = embedded.url
-    pool = await create_pool(url, min_size=1, max_size=2)
+    pool = await create_pool(
+        url,
+        min_size=1,
+        max_size=2,
+        connect_timeout=settings.db_connect_timeout,
+        command_timeout=settings.db_command_timeout,
+    )
     try:
         async with pool.acquire() as conn:
             await migrate(conn)

@@ -45,7 +45,13 @@ async def database(app: web.Application) -> AsyncIterator[None]:
         embedded = await asyncio.to_thread(start_embedded, settings.data_dir)
         url, kind = embedded.url, "embedded"
     try:
-        pool = await create_pool(url, min_size=settings.db_pool_min, max_size=settings.db_pool_max)
+        pool = await create_pool(
+            url,
+            min_size=settings.db_pool_min,
+            max_size=settings.db_pool_max,
+            connect_timeout=settings.db_connect_timeout,
+            command_timeout=settings.db_command_timeout,
+        )
         if settings.migrate_on_start:
             async with pool.acquire() as conn:
                 applied = await migrate(conn)
@@ -70,6 +76,9 @@ def make_broker(settings: Settings) -> Broker:
         return RedisBroker(
             settings.redis_url,
             prefix=settings.redis_prefix,
+            command_timeout=settings.redis_command_timeout,
+            connect_timeout=settings.redis_connect_timeout,
+            subscribe_timeout=settings.redis_subscribe_timeout,
             keepalive=settings.redis_keepalive_interval,
             keepalive_timeout=settings.redis_keepalive_timeout,
         )
@@ -95,7 +104,13 @@ async def channels(app: web.Application) -> AsyncIterator[None]:
     if settings.redis_url:
         # Its own blocking pool: thousands of joins/leaves at once wait for a connection
         # instead of failing.
-        pool = BlockingConnectionPool.from_url(settings.redis_url, max_connections=32, timeout=10)
+        pool = BlockingConnectionPool.from_url(
+            settings.redis_url,
+            max_connections=32,
+            timeout=10,
+            socket_connect_timeout=settings.redis_connect_timeout,
+            socket_timeout=settings.redis_command_timeout,
+        )
         presence_redis = Redis(connection_pool=pool)
         store = RedisPresence(presence_redis, settings.redis_prefix, ttl=settings.presence_ttl)
     presence = Presence(
@@ -152,7 +167,11 @@ async def redis_client(app: web.Application) -> AsyncIterator[None]:
         return
     from redis.asyncio import Redis
 
-    client = Redis.from_url(settings.redis_url, socket_connect_timeout=5, socket_timeout=5)
+    client = Redis.from_url(
+        settings.redis_url,
+        socket_connect_timeout=settings.redis_connect_timeout,
+        socket_timeout=settings.redis_command_timeout,
+    )
     app[keys.redis] = client
     app[keys.rate_limiter] = RedisRateLimiter(client, settings.redis_prefix)
     try:

@@ -17,8 +17,17 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
         await conn.set_type_codec(name, encoder=_dumps, decoder=orjson.loads, schema="pg_catalog")
 
 
-async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10) -> asyncpg.Pool:
+async def create_pool(
+    dsn: str,
+    *,
+    min_size: int = 1,
+    max_size: int = 10,
+    connect_timeout: float = 10.0,
+    command_timeout: float = 30.0,
+) -> asyncpg.Pool:
     """Open a pool whose connections encode and decode JSON columns with orjson.
+
+    ``connect_timeout`` bounds opening each connection, ``command_timeout`` each statement.
 
     Raises the driver's connection errors (see ``storage.errors.UNAVAILABLE``) when the server
     cannot be reached.
@@ -28,7 +37,8 @@ async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10) -> asy
         min_size=min_size,
         max_size=max_size,
         init=_init_connection,
-        command_timeout=30,
+        timeout=connect_timeout,
+        command_timeout=command_timeout,
         max_inactive_connection_lifetime=300,
     )
     assert pool is not None

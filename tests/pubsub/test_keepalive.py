@@ -9,20 +9,17 @@ connection whose peer stops answering (a proxy that black-holes it) is dropped a
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import random
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
 from pubsub.namespaces import NamespaceOptions
 from pubsub.redis_broker import RedisBroker
 from pubsub.redis_pubsub import Liveness, ReconnectPolicy
-from tests.pubsub.support import Recorder, eventually
+from tests.pubsub.support import BlackHoleProxy, Recorder, eventually
 
 OPTIONS = NamespaceOptions(history_size=10)
 
@@ -181,62 +178,6 @@ def test_a_new_connection_starts_with_a_clean_slate() -> None:
 
 
 # -- real timers, real Redis ---------------------------------------------------------------
-
-
-class BlackHoleProxy:
-    """A TCP proxy in front of Redis. ``black_hole()`` makes every connection open at that
-    moment swallow bytes in both directions while its sockets stay open (no FIN, no RST), like
-    a peer behind a dead network path; connections made later are forwarded normally."""
-
-    def __init__(self, target_url: str) -> None:
-        self._target = urlsplit(target_url)
-        self._server: asyncio.Server | None = None
-        self._pairs: list[dict[str, bool]] = []
-        self._writers: list[asyncio.StreamWriter] = []
-        self._tasks: set[asyncio.Task[None]] = set()
-        self.url = ""
-
-    async def start(self) -> None:
-        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
-        port = self._server.sockets[0].getsockname()[1]
-        parts = self._target
-        self.url = urlunsplit((parts.scheme, f"127.0.0.1:{port}", parts.path, "", ""))
-
-    def black_hole(self) -> None:
-        for pair in self._pairs:
-            pair["black_holed"] = True
-
-    async def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        for writer in self._writers:
-            writer.close()
-        if self._server is not None:
-            await self._server.wait_closed()
-
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        host, port = self._target.hostname or "127.0.0.1", self._target.port or 6379
-        up_reader, up_writer = await asyncio.open_connection(host, port)
-        self._writers += [writer, up_writer]
-        pair = {"black_holed": False}
-        self._pairs.append(pair)
-        for source, sink in ((reader, up_writer), (up_reader, writer)):
-            task = asyncio.create_task(self._pump(source, sink, pair))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-
-    @staticmethod
-    async def _pump(
-        source: asyncio.StreamReader, sink: asyncio.StreamWriter, pair: dict[str, bool]
-    ) -> None:
-        with contextlib.suppress(ConnectionError):
-            while data := await source.read(65536):
-                if not pair["black_holed"]:
-                    sink.write(data)
-                    await sink.drain()
 
 
 @pytest.fixture
