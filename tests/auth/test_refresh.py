@@ -10,7 +10,7 @@ from aiohttp import WSMsgType
 from handlers import keys
 from handlers.ws_connection import CLOSE_UNAUTHENTICATED
 from tests.auth.flows import bearer, sign_in
-from tests.helpers import connect, make_user
+from tests.helpers import DEADLINE, connect, make_user
 
 
 async def _refresh(client: Any, token: str) -> Any:
@@ -111,7 +111,7 @@ async def test_logout_revokes_the_family_and_closes_websockets(client: Any) -> N
         "/api/v1/auth/logout", json={"refresh_token": session["refresh_token"]}
     )
     assert resp.status == 204
-    msg = await ws.receive(timeout=5)
+    msg = await ws.receive(timeout=DEADLINE)
     assert msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSED)
     assert ws.close_code == CLOSE_UNAUTHENTICATED
     assert (await _refresh(client, session["refresh_token"])).status == 401

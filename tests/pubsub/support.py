@@ -5,14 +5,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
-from collections.abc import Callable
 from urllib.parse import urlsplit, urlunsplit
 
 import redis.asyncio
 
 from pubsub.broker import Publication, StreamPosition
 from pubsub.redis_broker import RedisBroker
+from tests.helpers import DEADLINE, eventually
+
+__all__ = [
+    "BlackHoleProxy",
+    "Recorder",
+    "Sink",
+    "assert_no_silent_hole",
+    "encode",
+    "eventually",
+    "kill_pubsub",
+    "wait_for_offsets",
+]
 
 
 class Recorder:
@@ -72,15 +82,6 @@ def assert_no_silent_hole(sink: Sink, start: int = 0) -> None:
         cursor = offset
 
 
-async def eventually(check: Callable[[], bool], timeout: float = 10.0, what: str = "") -> None:
-    """Wait until ``check()`` is true; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what or check}")
-        await asyncio.sleep(0.01)
-
-
 async def kill_pubsub(redis_url: str, broker: RedisBroker) -> None:
     """Close the broker's pub/sub connection from the server side (``CLIENT KILL ID``)."""
     client_id = broker.pubsub.client_id
@@ -92,7 +93,7 @@ async def kill_pubsub(redis_url: str, broker: RedisBroker) -> None:
         await admin.aclose()
 
 
-async def wait_for_offsets(sink: Sink, count: int, timeout: float = 10.0) -> None:
+async def wait_for_offsets(sink: Sink, count: int, timeout: float = DEADLINE) -> None:
     """Wait until ``sink`` has received at least ``count`` publications."""
     await eventually(lambda: len(sink.offsets()) >= count, timeout, f"{count} publications")
 

@@ -14,10 +14,19 @@ from aiohttp import WSMsgType
 
 from handlers import keys
 from server.app import create_app
-from tests.helpers import connect, make_user, receive, request, send, service_token
+from tests.helpers import (
+    DEADLINE,
+    connect,
+    eventually,
+    make_user,
+    receive,
+    request,
+    send,
+    service_token,
+)
 
 
-async def _closed_with(ws: Any, timeout: float = 5.0) -> int | None:
+async def _closed_with(ws: Any, timeout: float = DEADLINE) -> int | None:
     """Read until the server closes; returns the close code."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -286,7 +295,7 @@ async def test_command_flood_is_rate_limited(aiohttp_client: Any, make_settings:
         await send(ws, "ping")
     code = None
     while code is None:
-        msg = await ws.receive(timeout=5)
+        msg = await ws.receive(timeout=DEADLINE)
         if msg.type == WSMsgType.CLOSE:
             code = msg.data
     assert code == 4029
@@ -369,11 +378,9 @@ async def test_slow_consumer_is_disconnected_without_delaying_others(
     others = [await connect(client, token) for _ in range(10)]
     for ws in others:
         await request(ws, "subscribe", channel=channel)
-    for _ in range(500):
-        if hub.subscriber_count(channel) == len(others) + 1:
-            break
-        await asyncio.sleep(0.01)
-    assert hub.subscriber_count(channel) == len(others) + 1
+    await eventually(
+        lambda: hub.subscriber_count(channel) == len(others) + 1, what="every subscriber"
+    )
     payload = {"blob": "x" * 2000}
     published = 0
     counts = [0] * len(others)
@@ -405,7 +412,7 @@ async def test_slow_consumer_is_disconnected_without_delaying_others(
     close_frame = b"\x88\x0f" + (4004).to_bytes(2, "big") + b"slow consumer"
     data = b""
     while close_frame not in data[-64:]:
-        chunk = await asyncio.wait_for(reader.read(1 << 20), 4)
+        chunk = await asyncio.wait_for(reader.read(1 << 20), DEADLINE)
         assert chunk, "connection ended without the slow-consumer close frame"
         data = data[-64:] + chunk
     for _ in range(5):  # and delivery to everyone else goes on
@@ -415,13 +422,11 @@ async def test_slow_consumer_is_disconnected_without_delaying_others(
         while min(counts) < published - 8:
             await asyncio.sleep(0.001)
             _check(readers)
-    for _ in range(3000):
-        if counts == [published] * len(others):
-            break
-        await asyncio.sleep(0.01)
-    for task in readers:
-        task.cancel()
-    assert counts == [published] * len(others)
+    try:
+        await eventually(lambda: counts == [published] * len(others), what="every frame read")
+    finally:
+        for task in readers:
+            task.cancel()
     metrics = await (await client.get("/metrics")).text()
     assert 'arena_ws_disconnects_total{code="4004"}' in metrics
     writer.close()
@@ -545,16 +550,12 @@ async def test_dead_peer_is_dropped_by_the_heartbeat(
     # It never answers the server's pings: the server gives up and closes the socket.
     data = b""
     while True:
-        chunk = await asyncio.wait_for(reader.read(65536), 10)
+        chunk = await asyncio.wait_for(reader.read(65536), DEADLINE)
         if not chunk:
             break
         data += chunk
     assert b"\x89" in data  # at least one ping was sent before giving up
-    for _ in range(100):
-        if not registry.connections():
-            break
-        await asyncio.sleep(0.02)
-    assert registry.connections() == []
+    await eventually(lambda: registry.connections() == [], what="the dead peer unregistered")
     writer.close()
 
 
