@@ -58,10 +58,11 @@ class RedisBroker(Broker):
         *,
         prefix: str = "arena",
         command_timeout: float = 5.0,
-        connect_timeout: float = 2.0,
+        connect_timeout: float = 5.0,
         max_connections: int = 64,
         subscribe_timeout: float = 5.0,
         keepalive: float = 10.0,
+        keepalive_timeout: float = 10.0,
         reconnect: ReconnectPolicy | None = None,
     ) -> None:
         self.keys = KeySpace(prefix)
@@ -86,6 +87,7 @@ class RedisBroker(Broker):
             policy=reconnect,
             subscribe_timeout=subscribe_timeout,
             keepalive=keepalive,
+            keepalive_timeout=keepalive_timeout,
         )
         self._control = self.keys.control
         self._channels: dict[bytes, str] = {}

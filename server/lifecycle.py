@@ -44,6 +44,8 @@ async def database(app: web.Application) -> AsyncIterator[None]:
         settings.data_dir,
         min_size=settings.db_pool_min,
         max_size=settings.db_pool_max,
+        connect_timeout=settings.db_connect_timeout,
+        command_timeout=settings.db_command_timeout,
         apply_migrations=settings.migrate_on_start,
     ) as database:
         if settings.migrate_on_start:
@@ -59,7 +61,15 @@ def make_broker(settings: Settings) -> Broker:
     if settings.redis_url:
         from pubsub.redis_broker import RedisBroker
 
-        return RedisBroker(settings.redis_url, prefix=settings.redis_prefix)
+        return RedisBroker(
+            settings.redis_url,
+            prefix=settings.redis_prefix,
+            command_timeout=settings.redis_command_timeout,
+            connect_timeout=settings.redis_connect_timeout,
+            subscribe_timeout=settings.redis_subscribe_timeout,
+            keepalive=settings.redis_keepalive_interval,
+            keepalive_timeout=settings.redis_keepalive_timeout,
+        )
     return MemoryBroker()
 
 
@@ -84,7 +94,13 @@ async def channels(app: web.Application) -> AsyncIterator[None]:
     if settings.redis_url:
         # Its own blocking pool: thousands of joins/leaves at once wait for a connection
         # instead of failing.
-        pool = BlockingConnectionPool.from_url(settings.redis_url, max_connections=32, timeout=10)
+        pool = BlockingConnectionPool.from_url(
+            settings.redis_url,
+            max_connections=32,
+            timeout=10,
+            socket_connect_timeout=settings.redis_connect_timeout,
+            socket_timeout=settings.redis_command_timeout,
+        )
         presence_redis = Redis(connection_pool=pool)
         store = RedisPresence(presence_redis, settings.redis_prefix, ttl=settings.presence_ttl)
     presence = Presence(
@@ -142,7 +158,11 @@ async def redis_client(app: web.Application) -> AsyncIterator[None]:
         return
     from redis.asyncio import Redis
 
-    client = Redis.from_url(settings.redis_url, socket_connect_timeout=5, socket_timeout=5)
+    client = Redis.from_url(
+        settings.redis_url,
+        socket_connect_timeout=settings.redis_connect_timeout,
+        socket_timeout=settings.redis_command_timeout,
+    )
     app[keys.redis] = client
     app[keys.rate_limiter] = RedisRateLimiter(client, settings.redis_prefix)
     app[keys.replay_cache] = RedisReplayCache(client, settings.redis_prefix)

@@ -44,9 +44,17 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
         await conn.set_type_codec(name, encoder=_dumps, decoder=orjson.loads, schema="pg_catalog")
 
 
-async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10) -> asyncpg.Pool:
+async def create_pool(
+    dsn: str,
+    *,
+    min_size: int = 1,
+    max_size: int = 10,
+    connect_timeout: float = 10.0,
+    command_timeout: float = 30.0,
+) -> asyncpg.Pool:
     """Open a pool whose connections encode and decode JSON columns with orjson.
 
+    ``connect_timeout`` bounds opening each connection, ``command_timeout`` each statement.
     Raises :class:`DatabaseUnreachable` (a ``ConnectionError``, so one of
     ``storage.errors.UNAVAILABLE``) when the server cannot be reached or refuses the login.
     """
@@ -56,7 +64,8 @@ async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10) -> asy
             min_size=min_size,
             max_size=max_size,
             init=_init_connection,
-            command_timeout=30,
+            timeout=connect_timeout,
+            command_timeout=command_timeout,
             max_inactive_connection_lifetime=300,
         )
     except OSError as exc:  # refused, unknown host, timeout
@@ -90,6 +99,8 @@ async def open_database(
     *,
     min_size: int = 1,
     max_size: int = 10,
+    connect_timeout: float = 10.0,
+    command_timeout: float = 30.0,
     apply_migrations: bool = True,
 ) -> AsyncIterator[Database]:
     """Open ``url``, or start the embedded PostgreSQL in ``data_dir`` when it is None; apply
@@ -105,7 +116,13 @@ async def open_database(
         embedded = await asyncio.to_thread(start_embedded, data_dir)
         url, kind = embedded.url, "embedded"
     try:
-        pool = await create_pool(url, min_size=min_size, max_size=max_size)
+        pool = await create_pool(
+            url,
+            min_size=min_size,
+            max_size=max_size,
+            connect_timeout=connect_timeout,
+            command_timeout=command_timeout,
+        )
         try:
             applied: list[str] = []
             if apply_migrations:
