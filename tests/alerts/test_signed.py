@@ -233,7 +233,11 @@ async def test_the_feed_event_carries_the_alert_exactly_as_the_api_shows_it(
     if path == "signed":
         response = await post_signed(client, strategy, body, msg_id="msg_feed")
     else:
-        response = await client.post(tv_path(strategy), data=orjson.dumps(body))
+        response = await client.post(
+            tv_path(strategy),
+            data=orjson.dumps(body),
+            headers={"Content-Type": "application/json"},
+        )
     ack = await response.json()
     assert response.status == 201, ack
     event = await receive(ws, timeout=15)
