@@ -164,8 +164,6 @@ async def store(
                 await conn.execute("ROLLBACK")
             raise
         await conn.execute("COMMIT")
-    elif conn.is_in_transaction():
-        raise RuntimeError("store() commits by itself; call it outside a transaction")
     else:
         result = await alerts.insert_with_event(
             conn, new, alert_id, channels, template, _RECEIVED_AT_PATH

@@ -202,6 +202,7 @@ async def test_a_batch_of_500_events_goes_out_once_in_order_per_channel_in_one_r
     relay = OutboxRelay(pool, slow, batch_size=500)  # type: ignore[arg-type]
     statements: list[str] = []
     async with pool.acquire() as conn:
+
         def logger(record: Any) -> None:
             statements.append(record.query)
 
