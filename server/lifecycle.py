@@ -17,8 +17,9 @@ from handlers.analysis.runner import AnalysisRunner
 from handlers.email import Mailer, make_backend
 from handlers.outbox_relay import OutboxRelay
 from handlers.ratelimit import MemoryRateLimiter, RedisRateLimiter
+from handlers.realtime.service import realtime_service
 from handlers.realtime.transport import Flusher
-from handlers.realtime.websocket import ARENA_WEBSOCKET, realtime_service
+from handlers.realtime.websocket import ARENA_WEBSOCKET
 from pubsub.broker import Broker
 from pubsub.hub import Hub
 from pubsub.memory import MemoryBroker
