@@ -12,8 +12,9 @@ from aiohttp import web
 from redis.asyncio import BlockingConnectionPool, Redis
 
 from handlers import keys
+from handlers.realtime.service import realtime_service
 from handlers.realtime.transport import Flusher
-from handlers.realtime.websocket import ARENA_WEBSOCKET, realtime_service
+from handlers.realtime.websocket import ARENA_WEBSOCKET
 from pubsub.broker import Broker
 from pubsub.hub import Hub
 from pubsub.memory import MemoryBroker
