@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from redis.asyncio import Redis
 
-from handlers import service_signature as sig
+from services.auth import service_signature as sig
 
 ROOT = Path(__file__).resolve().parents[2]
 
