@@ -113,6 +113,8 @@ class Hub:
         self._pending_limit = pending_limit
         self._channels: dict[str, ChannelStream] = {}
         self._releases: dict[str, asyncio.TimerHandle] = {}
+        #: history reads in flight, shared by concurrent identical requests
+        self._reads: dict[tuple[str, int | None, int | None], asyncio.Future[HistoryResult]] = {}
         self._locks = _KeyedLocks()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._control_handlers: dict[str, list[ControlHandler]] = {}
@@ -180,8 +182,27 @@ class Hub:
         since: int | None = None,
         limit: int | None = None,
     ) -> HistoryResult:
-        """One broker history read (the streams' :class:`~pubsub.stream.StreamSource`)."""
-        return await self.broker.history(channel, options, since=since, limit=limit)
+        """One broker history read (the streams' :class:`~pubsub.stream.StreamSource`).
+
+        Single-flight: concurrent reads of the same channel, ``since`` and ``limit`` (a burst of
+        clients recovering from the same offset after a reconnect storm) share one broker read.
+        Sharing is safe because the subscribe merges its buffered live stream afterwards (a read
+        that started a moment before a subscriber joined is completed from history). Each
+        caller gets its own list.
+        """
+        key = (channel, since, limit)
+        flight = self._reads.get(key)
+        if flight is None:
+            flight = asyncio.ensure_future(
+                self.broker.history(channel, options, since=since, limit=limit)
+            )
+            self._reads[key] = flight
+            flight.add_done_callback(
+                lambda done: self._reads.pop(key) if self._reads.get(key) is done else None
+            )
+        # shield: one caller being cancelled must not cancel the read the others wait for
+        hist = await asyncio.shield(flight)
+        return HistoryResult(list(hist.publications), hist.position)
 
     async def read_position(self, channel: str, options: NamespaceOptions) -> StreamPosition:
         """One broker position read (the streams' :class:`~pubsub.stream.StreamSource`)."""
