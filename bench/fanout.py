@@ -15,6 +15,8 @@ per case and measures, with the load generator of ``bench/loadgen.py`` in separa
   connection (RSS after minus RSS before, divided by N);
 * ``throughput``: delivered messages/s on one channel with N subscribers while publishers post
   200-byte payloads as fast as the server answers (same publisher concurrency for every target);
+  beside it, the server process's own CPU time (``/proc/<pid>/stat`` utime+stime, workers
+  included) per delivery and per publication over the same window;
 * ``latency``: publish->deliver p50/p99/max at a fixed rate (50/s x 1,000 and 10/s x 5,000
   subscribers), losses, and the drain time after the last publication (no backlog: drain is about
   one latency);
@@ -81,6 +83,26 @@ def rss_bytes(pid: int) -> int:
     return 0
 
 
+_CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User+system CPU seconds of process ``pid`` and its live descendants (``--workers``),
+    from ``/proc/<pid>/stat``: the server's own CPU, whatever else runs on the machine."""
+    total = 0.0
+    todo = [pid]
+    while todo:
+        current = todo.pop()
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = Path(f"/proc/{current}/stat").read_text().rpartition(")")[2].split()
+            # fields[11], fields[12] are utime, stime (stat fields 14 and 15)
+            total += (int(fields[11]) + int(fields[12])) / _CLK_TCK
+            for task in Path(f"/proc/{current}/task").iterdir():
+                children = (task / "children").read_text().split()
+                todo.extend(int(child) for child in children)
+    return total
+
+
 def _raise_nofile() -> None:
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
@@ -120,6 +142,9 @@ class Server:
 
     def rss(self) -> int:
         return rss_bytes(self.process.pid)
+
+    def cpu(self) -> float:
+        return cpu_seconds(self.process.pid)
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -360,7 +385,9 @@ async def throughput_case(
     flood = asyncio.create_task(publisher.flood(channel, stop, concurrency))
     await asyncio.sleep(warmup)
     before = await asyncio.to_thread(workers.stats, None, False)
+    cpu_before = (time.monotonic(), server.cpu())
     await asyncio.sleep(seconds)
+    cpu_after = (time.monotonic(), server.cpu())
     after = await asyncio.to_thread(workers.stats, None, False)
     stop.set()
     await flood
@@ -372,13 +399,23 @@ async def throughput_case(
     )
     window = (min(before["at"]), max(after["at"]))
     acked = bisect.bisect(publisher.acked, window[1]) - bisect.bisect(publisher.acked, window[0])
+    # Server CPU over the controller's own window (CPU seconds are rates over wall time, so
+    # the same-window rates divide: CPU s per s / deliveries per s).
+    cpu_wall = cpu_after[0] - cpu_before[0]
+    cpu_per_s = (cpu_after[1] - cpu_before[1]) / cpu_wall if cpu_wall > 0 else 0.0
+    publications_per_s = acked / (window[1] - window[0])
     finished = await drain(workers, publisher.final, 15.0)
     stats = await asyncio.to_thread(workers.stats, publisher.final, True)
     await publisher.close()
     return {
         "delivered_per_s": delivered_per_s,
-        "publications_per_s": acked / (window[1] - window[0]),
+        "publications_per_s": publications_per_s,
         "window_s": window[1] - window[0],
+        "server_cpu_per_s": cpu_per_s,
+        "cpu_us_per_delivery": cpu_per_s / delivered_per_s * 1e6 if delivered_per_s else None,
+        "cpu_us_per_publication": (
+            cpu_per_s / publications_per_s * 1e6 if publications_per_s else None
+        ),
         "publish_errors": publisher.errors,
         "lost": finished["lost"],
         "gaps": stats["gaps"],
@@ -630,13 +667,14 @@ def _fmt(value: Any, digits: int = 1) -> str:
 def table(results: dict[str, Any], sizes: list[int]) -> str:
     """A Markdown table of the run."""
     lines = [
-        "| target | N | connect s | RSS/conn KiB | delivered msg/s | pub/s | fixed rate "
+        "| target | N | connect s | RSS/conn KiB | delivered msg/s | pub/s "
+        "| CPU µs/delivery | CPU µs/pub | fixed rate "
         "| p50 ms | p99 ms | max ms | lost | drain s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, data in results["targets"].items():
         if "error" in data:
-            lines.append(f"| {name} | error: {data['error'][:80]} |" + " |" * 10)
+            lines.append(f"| {name} | error: {data['error'][:80]} |" + " |" * 12)
             continue
         for key in [str(n) for n in sizes] + ["many", "soak"]:
             case = data.get(key)
@@ -650,6 +688,8 @@ def table(results: dict[str, Any], sizes: list[int]) -> str:
                 f"| {name} | {label} | {_fmt(case['connect_s'], 2)} "
                 f"| {_fmt(case['rss_per_conn_kb'])} | {_fmt(tput.get('delivered_per_s'), 0)} "
                 f"| {_fmt(tput.get('publications_per_s'))} "
+                f"| {_fmt(tput.get('cpu_us_per_delivery'), 2)} "
+                f"| {_fmt(tput.get('cpu_us_per_publication'), 0)} "
                 f"| {_fmt(fixed.get('publications_per_s', 'mixed'))} "
                 f"| {_fmt(fixed['p50_ms'], 2)} | {_fmt(fixed['p99_ms'], 2)} "
                 f"| {_fmt(fixed['max_ms'], 2)} | {lost} | {_fmt(fixed['drain_s'], 2)} |"

@@ -14,17 +14,15 @@ from handlers.errors import envelope, json_response
 
 log = logging.getLogger(__name__)
 
-READY_TIMEOUT = 2.0
-
 
 async def health(request: web.Request) -> web.Response:
     """Liveness: the process serves requests."""
     return json_response({"status": "ok"})
 
 
-async def _check(coro: Any) -> dict[str, Any]:
+async def _check(coro: Any, seconds: float) -> dict[str, Any]:
     try:
-        await asyncio.wait_for(coro, READY_TIMEOUT)
+        await asyncio.wait_for(coro, seconds)
     except Exception as exc:
         return {"ok": False, "error": type(exc).__name__}
     return {"ok": True}
@@ -42,8 +40,9 @@ async def ready(request: web.Request) -> web.Response:
     error envelope plus the same details, so load balancers and people both see what is down.
     """
     backends = request.app[keys.backends]
+    timeout = request.app[keys.config].http.ready_timeout
     database, broker = await asyncio.gather(
-        _check(_db_ping(request)), _check(request.app[keys.hub].ping())
+        _check(_db_ping(request), timeout), _check(request.app[keys.hub].ping(), timeout)
     )
     database["backend"] = backends.get("database")
     broker["backend"] = backends.get("broker")

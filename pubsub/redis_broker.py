@@ -195,10 +195,11 @@ class RedisBroker(ScriptedBroker):
         *,
         prefix: str = "arena",
         command_timeout: float = 5.0,
-        connect_timeout: float = 2.0,
+        connect_timeout: float = 5.0,
         max_connections: int = 64,
         subscribe_timeout: float = 5.0,
         keepalive: float = 10.0,
+        keepalive_timeout: float = 10.0,
         reconnect: ReconnectPolicy | None = None,
     ) -> None:
         self.keys = KeySpace(prefix)
@@ -222,6 +223,7 @@ class RedisBroker(ScriptedBroker):
             policy=reconnect,
             subscribe_timeout=subscribe_timeout,
             keepalive=keepalive,
+            keepalive_timeout=keepalive_timeout,
         )
         self._control = self.keys.control
         self._channels: dict[bytes, str] = {}

@@ -92,6 +92,7 @@ class ShardedSubscriber:
         policy: ReconnectPolicy | None = None,
         subscribe_timeout: float = 5.0,
         keepalive: float = 10.0,
+        keepalive_timeout: float = 10.0,
         check_interval: float = 1.0,
     ) -> None:
         self._cluster = cluster
@@ -101,6 +102,7 @@ class ShardedSubscriber:
         self._policy = policy if policy is not None else ReconnectPolicy()
         self._subscribe_timeout = subscribe_timeout
         self._keepalive = keepalive
+        self._keepalive_timeout = keepalive_timeout
         self._check_interval = check_interval
         #: per partition: its subscribed shard channels
         self._wanted: list[dict[bytes, None]] = [{} for _ in range(partitions.count)]
@@ -238,6 +240,7 @@ class ShardedSubscriber:
             policy=self._policy,
             subscribe_timeout=self._subscribe_timeout,
             keepalive=self._keepalive,
+            keepalive_timeout=self._keepalive_timeout,
             flavor=SHARDED,
             batches=_by_slot,
             on_lost=dirty,
@@ -364,10 +367,11 @@ class RedisClusterBroker(ScriptedBroker):
         prefix: str = "arena",
         partitions: int = 64,
         command_timeout: float = 5.0,
-        connect_timeout: float = 2.0,
+        connect_timeout: float = 5.0,
         max_connections: int = 64,
         subscribe_timeout: float = 5.0,
         keepalive: float = 10.0,
+        keepalive_timeout: float = 10.0,
         reconnect: ReconnectPolicy | None = None,
         check_interval: float = 1.0,
     ) -> None:
@@ -395,6 +399,7 @@ class RedisClusterBroker(ScriptedBroker):
             policy=reconnect,
             subscribe_timeout=subscribe_timeout,
             keepalive=keepalive,
+            keepalive_timeout=keepalive_timeout,
             check_interval=check_interval,
         )
         self._control = self.keys.control
@@ -405,6 +410,7 @@ class RedisClusterBroker(ScriptedBroker):
             policy=reconnect,
             subscribe_timeout=subscribe_timeout,
             keepalive=keepalive,
+            keepalive_timeout=keepalive_timeout,
             label="control",
         )
         self._channels: dict[bytes, str] = {}

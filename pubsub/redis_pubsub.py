@@ -83,6 +83,72 @@ class ReconnectPolicy:
         return ceiling * random.uniform(0.5, 1.0)
 
 
+class Liveness:
+    """The keepalive rule of one connection: when to PING it and when to give up on it.
+
+    A PING is due once nothing was received for ``interval`` seconds. The connection is dead
+    only when a PING sent at time *T* got nothing back (neither its reply nor anything else)
+    by *T* + ``timeout``. The verdict rests on when the PING went out and when bytes came in,
+    never on when the caller happens to check: a check that runs late (timer jitter, a busy
+    event loop) only delays a verdict, it cannot produce a false one. A dead peer is noticed
+    within ``interval + timeout`` of the last byte received (plus the caller's lateness).
+
+    The caller reports what happened (``reset`` for a new connection, ``received`` for every
+    reply or message read, ``ping_sent``) and asks ``dead()`` and ``ping_due()`` after
+    sleeping ``next_check()``. ``clock`` is injectable so the rule can be tested with a fake
+    clock.
+    """
+
+    def __init__(
+        self, interval: float, timeout: float, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.interval = interval
+        self.timeout = timeout
+        self._clock = clock
+        self._last_received = clock()
+        #: When the unanswered keepalive PING was sent; None when nothing is outstanding.
+        self._ping_sent_at: float | None = None
+
+    def reset(self) -> None:
+        """A new connection: it counts as just heard from, with no PING outstanding."""
+        self._last_received = self._clock()
+        self._ping_sent_at = None
+
+    def received(self) -> None:
+        """Something (a reply or a message) was read: the connection is alive, and that
+        answers any outstanding PING."""
+        self._last_received = self._clock()
+        self._ping_sent_at = None
+
+    def ping_sent(self) -> None:
+        """A keepalive PING was written."""
+        self._ping_sent_at = self._clock()
+
+    def ping_due(self) -> bool:
+        """Whether a keepalive PING should be sent now (never while one is outstanding)."""
+        if self._ping_sent_at is not None:
+            return False
+        return self._clock() - self._last_received >= self.interval
+
+    def dead(self) -> bool:
+        """Whether the outstanding PING went unanswered for ``timeout`` seconds."""
+        sent = self._ping_sent_at
+        return sent is not None and self._clock() - sent >= self.timeout
+
+    def next_check(self) -> float:
+        """Seconds until ``dead`` or ``ping_due`` should be asked again.
+
+        Without a PING outstanding: until the next one is due. With one outstanding: until its
+        deadline, but at most one interval, so that once the reply came (which the caller does
+        not announce) the next PING still goes out about one interval after it.
+        """
+        now = self._clock()
+        sent = self._ping_sent_at
+        if sent is None:
+            return max(0.0, self._last_received + self.interval - now)
+        return max(0.0, min(sent + self.timeout - now, self.interval))
+
+
 class PubSubConnection:
     """Subscriptions over one Redis connection, with a reader task that survives Redis outages.
 
@@ -106,6 +172,8 @@ class PubSubConnection:
         policy: ReconnectPolicy | None = None,
         subscribe_timeout: float = 5.0,
         keepalive: float = 10.0,
+        keepalive_timeout: float = 10.0,
+        clock: Callable[[], float] = time.monotonic,
         flavor: Flavor = CLASSIC,
         batches: Callable[[list[bytes]], Iterable[list[bytes]]] = _one_batch,
         on_lost: Callable[[], None] | None = None,
@@ -124,18 +192,24 @@ class PubSubConnection:
         self._label = label
         self._policy = policy if policy is not None else ReconnectPolicy()
         self._subscribe_timeout = subscribe_timeout
-        self._keepalive = keepalive
+        self._liveness = Liveness(keepalive, keepalive_timeout, clock)
         self._wanted: dict[bytes, None] = {}
         self._waiters: dict[bytes, deque[asyncio.Future[None]]] = {}
         self._conn: AbstractConnection | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._closed = False
         self._ever_ready = False
-        self._last_seen = 0.0
         #: Redis ``CLIENT ID`` of the current connection (None while disconnected).
         self.client_id: int | None = None
         #: Successful reconnects since start, for logs and tests.
         self.reconnects = 0
+        #: Keepalive PINGs answered since start, for logs and tests.
+        self.keepalive_replies = 0
+
+    @property
+    def liveness(self) -> Liveness:
+        """The keepalive rule (its ``interval`` and ``timeout`` are the configured ones)."""
+        return self._liveness
 
     @property
     def connected(self) -> bool:
@@ -274,7 +348,7 @@ class PubSubConnection:
             raise
         self._conn = conn
         self.client_id = client_id
-        self._last_seen = time.monotonic()
+        self._liveness.reset()
         stale = [name for name in sent if name not in self._wanted]
         for batch in self._batches(stale) if stale else ():
             await self._send(self._flavor.unsubscribe, *batch)
@@ -318,6 +392,7 @@ class PubSubConnection:
         read = conn.read_response
         on_message = self._on_message
         message, confirm, ended = self._flavor.message, self._flavor.confirm, self._flavor.ended
+        received = self._liveness.received
         while True:
             try:
                 response = await read(timeout=math.inf)
@@ -328,7 +403,7 @@ class PubSubConnection:
                 if self._on_error is not None:
                     self._call(self._on_error, str(exc))
                 continue
-            self._last_seen = time.monotonic()
+            received()
             try:
                 if isinstance(response, bytes):
                     # PING's reply on a connection with no subscription left
@@ -341,6 +416,8 @@ class PubSubConnection:
                 elif kind == b"pong":
                     if response[1] == _BARRIER:
                         self._ready()
+                    elif response[1] == _KEEPALIVE:
+                        self.keepalive_replies += 1
                 elif kind == ended:
                     self._ended(response[1])
                 else:
@@ -379,17 +456,24 @@ class PubSubConnection:
         self._ever_ready = True
 
     async def _keepalive_loop(self) -> None:
-        """PING an idle connection; drop it when a whole interval passed without any reply,
-        so a silently dead peer (no RST) is noticed instead of waited on forever."""
+        """PING an idle connection and drop it when :class:`Liveness` says its PING went
+        unanswered, so a silently dead peer (no RST) is noticed instead of waited on forever."""
+        liveness = self._liveness
         while True:
-            await asyncio.sleep(self._keepalive)
             conn = self._conn
-            if conn is None:
-                continue
-            if time.monotonic() - self._last_seen > 2 * self._keepalive:
-                log.warning("redis pub/sub connection silent; reconnecting")
+            if conn is not None and liveness.dead():
+                log.warning(
+                    "redis pub/sub connection silent; reconnecting",
+                    extra={"timeout": liveness.timeout},
+                )
                 with contextlib.suppress(Exception):
                     await conn.disconnect(nowait=True)
+                conn = None  # the reader sees the closed socket and reconnects
+            if conn is None:
+                # Reconnecting; ``_connect`` resets the rule for the next connection.
+                await asyncio.sleep(liveness.interval)
                 continue
-            if time.monotonic() - self._last_seen > self._keepalive:
+            if liveness.ping_due():
+                liveness.ping_sent()
                 await self._send("PING", _KEEPALIVE)
+            await asyncio.sleep(liveness.next_check())

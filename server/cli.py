@@ -139,7 +139,12 @@ def serve_workers(settings: Settings, workers: int) -> int:
 async def _database(settings: Settings, *, apply: bool = True) -> AsyncIterator[asyncpg.Pool]:
     """A small pool for a CLI command (migrations applied unless ``apply`` is false)."""
     async with open_database(
-        settings.database_url, settings.data_dir, max_size=2, apply_migrations=apply
+        settings.database_url,
+        settings.data_dir,
+        max_size=2,
+        connect_timeout=settings.db_connect_timeout,
+        command_timeout=settings.db_command_timeout,
+        apply_migrations=apply,
     ) as database:
         yield database.pool
 

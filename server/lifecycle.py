@@ -13,8 +13,9 @@ from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.cluster import RedisCluster
 
 from handlers import keys
+from handlers.realtime.service import realtime_service
 from handlers.realtime.transport import Flusher
-from handlers.realtime.websocket import ARENA_WEBSOCKET, realtime_service
+from handlers.realtime.websocket import ARENA_WEBSOCKET
 from pubsub.broker import Broker
 from pubsub.hub import Hub
 from pubsub.memory import MemoryBroker
@@ -48,6 +49,8 @@ async def database(app: web.Application) -> AsyncIterator[None]:
         settings.data_dir,
         min_size=settings.db_pool_min,
         max_size=settings.db_pool_max,
+        connect_timeout=settings.db_connect_timeout,
+        command_timeout=settings.db_command_timeout,
         apply_migrations=settings.migrate_on_start,
     ) as database:
         if settings.migrate_on_start:
@@ -68,11 +71,24 @@ def make_broker(settings: Settings) -> Broker:
             settings.redis_url,
             prefix=settings.redis_prefix,
             partitions=settings.redis_cluster_partitions,
+            command_timeout=settings.redis_command_timeout,
+            connect_timeout=settings.redis_connect_timeout,
+            subscribe_timeout=settings.redis_subscribe_timeout,
+            keepalive=settings.redis_keepalive_interval,
+            keepalive_timeout=settings.redis_keepalive_timeout,
         )
     if settings.redis_url:
         from pubsub.redis_broker import RedisBroker
 
-        return RedisBroker(settings.redis_url, prefix=settings.redis_prefix)
+        return RedisBroker(
+            settings.redis_url,
+            prefix=settings.redis_prefix,
+            command_timeout=settings.redis_command_timeout,
+            connect_timeout=settings.redis_connect_timeout,
+            subscribe_timeout=settings.redis_subscribe_timeout,
+            keepalive=settings.redis_keepalive_interval,
+            keepalive_timeout=settings.redis_keepalive_timeout,
+        )
     return MemoryBroker()
 
 
@@ -84,16 +100,20 @@ def _presence_store(settings: Settings) -> tuple[PresenceStore, Redis | RedisClu
         return MemoryPresence(), None
     client: Redis | RedisCluster
     keys: KeySpace | PartitionedKeySpace
+    timeouts = {
+        "socket_connect_timeout": settings.redis_connect_timeout,
+        "socket_timeout": settings.redis_command_timeout,
+    }
     if settings.redis_cluster:
         # at most 32 calls at once, on at most 32 connections per node; the rest wait
-        client = cluster_client(url, max_connections=32)
+        client = cluster_client(url, max_connections=32, **timeouts)
         keys = PartitionedKeySpace(
             settings.redis_prefix, Partitioning(settings.redis_cluster_partitions)
         )
     else:
         # Its own blocking pool: thousands of joins/leaves at once wait for a connection
         # instead of failing.
-        pool = BlockingConnectionPool.from_url(url, max_connections=32, timeout=10)
+        pool = BlockingConnectionPool.from_url(url, max_connections=32, timeout=10, **timeouts)
         client = Redis(connection_pool=pool)
         keys = KeySpace(settings.redis_prefix)
     store = RedisPresence(
@@ -180,7 +200,10 @@ async def redis_client(app: web.Application) -> AsyncIterator[None]:
     # like the plain client's pool, allow what the rate limiter's bursts need.
     extra = {"max_connections": 1024} if settings.redis_cluster else {}
     client = make_redis_client(
-        settings.redis_url, socket_connect_timeout=5, socket_timeout=5, **extra
+        settings.redis_url,
+        socket_connect_timeout=settings.redis_connect_timeout,
+        socket_timeout=settings.redis_command_timeout,
+        **extra,
     )
     app[keys.redis] = client
     app[keys.rate_limiter] = RedisRateLimiter(client, settings.redis_prefix)

@@ -54,10 +54,24 @@ class Settings:
     redis_url: str | None = None
     redis_prefix: str = "arena"
     redis_cluster_partitions: int = 64
+    #: Seconds to open a Redis connection (TCP connect).
+    redis_connect_timeout: float = 5.0
+    #: Seconds a Redis command may take (socket reads and writes, waiting for a free connection).
+    redis_command_timeout: float = 5.0
+    #: Seconds a channel subscribe waits for Redis to confirm it (or for a reconnect).
+    redis_subscribe_timeout: float = 5.0
+    #: Seconds of silence before the pub/sub connection is PINGed.
+    redis_keepalive_interval: float = 10.0
+    #: Seconds a keepalive PING may go unanswered before the connection is replaced.
+    redis_keepalive_timeout: float = 10.0
     data_dir: Path = Path(".data")
     log_level: str = "INFO"
     db_pool_min: int = 1
     db_pool_max: int = 10
+    #: Seconds to open a PostgreSQL connection (TCP connect and authentication).
+    db_connect_timeout: float = 10.0
+    #: Seconds a PostgreSQL statement may run before it is cancelled.
+    db_command_timeout: float = 30.0
     shutdown_timeout: float = 10.0
     uvloop: bool = True
     #: worker processes sharing the port (``serve --workers``); more than one needs REDIS_URL
@@ -307,6 +321,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             trusted_proxies=_list(env, "TRUSTED_PROXIES", ()),
             max_body_bytes=_int(env, "MAX_BODY_BYTES", 1024 * 1024, minimum=1024),
             slow_request_seconds=_float(env, "SLOW_REQUEST_SECONDS", 1.0),
+            ready_timeout=_float(env, "READY_TIMEOUT", 2.0, minimum=0.1),
         ),
         auth=AuthConfig(
             jwt_algorithm=jwt_algorithm,
@@ -334,6 +349,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             smtp_username=_opt(env, "SMTP_USERNAME"),
             smtp_password=_opt(env, "SMTP_PASSWORD"),
             smtp_starttls=_bool(env, "SMTP_STARTTLS", True),
+            smtp_timeout=_float(env, "SMTP_TIMEOUT", 30.0, minimum=0.1),
             sender=_str(env, "EMAIL_FROM", "Arena Realtime <no-reply@localhost>"),
         ),
         ws=WsConfig(
@@ -386,10 +402,17 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         redis_url=_redis_url(env),
         redis_prefix=_str(env, "REDIS_PREFIX", "arena"),
         redis_cluster_partitions=_partitions(env),
+        redis_connect_timeout=_float(env, "REDIS_CONNECT_TIMEOUT", 5.0, minimum=0.1),
+        redis_command_timeout=_float(env, "REDIS_COMMAND_TIMEOUT", 5.0, minimum=0.1),
+        redis_subscribe_timeout=_float(env, "REDIS_SUBSCRIBE_TIMEOUT", 5.0, minimum=0.1),
+        redis_keepalive_interval=_float(env, "REDIS_KEEPALIVE_INTERVAL", 10.0, minimum=0.1),
+        redis_keepalive_timeout=_float(env, "REDIS_KEEPALIVE_TIMEOUT", 10.0, minimum=0.1),
         data_dir=data_dir,
         log_level=_str(env, "LOG_LEVEL", "INFO").upper(),
         db_pool_min=_int(env, "DB_POOL_MIN", 1),
         db_pool_max=_int(env, "DB_POOL_MAX", 10, minimum=1),
+        db_connect_timeout=_float(env, "DB_CONNECT_TIMEOUT", 10.0, minimum=0.1),
+        db_command_timeout=_float(env, "DB_COMMAND_TIMEOUT", 30.0, minimum=0.1),
         shutdown_timeout=_float(env, "SHUTDOWN_TIMEOUT", 10.0),
         uvloop=_bool(env, "UVLOOP", True),
         workers=_int(env, "WORKERS", 1, minimum=1),

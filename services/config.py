@@ -18,6 +18,8 @@ class HttpConfig:
     max_body_bytes: int = 1024 * 1024
     #: requests taking at least this long log a "slow request" warning (0: never)
     slow_request_seconds: float = 1.0
+    #: seconds each /ready check (database, broker) may take
+    ready_timeout: float = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +56,7 @@ class EmailConfig:
     smtp_username: str | None = None
     smtp_password: str | None = None
     smtp_starttls: bool = True
+    smtp_timeout: float = 30.0
     sender: str = "Arena Realtime <no-reply@localhost>"
 
 

@@ -10,6 +10,7 @@ outbox event in the same commit.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -159,6 +160,110 @@ async def insert(conn: asyncpg.Connection, new: NewAlert, dedup_seconds: int = 0
         new.webhook_id,
     )
     return InsertResult(_alert(original) if original else None, True)
+
+
+# The single statement behind :func:`insert_with_event`. ``dup`` finds an identical body inside
+# the de-duplication window (only when $13 > 0; the caller holds the advisory lock already),
+# ``ins`` inserts unless ``dup`` found one or the webhook id exists, ``ev`` writes the outbox
+# event only for a row ``ins`` inserted, with the database's ``received_at`` put into the
+# payload in ``datetime.isoformat()`` form (what the Python side writes). The last branch
+# returns the original of a replayed webhook id.
+_INSERT_WITH_EVENT = f"""
+WITH dup AS (
+    SELECT {_COLUMNS} FROM alerts
+    WHERE $13::float8 > 0 AND strategy_id = $2::uuid AND body_sha256 = $12::bytea
+      AND received_at > clock_timestamp() - make_interval(secs => $13::float8)
+    ORDER BY received_at DESC LIMIT 1
+), ins AS (
+    INSERT INTO alerts (id, strategy_id, source, webhook_id, ticker, action, quantity, price,
+                        alert_time, message, raw_body, content_type, body_sha256)
+    SELECT $1::uuid, $2::uuid, $3::text, $4::text, $5::text, $6::text, $7::numeric,
+           $8::numeric, $9::timestamptz, $10::text, $11::text, $14::text, $12::bytea
+    WHERE NOT EXISTS (SELECT 1 FROM dup)
+    ON CONFLICT (strategy_id, webhook_id) DO NOTHING
+    RETURNING {_COLUMNS}
+), ev AS (
+    INSERT INTO outbox (channels, payload)
+    SELECT $15::text[], jsonb_set($16::jsonb, $17::text[], to_jsonb(
+        to_char(ins.received_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS')
+        || CASE WHEN date_part('microseconds', ins.received_at)::bigint % 1000000 = 0 THEN ''
+                ELSE to_char(ins.received_at AT TIME ZONE 'UTC', '.US') END
+        || '+00:00'))
+    FROM ins
+    RETURNING id
+)
+SELECT true AS inserted, {_COLUMNS} FROM ins
+UNION ALL
+SELECT false, {_COLUMNS} FROM dup
+UNION ALL
+SELECT false, {_COLUMNS} FROM alerts
+WHERE $4::text IS NOT NULL AND strategy_id = $2 AND webhook_id = $4
+  AND NOT EXISTS (SELECT 1 FROM ins)
+LIMIT 1
+"""
+
+
+async def insert_with_event(
+    conn: asyncpg.Connection,
+    new: NewAlert,
+    alert_id: UUID,
+    channels: Sequence[str],
+    payload: dict[str, Any],
+    received_at_path: Sequence[str],
+    dedup_seconds: int = 0,
+) -> InsertResult:
+    """:func:`insert` plus, for a new alert only, an outbox event for ``channels`` — in one
+    statement, so one round trip and (outside a transaction) one commit.
+
+    The alert gets ``alert_id``. ``payload`` is the event as the caller built it for that id;
+    the database's ``received_at`` is written at ``received_at_path`` inside it. With
+    ``dedup_seconds > 0`` and no ``webhook_id`` the call must run in a transaction that holds
+    :func:`lock_dedup` first (a statement's snapshot predates any lock it would take itself).
+
+    Raises :class:`NotFound` when the strategy does not exist (deleted meanwhile).
+    """
+    args = (
+        alert_id,
+        new.strategy_id,
+        new.source,
+        new.webhook_id,
+        new.ticker,
+        new.action,
+        new.quantity,
+        new.price,
+        new.alert_time,
+        new.message,
+        new.raw_body,
+        new.body_sha256,
+        float(dedup_seconds) if new.webhook_id is None else 0.0,
+        new.content_type,
+        list(channels),
+        payload,
+        list(received_at_path),
+    )
+    try:
+        row = await conn.fetchrow(_INSERT_WITH_EVENT, *args)
+    except asyncpg.ForeignKeyViolationError:
+        raise NotFound("strategy") from None
+    if row is not None:
+        fields = dict(row.items())
+        inserted = fields.pop("inserted")
+        return InsertResult(Alert(**fields), not inserted)
+    # A replay racing the first insert of its webhook id: ON CONFLICT waited for that commit,
+    # which this statement's snapshot cannot see; a new statement can.
+    original = await conn.fetchrow(
+        f"SELECT {_COLUMNS} FROM alerts WHERE strategy_id = $1 AND webhook_id = $2",
+        new.strategy_id,
+        new.webhook_id,
+    )
+    return InsertResult(_alert(original) if original else None, True)
+
+
+def lock_dedup_statement(strategy_id: UUID, body_sha256: bytes) -> str:
+    """``SELECT pg_advisory_xact_lock(<key>)`` for the de-duplication of an identical body
+    (the key is an integer, so the text is safe to send as a simple query, e.g. after
+    ``BEGIN;`` in the same round trip)."""
+    return f"SELECT pg_advisory_xact_lock({_dedup_lock_key(strategy_id, body_sha256)})"
 
 
 async def get(conn: asyncpg.Connection, alert_id: UUID | str) -> Alert:

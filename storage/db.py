@@ -4,8 +4,6 @@ fallback and migrations, in :func:`open_database`."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,9 +42,17 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
         await conn.set_type_codec(name, encoder=_dumps, decoder=orjson.loads, schema="pg_catalog")
 
 
-async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10) -> asyncpg.Pool:
+async def create_pool(
+    dsn: str,
+    *,
+    min_size: int = 1,
+    max_size: int = 10,
+    connect_timeout: float = 10.0,
+    command_timeout: float = 30.0,
+) -> asyncpg.Pool:
     """Open a pool whose connections encode and decode JSON columns with orjson.
 
+    ``connect_timeout`` bounds opening each connection, ``command_timeout`` each statement.
     Raises :class:`DatabaseUnreachable` (a ``ConnectionError``, so one of
     ``storage.errors.UNAVAILABLE``) when the server cannot be reached or refuses the login.
     """
@@ -56,7 +62,8 @@ async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10) -> asy
             min_size=min_size,
             max_size=max_size,
             init=_init_connection,
-            command_timeout=30,
+            timeout=connect_timeout,
+            command_timeout=command_timeout,
             max_inactive_connection_lifetime=300,
         )
     except OSError as exc:  # refused, unknown host, timeout
@@ -83,37 +90,93 @@ class Database:
     applied: list[str]
 
 
-@asynccontextmanager
-async def open_database(
+class OpenDatabase:
+    """``async with open_database(...) as database``: see :func:`open_database`.
+
+    A class rather than an ``asynccontextmanager`` generator on purpose: it is entered from
+    aiohttp's cleanup-context generator, and when start-up fails later, the event loop's
+    shutdown closes every suspended async generator at once; a nested generator would be
+    closed twice ("aclose(): asynchronous generator is already running").
+    """
+
+    def __init__(
+        self,
+        url: str | None,
+        data_dir: Path,
+        *,
+        min_size: int,
+        max_size: int,
+        connect_timeout: float,
+        command_timeout: float,
+        apply_migrations: bool,
+    ) -> None:
+        self._url = url
+        self._data_dir = data_dir
+        self._sizes = (min_size, max_size)
+        self._timeouts = (connect_timeout, command_timeout)
+        self._apply = apply_migrations
+        self._embedded: Any = None
+        self._pool: asyncpg.Pool | None = None
+
+    async def __aenter__(self) -> Database:
+        url, kind = self._url, "postgres"
+        if url is None:
+            self._embedded = await asyncio.to_thread(start_embedded, self._data_dir)
+            url, kind = self._embedded.url, "embedded"
+        try:
+            self._pool = await create_pool(
+                url,
+                min_size=self._sizes[0],
+                max_size=self._sizes[1],
+                connect_timeout=self._timeouts[0],
+                command_timeout=self._timeouts[1],
+            )
+            applied: list[str] = []
+            if self._apply:
+                async with self._pool.acquire() as conn:
+                    applied = await migrate(conn)
+        except BaseException:
+            await self._close()
+            raise
+        return Database(self._pool, kind, applied)
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self._close()
+
+    async def _close(self) -> None:
+        pool, self._pool = self._pool, None
+        embedded, self._embedded = self._embedded, None
+        try:
+            if pool is not None:
+                await pool.close()
+        finally:
+            if embedded is not None:
+                await asyncio.to_thread(embedded.stop)
+
+
+def open_database(
     url: str | None,
     data_dir: Path,
     *,
     min_size: int = 1,
     max_size: int = 10,
+    connect_timeout: float = 10.0,
+    command_timeout: float = 30.0,
     apply_migrations: bool = True,
-) -> AsyncIterator[Database]:
+) -> OpenDatabase:
     """Open ``url``, or start the embedded PostgreSQL in ``data_dir`` when it is None; apply
     the migrations (under their advisory lock) unless told not to; close everything on exit.
 
-    The one way the service and every CLI command open the database. Raises
-    :class:`DatabaseUnreachable` when the server cannot be reached (the embedded one is
-    stopped again first).
+    The one way the service and every CLI command open the database
+    (``async with open_database(...) as database``). Raises :class:`DatabaseUnreachable` when
+    the server cannot be reached (the embedded one is stopped again first).
     """
-    embedded = None
-    kind = "postgres"
-    if url is None:
-        embedded = await asyncio.to_thread(start_embedded, data_dir)
-        url, kind = embedded.url, "embedded"
-    try:
-        pool = await create_pool(url, min_size=min_size, max_size=max_size)
-        try:
-            applied: list[str] = []
-            if apply_migrations:
-                async with pool.acquire() as conn:
-                    applied = await migrate(conn)
-            yield Database(pool, kind, applied)
-        finally:
-            await pool.close()
-    finally:
-        if embedded is not None:
-            await asyncio.to_thread(embedded.stop)
+    return OpenDatabase(
+        url,
+        data_dir,
+        min_size=min_size,
+        max_size=max_size,
+        connect_timeout=connect_timeout,
+        command_timeout=command_timeout,
+        apply_migrations=apply_migrations,
+    )

@@ -45,6 +45,9 @@ from tests.redis_cluster import ClusterError, LocalCluster
 CI = os.environ.get("CI", "").lower() == "true"
 TEST_SECRET = "test-secret-that-is-long-enough-for-hs256-0123456789"
 TEST_SERVICE_SECRET = "test-service-secret-long-enough-for-hmac-0123456789"
+#: Seconds the probes give PostgreSQL and Redis to answer: with CI=true a slow answer on a
+#: loaded machine would fail the whole run as "not reachable".
+PROBE_TIMEOUT = 10
 
 
 def _unavailable(what: str, detail: str) -> None:
@@ -61,7 +64,7 @@ def with_database(url: str, name: str) -> str:
 
 async def _can_connect(url: str) -> str | None:
     try:
-        conn = await asyncpg.connect(url, timeout=3)
+        conn = await asyncpg.connect(url, timeout=PROBE_TIMEOUT)
     except Exception as exc:
         return f"{type(exc).__name__}: {exc}"
     await conn.close()
@@ -177,7 +180,9 @@ def redis_server_binary() -> str | None:
 
 def _redis_problem(url: str) -> str | None:
     try:
-        client = redis.Redis.from_url(url, socket_connect_timeout=2)
+        client = redis.Redis.from_url(
+            url, socket_connect_timeout=PROBE_TIMEOUT, socket_timeout=PROBE_TIMEOUT
+        )
         client.ping()
         client.close()
     except Exception as exc:
@@ -202,7 +207,7 @@ def redis_url() -> Iterator[str]:
     args = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--dir", folder]
     process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"redis://127.0.0.1:{port}/0"
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 30
     while _redis_problem(url) is not None:
         if time.monotonic() > deadline:
             process.kill()
@@ -284,6 +289,8 @@ def base_env(database_url: str, data_dir: Path) -> dict[str, str]:
         "UVLOOP": "false",
         "LOG_LEVEL": "WARNING",
         "PUBLIC_BASE_URL": "http://127.0.0.1:8080",
+        # A loaded machine answers /ready's pings slowly; tests of the timeout itself set it.
+        "READY_TIMEOUT": "20",
     }
 
 

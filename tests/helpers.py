@@ -1,10 +1,14 @@
-"""Small helpers shared by tests: users with tokens, authenticated WebSocket clients."""
+"""Small helpers shared by tests: users with tokens, authenticated WebSocket clients, and
+waiting for something to happen without depending on how fast the machine is."""
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import itertools
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -15,6 +19,31 @@ from handlers import keys
 from storage import users
 
 _ids = itertools.count(1)
+
+#: How long a test waits for something that should happen (a frame, a reconnect, a row). The
+#: suite must pass on a loaded machine (2 cores, load average 6 and more), and a generous
+#: deadline costs time only when the test fails anyway.
+DEADLINE = 20.0
+
+
+async def eventually(
+    check: Callable[[], bool] | Callable[[], Awaitable[bool]],
+    timeout: float = DEADLINE,
+    what: str = "",
+    interval: float = 0.01,
+) -> None:
+    """Wait until ``check()`` (a function or a coroutine function) is true; fail after
+    ``timeout`` seconds. Use it instead of ``sleep(x)`` followed by an assertion."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if inspect.isawaitable(result):
+            result = await result
+        if result:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what or check}")
+        await asyncio.sleep(interval)
 
 
 async def make_user(
@@ -42,7 +71,7 @@ async def send(ws: ClientWebSocketResponse, type_: str, **fields: Any) -> int:
     return command_id
 
 
-async def receive(ws: ClientWebSocketResponse, timeout: float = 5.0) -> dict[str, Any]:
+async def receive(ws: ClientWebSocketResponse, timeout: float = DEADLINE) -> dict[str, Any]:
     """The next JSON message; fails on close."""
     msg = await ws.receive(timeout=timeout)
     assert msg.type == WSMsgType.TEXT, f"expected a text frame, got {msg.type} {msg.data!r}"
@@ -67,7 +96,7 @@ async def connect(client: TestClient, token: str, **kwargs: Any) -> ClientWebSoc
     return ws
 
 
-async def close_code(ws: ClientWebSocketResponse, timeout: float = 5.0) -> int | None:
+async def close_code(ws: ClientWebSocketResponse, timeout: float = DEADLINE) -> int | None:
     """Read (and drop) frames until the server closes ``ws``; returns the close code."""
     deadline = time.monotonic() + timeout
     while True:

@@ -15,6 +15,7 @@ import aiohttp
 import pytest
 
 from tests.conftest import TEST_SECRET, TEST_SERVICE_SECRET
+from tests.helpers import DEADLINE
 
 STARTUP_DEADLINE = 90.0  # generous: the first embedded start runs initdb
 
@@ -44,6 +45,8 @@ def process_env(data_dir: Path, **values: str) -> dict[str, str]:
         SERVICE_SECRET=TEST_SERVICE_SECRET,
         LOG_LEVEL="INFO",
         HOST="127.0.0.1",
+        # /ready checks answer slowly on a loaded machine; 503 there is not what is tested.
+        READY_TIMEOUT=str(DEADLINE),
     )
     env.update(values)
     return env

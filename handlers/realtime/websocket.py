@@ -18,75 +18,15 @@ from handlers import keys
 from handlers.client_ip import client_ip
 from handlers.errors import error_response
 from handlers.realtime.transport import Connection
-from pubsub.namespaces import ChannelName
-from services.auth.principal import Principal
-from services.auth.ratelimit import RateLimiter, RateLimiterUnavailable
-from services.auth.tokens import TokenError
 from services.realtime.admission import Ticket
-from services.realtime.client import Identity
 from services.realtime.codecs import arena
-from services.realtime.errors import Disconnect, Unauthenticated
+from services.realtime.errors import Disconnect
 from services.realtime.framing import websocket_text_frame
-from services.realtime.session import RealtimeService, Session, SessionLimits
+from services.realtime.session import Session
 from services.realtime.wire import Wire, wire
 
 #: our JSON protocol in WebSocket text frames
 ARENA_WEBSOCKET: Wire = wire(arena.CODEC, websocket_text_frame)
-
-
-class _SharedLimiter:
-    """``services.auth.ratelimit`` behind the session's ``UserRateLimiter`` (fails open)."""
-
-    def __init__(self, limiter: RateLimiter) -> None:
-        self._limiter = limiter
-
-    async def allow(self, key: str, limit: int, period: float) -> bool:
-        try:
-            decision = await self._limiter.hit(key, limit, period)
-        except RateLimiterUnavailable:
-            return True
-        return decision.allowed
-
-
-def realtime_service(app: web.Application) -> RealtimeService:
-    """The session's dependencies, wired from the application (once, at startup)."""
-    config = app[keys.config].ws
-    metrics = app[keys.http_metrics]
-    tokens = app[keys.tokens]
-
-    def verify(token: str) -> Identity:
-        try:
-            return tokens.principal(token)
-        except TokenError as exc:
-            raise Unauthenticated(exc.reason) from None
-
-    rules = app[keys.channel_rules]
-
-    async def can_subscribe(principal: Identity, channel: ChannelName) -> bool:
-        assert isinstance(principal, Principal)  # what ``verify`` returns
-        return await rules.can_subscribe(principal, channel)
-
-    def count_command(command: str, outcome: str) -> None:
-        metrics.ws_commands.labels(command, outcome).inc()
-
-    return RealtimeService(
-        hub=app[keys.hub],
-        registry=app[keys.connections],
-        verify_token=verify,
-        can_subscribe=can_subscribe,
-        user_limiter=_SharedLimiter(app[keys.rate_limiter]),
-        limits=SessionLimits(
-            auth_timeout=config.auth_timeout,
-            max_subscriptions=config.max_subscriptions,
-            max_connections_per_user=config.max_connections_per_user,
-            command_rate=config.command_rate,
-            command_burst=config.command_burst,
-            user_command_rate=config.user_command_rate,
-            user_command_burst=config.user_command_burst,
-        ),
-        presence=app.get(keys.presence),
-        count_command=count_command,
-    )
 
 
 def _origin_allowed(request: web.Request) -> bool:

@@ -20,13 +20,16 @@ and revoked secrets are all :class:`storage.errors.NotFound`.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import logging
 import re
 import time
 from dataclasses import dataclass
-from uuid import UUID
+from datetime import UTC, datetime
+from typing import Any
+from uuid import UUID, uuid4
 
 import asyncpg
 
@@ -43,7 +46,7 @@ from services.alerts.signatures import (
 )
 from services.channels import names
 from services.outbox.relay import OutboxRelay
-from storage import alerts, outbox, strategies
+from storage import alerts, strategies
 from storage.errors import NotFound
 
 log = logging.getLogger(__name__)
@@ -107,18 +110,64 @@ def new_alert(
     )
 
 
+#: Where the database's ``received_at`` goes in an ``alert.created`` payload.
+_RECEIVED_AT_PATH = ("alert", "received_at")
+#: A stand-in ``received_at`` for building the payload before the row exists (replaced).
+_NOT_YET = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _event_template(alert_id: UUID, new: alerts.NewAlert) -> dict[str, Any]:
+    """The ``alert.created`` event of the row ``new`` will become, built by the one feed
+    representation (:func:`created_event`); only ``received_at`` is filled in by the insert."""
+    row = alerts.Alert(
+        id=alert_id,
+        strategy_id=new.strategy_id,
+        source=new.source,
+        webhook_id=new.webhook_id,
+        ticker=new.ticker,
+        action=new.action,
+        quantity=new.quantity,
+        price=new.price,
+        alert_time=new.alert_time,
+        message=new.message,
+        raw_body=new.raw_body,
+        content_type=new.content_type,
+        received_at=_NOT_YET,
+    )
+    return created_event(row)
+
+
 async def store(
     conn: asyncpg.Connection, relay: OutboxRelay, new: alerts.NewAlert, dedup_seconds: int
 ) -> Ingested:
     """Commit the alert and its ``alert.created`` outbox event together, then wake the relay;
-    a duplicate stores and publishes nothing."""
-    async with conn.transaction():
-        result = await alerts.insert(conn, new, dedup_seconds)
-        if not result.duplicate:
-            assert result.alert is not None
-            await outbox.add_event(
-                conn, [names.alerts(new.strategy_id)], created_event(result.alert)
+    a duplicate stores and publishes nothing.
+
+    One statement does the insert-or-find and the outbox write (one round trip, one commit).
+    Body de-duplication (no webhook id, ``dedup_seconds > 0``) also needs the advisory lock
+    taken in an earlier statement of the same transaction, sent with ``BEGIN`` in one round
+    trip: ``BEGIN; lock`` / insert / ``COMMIT``.
+    """
+    alert_id = uuid4()
+    template = _event_template(alert_id, new)
+    channels = [names.alerts(new.strategy_id)]
+    if new.webhook_id is None and dedup_seconds > 0:
+        await conn.execute(
+            "BEGIN; " + alerts.lock_dedup_statement(new.strategy_id, new.body_sha256)
+        )
+        try:
+            result = await alerts.insert_with_event(
+                conn, new, alert_id, channels, template, _RECEIVED_AT_PATH, dedup_seconds
             )
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await conn.execute("ROLLBACK")
+            raise
+        await conn.execute("COMMIT")
+    else:
+        result = await alerts.insert_with_event(
+            conn, new, alert_id, channels, template, _RECEIVED_AT_PATH
+        )
     if result.duplicate:
         log.info(
             "duplicate webhook ignored",

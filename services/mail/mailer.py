@@ -51,9 +51,8 @@ class ConsoleBackend:
 class SmtpBackend:
     """Sends through the configured SMTP server (STARTTLS by default)."""
 
-    def __init__(self, config: EmailConfig, timeout: float = 30.0) -> None:
+    def __init__(self, config: EmailConfig) -> None:
         self._config = config
-        self._timeout = timeout
 
     async def send(self, message: EmailMessage) -> None:
         config = self._config
@@ -64,7 +63,7 @@ class SmtpBackend:
             username=config.smtp_username,
             password=config.smtp_password,
             start_tls=config.smtp_starttls,
-            timeout=self._timeout,
+            timeout=config.smtp_timeout,
         )
 
 

@@ -20,6 +20,7 @@ from tests.alerts.util import (
     create_strategy,
     post_signed,
     signed_headers,
+    tv_path,
 )
 from tests.helpers import connect, make_user, receive, request
 
@@ -217,3 +218,31 @@ async def test_database_down_is_503_and_nothing_is_acknowledged(
         assert await conn.fetchval("SELECT count(*) FROM alerts") == 0
     finally:
         await conn.close()
+
+
+@pytest.mark.parametrize("path", ["signed", "tradingview"])
+async def test_the_feed_event_carries_the_alert_exactly_as_the_api_shows_it(
+    client: Any, path: str
+) -> None:
+    """The event is written in the same statement as the row, its ``received_at`` included."""
+    token, strategy = await _owner_strategy(client)
+    ws = await connect(client, token)
+    reply = await request(ws, "subscribe", channel=strategy["channel"])
+    assert "result" in reply, reply
+    body = {"ticker": "SPY", "action": "buy", "quantity": 2.5, "price": 101.25, "message": path}
+    if path == "signed":
+        response = await post_signed(client, strategy, body, msg_id="msg_feed")
+    else:
+        response = await client.post(
+            tv_path(strategy),
+            data=orjson.dumps(body),
+            headers={"Content-Type": "application/json"},
+        )
+    ack = await response.json()
+    assert response.status == 201, ack
+    event = await receive(ws, timeout=15)
+    while event.get("type") != "pub":
+        event = await receive(ws, timeout=15)
+    shown = await (await client.get(f"/api/v1/alerts/{ack['id']}", headers=auth(token))).json()
+    assert event["data"]["type"] == "alert.created"
+    assert event["data"]["alert"] == shown

@@ -14,7 +14,7 @@ from aiohttp.test_utils import TestClient
 
 from handlers import keys
 from storage import users
-from tests.helpers import receive, request
+from tests.helpers import DEADLINE, receive, request
 
 REQUIREMENTS = [
     {"name": "SSO", "description": "SAML single sign-on", "priority": "must"},
@@ -96,7 +96,7 @@ async def get(client: TestClient, token: str, analysis_id: str) -> dict[str, Any
 
 
 async def wait_status(
-    client: TestClient, token: str, analysis_id: str, *statuses: str, timeout: float = 10.0
+    client: TestClient, token: str, analysis_id: str, *statuses: str, timeout: float = DEADLINE
 ) -> dict[str, Any]:
     """Poll until the analysis has one of ``statuses``."""
     async with asyncio.timeout(timeout):
@@ -123,7 +123,7 @@ async def subscribe(
 async def next_pub(ws: ClientWebSocketResponse, channel: str) -> dict[str, Any]:
     """The next publication pushed on ``channel``."""
     while True:
-        message = await receive(ws, timeout=10)
+        message = await receive(ws)
         if message.get("type") == "pub" and message.get("channel") == channel:
             return message
 

@@ -14,7 +14,7 @@ from server.app import create_app
 from server.settings import Settings
 from tests.analysis.fake_anthropic import FakeAnthropic, Script
 from tests.analysis.support import auth, get, seed_request, start, wait_status
-from tests.helpers import make_user
+from tests.helpers import DEADLINE, make_user
 
 
 async def test_full_queue_answers_429_and_frees_up_after_cancel(
@@ -96,13 +96,13 @@ async def test_shutdown_records_running_analysis_as_interrupted(
     owner, token = await make_user(client, "buyer")
     request_id = await seed_request(client, owner)
     created = await start(client, token, request_id)
-    async with asyncio.timeout(10):
+    async with asyncio.timeout(DEADLINE):
         while (await get(client, token, created["id"]))["text"] != "before ":
             await asyncio.sleep(0.02)
 
     await client.close()
 
-    async with asyncio.timeout(5):
+    async with asyncio.timeout(DEADLINE):
         await fake_anthropic.disconnected.wait()
     conn = await asyncpg.connect(database_url)
     try:
@@ -164,13 +164,13 @@ async def test_cancel_reaches_the_node_running_the_analysis(
     request_id = await seed_request(runner_node, owner)
     created = await start(runner_node, token, request_id)
     await wait_status(other_node, token, created["id"], "running")
-    async with asyncio.timeout(5):
+    async with asyncio.timeout(DEADLINE):
         await fake_anthropic.streaming.wait()
 
     resp = await other_node.delete(f"/api/v1/analyses/{created['id']}", headers=auth(token))
     body = await resp.json()
     assert resp.status == 200, body
     assert body["status"] == "cancelled"
-    async with asyncio.timeout(5):
+    async with asyncio.timeout(DEADLINE):
         await fake_anthropic.disconnected.wait()
     assert (await get(runner_node, token, created["id"]))["status"] == "cancelled"

@@ -13,6 +13,7 @@ from services.analysis.coalescer import Coalescer
 from services.analysis.offline_provider import OfflineProvider, tokenize
 from services.analysis.prompt import build_prompt
 from storage.analyses import AnalysisInput, Answer, ProposalFacts, RequestFacts, Requirement
+from tests.helpers import DEADLINE
 
 
 async def test_coalescer_batches_by_time_and_keeps_order() -> None:
@@ -26,7 +27,7 @@ async def test_coalescer_batches_by_time_and_keeps_order() -> None:
     began = loop.time()
     for i in range(100):
         coalescer.add(f"{i},")
-    async with asyncio.timeout(5):
+    async with asyncio.timeout(DEADLINE):
         while not flushed:
             await asyncio.sleep(0.005)
     waited = loop.time() - began
@@ -45,7 +46,7 @@ async def test_coalescer_flushes_early_at_the_size_threshold() -> None:
 
     coalescer = Coalescer(flush, interval=60.0, max_chars=10)
     coalescer.add("0123456789abc")
-    async with asyncio.timeout(1):
+    async with asyncio.timeout(DEADLINE):
         while not flushed:
             await asyncio.sleep(0.001)
     assert flushed == ["0123456789abc"]

@@ -12,6 +12,7 @@ from aiohttp.test_utils import TestClient
 
 from handlers import keys
 from services.mail.mailer import ConsoleBackend
+from tests.helpers import DEADLINE
 
 LINK_RE = re.compile(r"(\S+)#token=([A-Za-z0-9_\-]+)")
 
@@ -54,7 +55,7 @@ def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
-async def closed_with(ws: Any, code: int, timeout: float = 5.0) -> None:
+async def closed_with(ws: Any, code: int, timeout: float = DEADLINE) -> None:
     """Read (and drop) frames until the server closes ``ws``; assert the close code."""
     deadline = time.monotonic() + timeout
     while True:

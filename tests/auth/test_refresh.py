@@ -10,7 +10,7 @@ from aiohttp import WSMsgType
 from handlers import keys
 from services.realtime.codecs.arena import CLOSE_FORBIDDEN
 from tests.auth.flows import bearer, sign_in
-from tests.helpers import connect, make_user
+from tests.helpers import DEADLINE, connect, make_user
 
 
 async def _refresh(client: Any, token: str) -> Any:
@@ -111,7 +111,7 @@ async def test_logout_revokes_the_family_and_closes_websockets(client: Any) -> N
         "/api/v1/auth/logout", json={"refresh_token": session["refresh_token"]}
     )
     assert resp.status == 204
-    msg = await ws.receive(timeout=5)
+    msg = await ws.receive(timeout=DEADLINE)
     assert msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSED)
     # 4003, not 4001: the session is over, so clients must not reconnect with a cached token.
     assert ws.close_code == CLOSE_FORBIDDEN

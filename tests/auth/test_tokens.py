@@ -142,7 +142,9 @@ def test_malformed_trusted_proxy_is_a_settings_error(make_settings: Any) -> None
 
 def test_verified_tokens_are_reused_only_until_they_expire() -> None:
     """The verification cache never outlives a token, and only the exact token hits it."""
-    service = TokenService(AuthConfig(jwt_keys={"k1": TEST_SECRET}, access_ttl=1, leeway=0))
+    # 2 s, not 1: ``exp`` counts from the whole second of issue, so a 1 s token issued late in
+    # a second could already be expired by the next call on a busy machine.
+    service = TokenService(AuthConfig(jwt_keys={"k1": TEST_SECRET}, access_ttl=2, leeway=0))
     issued = service.issue_access("u1", "buyer", None)
     assert service.principal(issued.token).user_id == "u1"
     assert service.principal(issued.token).user_id == "u1"  # from the cache

@@ -27,7 +27,7 @@ import asyncpg
 import orjson
 import pytest
 import pytest_asyncio
-from playwright.async_api import Browser, ConsoleMessage, Page, async_playwright
+from playwright.async_api import Browser, ConsoleMessage, Page, async_playwright, expect
 
 from tests.conftest import (
     CI,
@@ -52,6 +52,11 @@ CHROMIUM_ARGS = [
 ]
 #: Offline analyser speed: slow enough that a test can reload the page mid-stream.
 ANALYSIS_TPS = "30"
+#: Milliseconds Playwright waits for a page action or an ``expect`` to come true. Its defaults
+#: (30 s for actions, 5 s for ``expect``) are not enough on a loaded machine for the latter;
+#: waiting longer costs time only when the test fails.
+PAGE_TIMEOUT_MS = 30_000
+expect.set_options(timeout=PAGE_TIMEOUT_MS)
 _LINK_RE = re.compile(r"(https?://\S+/login#token=[A-Za-z0-9_\-]+)")
 
 
@@ -105,7 +110,7 @@ class Server:
     def log_tail(self, chars: int = 3000) -> str:
         return self.log_path.read_text(errors="replace")[-chars:]
 
-    def magic_link(self, email: str, after: int = 0, timeout: float = 10) -> str:
+    def magic_link(self, email: str, after: int = 0, timeout: float = 30) -> str:
         """The newest sign-in link mailed to ``email`` (console backend) among the log lines
         from byte ``after`` on."""
         deadline = time.monotonic() + timeout
@@ -250,7 +255,7 @@ async def page(browser: Browser, e2e_server: Server, console: ConsoleLog) -> Asy
     opened = await context.new_page()
     opened.on("console", console.on_console)
     opened.on("pageerror", console.on_page_error)
-    opened.set_default_timeout(15_000)
+    opened.set_default_timeout(PAGE_TIMEOUT_MS)
     try:
         yield opened
     finally:

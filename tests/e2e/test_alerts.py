@@ -107,7 +107,7 @@ async def test_alert_arriving_while_the_table_loads_is_kept(page: Page, e2e_serv
     await page.get_by_placeholder("Feed name").fill("Race feed")
     await page.get_by_role("button", name="Create feed").click()
     webhook_url = await page.get_by_test_id("webhook-url").input_value()
-    await asyncio.wait_for(held.get(), 10)  # the feed's first load is in flight
+    await asyncio.wait_for(held.get(), 30)  # the feed's first load is in flight
     assert await _post(webhook_url, {"ticker": "XRPUSD", "action": "sell"}) == 201
     rows = page.get_by_test_id("alerts-table").locator("tbody tr[data-alert-id]")
     await expect(rows).to_have_count(1)  # from the live push

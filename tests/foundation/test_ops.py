@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -15,7 +14,7 @@ from handlers import keys
 from server.app import create_app
 from server.settings import Settings
 from tests.conftest import with_database
-from tests.helpers import connect, make_user, request
+from tests.helpers import connect, eventually, make_user, request
 
 
 async def test_health_is_liveness(client: TestClient) -> None:
@@ -121,11 +120,12 @@ async def test_metrics_track_open_websockets_and_channels(client: TestClient) ->
     assert sample(text, "arena_channels") == 1
     assert sample(text, "arena_subscriptions") == 1
     await ws.close()
-    for _ in range(100):  # the server notices the close asynchronously
-        text = await scrape(client)
-        if sample(text, "arena_ws_connections") == 0:
-            break
-        await asyncio.sleep(0.02)
+
+    async def closed() -> bool:  # the server notices the close asynchronously
+        return sample(await scrape(client), "arena_ws_connections") == 0
+
+    await eventually(closed, what="the server noticing the close")
+    text = await scrape(client)
     assert sample(text, "arena_ws_connections") == 0
     assert sample(text, "arena_subscriptions") == 0
     assert (sample(text, "arena_ws_disconnects_total", code="1000") or 0) >= 1

@@ -19,6 +19,7 @@ import jwt
 import orjson
 import pytest
 
+from tests.helpers import DEADLINE
 from tests.processes import Service, cli, command, free_port, process_env
 
 
@@ -46,7 +47,7 @@ def start(services: list[Service], env: dict[str, str], folder: Path) -> Service
 async def authenticate(session: aiohttp.ClientSession, url: str, token: str) -> Any:
     ws = await session.ws_connect(f"{url}/ws")
     await ws.send_str(orjson.dumps({"id": 1, "type": "authenticate", "token": token}).decode())
-    reply = orjson.loads((await ws.receive(timeout=10)).data)
+    reply = orjson.loads((await ws.receive(timeout=DEADLINE)).data)
     assert reply.get("id") == 1
     assert "result" in reply, reply
     return ws, reply["result"]
@@ -103,7 +104,7 @@ async def test_sigterm_closes_websockets_with_1001_and_exits_zero(
     sockets = [(await authenticate(session, service.url, token))[0] for _ in range(2)]
     for ws in sockets:
         await ws.send_str('{"id": 2, "type": "subscribe", "channel": "alerts:shutdown"}')
-        assert orjson.loads((await ws.receive(timeout=10)).data)["id"] == 2
+        assert orjson.loads((await ws.receive(timeout=DEADLINE)).data)["id"] == 2
 
     service.process.send_signal(signal.SIGTERM)
     for ws in sockets:
@@ -142,6 +143,9 @@ async def test_sigterm_lets_an_in_flight_request_finish(
     database_url: str, tmp_path: Path, session: aiohttp.ClientSession, services: list[Service]
 ) -> None:
     env = process_env(tmp_path / "data", DATABASE_URL=database_url, PORT=str(free_port()))
+    # The request is released only after the port closed, which a busy machine may take a
+    # while to show: give it more than the default 10 s to finish.
+    env["SHUTDOWN_TIMEOUT"] = "60"
     token = (await asyncio.to_thread(cli, "token", "--email", "slow@example.com", env=env)).stdout
     service = start(services, env, tmp_path)
     await service.wait_ready(session)

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from server import cli
+from server.lifecycle import make_broker
 from server.settings import SettingsError, load_settings
 
 SECRET = "s" * 48
@@ -208,3 +209,52 @@ def test_bad_channel_namespaces_name_the_variable(tmp_path: Path, raw: str, frag
     with pytest.raises(SettingsError, match="CHANNEL_NAMESPACES") as info:
         load_settings({"DATA_DIR": str(tmp_path), "CHANNEL_NAMESPACES": raw})
     assert fragment in str(info.value)
+
+
+def test_redis_keepalive_settings_reach_the_broker(tmp_path: Path) -> None:
+    env = {"DATA_DIR": str(tmp_path), "REDIS_URL": "redis://127.0.0.1:6379/0"}
+    default = make_broker(load_settings(env)).pubsub.liveness  # not started: no connection
+    assert (default.interval, default.timeout) == (10.0, 10.0)
+    env |= {"REDIS_KEEPALIVE_INTERVAL": "2.5", "REDIS_KEEPALIVE_TIMEOUT": "7"}
+    liveness = make_broker(load_settings(env)).pubsub.liveness
+    assert (liveness.interval, liveness.timeout) == (2.5, 7.0)
+    with pytest.raises(SettingsError, match=r"REDIS_KEEPALIVE_TIMEOUT must be >= 0\.1"):
+        load_settings(env | {"REDIS_KEEPALIVE_TIMEOUT": "0"})
+
+
+def test_connection_timeouts_default_to_values_that_survive_a_busy_host(tmp_path: Path) -> None:
+    settings = load_settings({"DATA_DIR": str(tmp_path), "REDIS_URL": "redis://127.0.0.1:6379/0"})
+    assert settings.redis_connect_timeout == 5.0, "not sub-second: a loaded host connects slowly"
+    assert settings.redis_command_timeout == 5.0
+    assert settings.redis_subscribe_timeout == 5.0
+    assert settings.db_connect_timeout == 10.0
+    assert settings.db_command_timeout == 30.0
+    assert settings.handlers.email.smtp_timeout == 30.0
+    assert settings.handlers.http.ready_timeout == 2.0
+    pool = make_broker(settings)._pool  # not started: no connection is made
+    assert pool.connection_kwargs["socket_connect_timeout"] == 5.0
+    assert pool.connection_kwargs["socket_timeout"] == 5.0
+
+
+def test_connection_timeouts_are_read_from_the_environment(tmp_path: Path) -> None:
+    env = {
+        "DATA_DIR": str(tmp_path),
+        "REDIS_URL": "redis://127.0.0.1:6379/0",
+        "REDIS_CONNECT_TIMEOUT": "7",
+        "REDIS_COMMAND_TIMEOUT": "8",
+        "REDIS_SUBSCRIBE_TIMEOUT": "9",
+        "DB_CONNECT_TIMEOUT": "11",
+        "DB_COMMAND_TIMEOUT": "12",
+        "SMTP_TIMEOUT": "13",
+        "READY_TIMEOUT": "1.5",
+    }
+    settings = load_settings(env)
+    assert (settings.db_connect_timeout, settings.db_command_timeout) == (11.0, 12.0)
+    assert settings.handlers.email.smtp_timeout == 13.0
+    assert settings.handlers.http.ready_timeout == 1.5
+    broker = make_broker(settings)
+    assert broker._pool.connection_kwargs["socket_connect_timeout"] == 7.0
+    assert broker._pool.connection_kwargs["socket_timeout"] == 8.0
+    assert broker.pubsub._subscribe_timeout == 9.0
+    with pytest.raises(SettingsError, match="REDIS_CONNECT_TIMEOUT must be a number"):
+        load_settings(env | {"REDIS_CONNECT_TIMEOUT": "soon"})

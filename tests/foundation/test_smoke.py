@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tests.helpers import connect, make_user, request
+from tests.helpers import DEADLINE, connect, make_user, request
 
 
 async def test_health_and_ready(client: Any) -> None:
@@ -28,7 +28,7 @@ async def test_subscribe_and_receive(client: Any) -> None:
 
     result = await hub[keys.hub].publish("alerts:abc", {"n": 1})
     assert result.offset == 1
-    message = await ws.receive_json(timeout=5)
+    message = await ws.receive_json(timeout=DEADLINE)
     assert message == {
         "type": "pub",
         "channel": "alerts:abc",

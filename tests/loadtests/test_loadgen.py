@@ -14,6 +14,7 @@ import aiohttp
 
 from bench import raw_server
 from bench.loadgen import Generator
+from tests.helpers import DEADLINE
 
 
 async def _publish(url: str, channel: str) -> int:
@@ -28,7 +29,7 @@ async def _publish(url: str, channel: str) -> int:
 
 
 async def _frames(generator: Generator, expected: int) -> dict[str, Any]:
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + DEADLINE
     while generator.stats.frames < expected and time.monotonic() < deadline:
         await asyncio.sleep(0.01)
     stats: dict[str, Any] = await generator.stats_()

@@ -22,7 +22,10 @@ INVITE_LINK = r"(\S+)/invite#token=([A-Za-z0-9_\-]+)"
 # -- PUT /api/v1/proposals/{id} {"status": ...} ---------------------------------------------
 
 
-async def test_put_proposal_changes_status_like_the_status_endpoint(client: Any) -> None:
+@pytest.mark.parametrize("suffix", ["/", ""], ids=["seed-trailing-slash", "no-slash"])
+async def test_put_proposal_changes_status_like_the_status_endpoint(
+    client: Any, suffix: str
+) -> None:
     _buyer_id, buyer = await make_user(client, "buyer")
     vendor_id, vendor = await make_user(client, "vendor")
     created = await post_request(client, buyer)
@@ -30,9 +33,12 @@ async def test_put_proposal_changes_status_like_the_status_endpoint(client: Any)
     ws = await connect(client, vendor)
     assert "result" in await request(ws, "subscribe", channel=f"user:{vendor_id}")
 
-    # The marketplace client's exact request: no version, no If-Match.
+    # The marketplace client's exact request (PUT /api/v1/proposals/{id}/): no version, no
+    # If-Match.
     response = await client.put(
-        f"/api/v1/proposals/{proposal['id']}", json={"status": "accepted"}, headers=auth(buyer)
+        f"/api/v1/proposals/{proposal['id']}{suffix}",
+        json={"status": "accepted"},
+        headers=auth(buyer),
     )
     assert response.status == 200, await response.text()
     body = await response.json()

@@ -39,7 +39,7 @@ async def test_docs_page_renders_the_operations_without_script_errors(
             )
             await page.goto(url)
             await page.wait_for_selector(
-                "[data-path='/api/v1/proposals/{id}/status']", timeout=15000
+                "[data-path='/api/v1/proposals/{id}/status']", timeout=30_000
             )
             title = await page.inner_text(".info .title")
             await page.screenshot(path=str(tmp_path / "docs.png"))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 from typing import Any
 
@@ -13,14 +12,14 @@ from handlers import keys
 from pubsub.broker import BrokerUnavailable
 from server.app import create_app
 from server.settings import Settings
-from tests.helpers import connect, make_user, receive, request
+from tests.helpers import connect, eventually, make_user, receive, request
 from tests.marketplace.util import auth, post_proposal, post_request, set_status
 
 
 async def next_pub(ws: ClientWebSocketResponse, channel: str) -> dict[str, Any]:
     """The data of the next publication on ``channel`` (presence pushes are skipped)."""
     while True:
-        message = await receive(ws, timeout=10)
+        message = await receive(ws)
         if message.get("type") == "pub" and message.get("channel") == channel:
             data: dict[str, Any] = message["data"]
             return data
@@ -142,12 +141,12 @@ async def test_events_made_while_the_broker_is_down_arrive_in_order(
     assert events[2]["request"]["title"] == "Renamed"
     assert [e["proposal"]["status"] for e in events[3:5]] == ["shortlisted", "accepted"]
     assert events[5]["request"]["status"] == "awarded"
+
     # The relay marks a batch once all of it is published: wait for that, within reason.
-    for _ in range(200):
+    async def nothing_pending() -> bool:
         async with app[keys.pool].acquire() as conn:
-            pending = await conn.fetchval("SELECT count(*) FROM outbox WHERE published_at IS NULL")
-        if pending == 0:
-            break
-        await asyncio.sleep(0.05)
-    assert pending == 0
+            sql = "SELECT count(*) FROM outbox WHERE published_at IS NULL"
+            return bool(await conn.fetchval(sql) == 0)
+
+    await eventually(nothing_pending, what="every outbox event marked published")
     await ws.close()

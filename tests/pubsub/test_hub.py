@@ -13,6 +13,7 @@ from pubsub.hub import Hub, SubscribeResult
 from pubsub.memory import MemoryBroker
 from pubsub.namespaces import NamespaceOptions, default_namespaces
 from pubsub.presence import PresenceEntry
+from tests.helpers import eventually
 
 
 class Recorder:
@@ -338,10 +339,7 @@ async def test_gap_on_live_stream_is_refilled_from_history(hub: Hub) -> None:
     await hub.publish(channel, 3)
     broker._subscribed.add(channel)
     await hub.publish(channel, 4)
-    for _ in range(50):
-        if len(sub.offsets) == 4:
-            break
-        await asyncio.sleep(0.01)
+    await eventually(lambda: len(sub.offsets) == 4, what="len(sub.offsets) == 4")
     assert sub.offsets == [1, 2, 3, 4]
     assert sub.lost_positions == []
 
@@ -358,10 +356,7 @@ async def test_gap_beyond_history_tells_subscribers(hub: Hub) -> None:
         await hub.publish(channel, i)
     broker._subscribed.add(channel)
     await hub.publish(channel, "after")
-    for _ in range(50):
-        if sub.offsets[-1:] == [12]:
-            break
-        await asyncio.sleep(0.01)
+    await eventually(lambda: sub.offsets[-1:] == [12], what="sub.offsets[-1:] == [12]")
     assert sub.lost_positions, "subscriber must be told about the hole"
     assert sub.offsets[0] == 1
     assert sub.offsets[-1] == 12
@@ -379,10 +374,7 @@ async def test_reconnect_refills_tail_without_new_publications(hub: Hub) -> None
     await hub.publish(channel, 2)
     broker._subscribed.add(channel)
     hub.on_reconnected()
-    for _ in range(50):
-        if len(sub.offsets) == 2:
-            break
-        await asyncio.sleep(0.01)
+    await eventually(lambda: len(sub.offsets) == 2, what="len(sub.offsets) == 2")
     assert sub.offsets == [1, 2]
 
 
@@ -413,8 +405,7 @@ async def test_unsubscribe_stops_delivery_and_releases_upstream(hub: Hub) -> Non
     assert hub.unsubscribe(sub, "alerts:u") is False
     await hub.publish("alerts:u", 1)
     assert sub.offsets == []
-    await asyncio.sleep(0.05)
-    assert "alerts:u" not in hub.channels()
+    await eventually(lambda: "alerts:u" not in hub.channels(), what="upstream released")
 
 
 async def test_idempotent_publish_returns_first_offset(hub: Hub) -> None:
@@ -474,9 +465,6 @@ async def test_new_epoch_on_the_live_stream_is_reported_and_delivered_from_its_s
     assert fresh.epoch != first.epoch
     assert fresh.offset == 1
     await hub.publish(channel, "newer")
-    for _ in range(50):
-        if len(sub.offsets) == 4:
-            break
-        await asyncio.sleep(0.01)
+    await eventually(lambda: len(sub.offsets) == 4, what="len(sub.offsets) == 4")
     assert sub.lost_positions == [StreamPosition(0, fresh.epoch)]
     assert sub.offsets == [1, 2, 1, 2]  # old epoch 1, 2; then the new epoch from its start

@@ -28,7 +28,7 @@ from pubsub.redis_pubsub import ReconnectPolicy
 from server.app import create_app
 from server.settings import Settings
 from tests.conftest import redis_server_binary
-from tests.helpers import service_token
+from tests.helpers import DEADLINE, service_token
 from tests.pubsub.support import ENCODER, Sink, assert_no_silent_hole, encode, eventually
 
 NAMESPACES = {"alerts": NamespaceOptions()}
@@ -51,10 +51,10 @@ class RedisProcess:
         args = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1"]
         args += ["--save", "", "--appendonly", "no", "--dir", self.folder]
         self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + DEADLINE
         while True:
             with contextlib.suppress(redis.RedisError):
-                client = redis.Redis.from_url(self.url, socket_connect_timeout=0.2)
+                client = redis.Redis.from_url(self.url, socket_connect_timeout=1, socket_timeout=5)
                 try:
                     client.ping()
                     return
@@ -97,13 +97,13 @@ def server() -> Iterator[RedisProcess]:
 
 @pytest.fixture
 async def hub(server: RedisProcess) -> AsyncIterator[Hub]:
+    # The production timeouts: a stopped server refuses connections at once, so only the
+    # frozen one needs the keepalive, kept short here so that the test does not wait long.
     broker = RedisBroker(
         server.url,
         prefix="outage",
-        command_timeout=0.5,
-        connect_timeout=0.5,
-        subscribe_timeout=0.5,
         keepalive=0.2,
+        keepalive_timeout=2.0,
         reconnect=ReconnectPolicy(minimum=0.05, maximum=0.2),
     )
     hub = Hub(broker, NAMESPACES, ENCODER, release_delay=0.05)

@@ -12,7 +12,7 @@ from aiohttp import WSMsgType
 from handlers import keys
 from server.app import create_app
 from services.realtime.codecs.arena import CLOSE_RATE_LIMITED, CLOSE_TOO_BIG
-from tests.helpers import connect, make_user, request, send, service_token
+from tests.helpers import DEADLINE, connect, make_user, request, send, service_token
 
 
 async def _publications_until_pong(ws: Any) -> list[dict[str, Any]]:
@@ -20,7 +20,7 @@ async def _publications_until_pong(ws: Any) -> list[dict[str, Any]]:
     command_id = await send(ws, "ping")
     pushes = []
     while True:
-        msg = await ws.receive(timeout=5)
+        msg = await ws.receive(timeout=DEADLINE)
         assert msg.type == WSMsgType.TEXT
         data = msg.json()
         if data.get("type") == "reply" and data.get("id") == command_id:
@@ -115,7 +115,7 @@ async def test_oversized_frame_closes_with_1009(client: Any) -> None:
     ws = await connect(client, token)
     size = client.server.app[keys.config].ws.max_frame_bytes + 1
     await ws.send_str('{"id": 1, "type": "ping", "pad": "' + "x" * size + '"}')
-    msg = await ws.receive(timeout=5)
+    msg = await ws.receive(timeout=DEADLINE)
     assert msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSED)
     assert ws.close_code == CLOSE_TOO_BIG
 
@@ -123,7 +123,7 @@ async def test_oversized_frame_closes_with_1009(client: Any) -> None:
 async def test_oversized_frame_before_authenticate_closes_too(client: Any) -> None:
     ws = await client.ws_connect("/ws")
     await ws.send_str("x" * (client.server.app[keys.config].ws.max_frame_bytes + 1))
-    msg = await ws.receive(timeout=5)
+    msg = await ws.receive(timeout=DEADLINE)
     assert msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSED)
     assert ws.close_code == CLOSE_TOO_BIG
 
@@ -138,7 +138,7 @@ async def test_command_flood_closes_with_4029_before_all_commands_run(
     await asyncio.gather(*(send(ws, "ping") for _ in range(50)))
     replies = 0
     while True:
-        msg = await ws.receive(timeout=5)
+        msg = await ws.receive(timeout=DEADLINE)
         if msg.type != WSMsgType.TEXT:
             break
         replies += 1

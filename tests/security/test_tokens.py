@@ -16,7 +16,7 @@ from services.realtime.codecs.arena import CLOSE_UNAUTHENTICATED
 from tests.auth.flows import bearer, sign_in
 from tests.auth.tokens import alg_none, claims, forge
 from tests.conftest import TEST_SECRET
-from tests.helpers import make_user, send
+from tests.helpers import DEADLINE, make_user, send
 
 WRONG_KEY = "a-completely-different-secret-of-enough-length-0123"
 NOW = int(time.time())
@@ -77,7 +77,7 @@ async def test_bad_token_closes_the_websocket_and_delivers_nothing(client: Any, 
     await client.server.app[keys.hub].publish(f"user:{user_id}", {"secret": True})
     frames = []
     while True:
-        msg = await ws.receive(timeout=5)
+        msg = await ws.receive(timeout=DEADLINE)
         if msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSED, WSMsgType.CLOSING):
             break
         frames.append(msg.data)

@@ -12,7 +12,7 @@ import pytest
 
 from handlers import keys
 from server.app import create_app
-from tests.helpers import close_code, connect, make_user, receive, request
+from tests.helpers import DEADLINE, close_code, connect, eventually, make_user, receive, request
 
 
 def _masked(data: str | bytes, first_byte: int = 0x81) -> bytes:
@@ -139,11 +139,9 @@ async def test_slow_consumer_is_disconnected_without_delaying_others(
     others = [await connect(client, token) for _ in range(10)]
     for ws in others:
         await request(ws, "subscribe", channel=channel)
-    for _ in range(500):
-        if hub.subscriber_count(channel) == len(others) + 1:
-            break
-        await asyncio.sleep(0.01)
-    assert hub.subscriber_count(channel) == len(others) + 1
+    await eventually(
+        lambda: hub.subscriber_count(channel) == len(others) + 1, what="every subscriber"
+    )
     payload = {"blob": "x" * 2000}
     published = 0
     counts = [0] * len(others)
@@ -175,7 +173,7 @@ async def test_slow_consumer_is_disconnected_without_delaying_others(
     close_frame = b"\x88\x0f" + (4004).to_bytes(2, "big") + b"slow consumer"
     data = b""
     while close_frame not in data[-64:]:
-        chunk = await asyncio.wait_for(reader.read(1 << 20), 4)
+        chunk = await asyncio.wait_for(reader.read(1 << 20), DEADLINE)
         assert chunk, "connection ended without the slow-consumer close frame"
         data = data[-64:] + chunk
     for _ in range(5):  # and delivery to everyone else goes on
@@ -185,13 +183,11 @@ async def test_slow_consumer_is_disconnected_without_delaying_others(
         while min(counts) < published - 8:
             await asyncio.sleep(0.001)
             _check(readers)
-    for _ in range(3000):
-        if counts == [published] * len(others):
-            break
-        await asyncio.sleep(0.01)
-    for task in readers:
-        task.cancel()
-    assert counts == [published] * len(others)
+    try:
+        await eventually(lambda: counts == [published] * len(others), what="every frame read")
+    finally:
+        for task in readers:
+            task.cancel()
     metrics = await (await client.get("/metrics")).text()
     assert 'arena_ws_disconnects_total{code="4004"}' in metrics
     writer.close()
@@ -226,16 +222,12 @@ async def test_dead_peer_is_dropped_by_the_heartbeat(
     # It never answers the server's pings: the server gives up and closes the socket.
     data = b""
     while True:
-        chunk = await asyncio.wait_for(reader.read(65536), 10)
+        chunk = await asyncio.wait_for(reader.read(65536), DEADLINE)
         if not chunk:
             break
         data += chunk
     assert b"\x89" in data  # at least one ping was sent before giving up
-    for _ in range(100):
-        if not registry.connections():
-            break
-        await asyncio.sleep(0.02)
-    assert registry.connections() == []
+    await eventually(lambda: registry.connections() == [], what="the dead peer unregistered")
     writer.close()
 
 
@@ -275,7 +267,7 @@ async def test_disconnect_metric_records_the_close_code_aiohttp_sent(
     writer.write(frame)
     await writer.drain()
     data = b""
-    while chunk := await asyncio.wait_for(reader.read(65536), 10):
+    while chunk := await asyncio.wait_for(reader.read(65536), DEADLINE):
         data += chunk
         if _close_codes(data):
             writer.write(_masked((1000).to_bytes(2, "big"), first_byte=0x88))  # the client's echo
