@@ -41,6 +41,9 @@ class Counter:
     def on_reconnected(self) -> None:
         pass
 
+    def on_resubscribed(self, channels: list[str]) -> None:
+        pass
+
 
 def report(what: str, count: int, seconds: float) -> None:
     print(f"{what:<48} {count / seconds:>10,.0f}/s  ({count} in {seconds:.2f}s)")

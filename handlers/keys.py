@@ -9,6 +9,7 @@ import asyncpg
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 
 from handlers.metrics import HttpMetrics
 from handlers.realtime.transport import Connection, Flusher
@@ -41,8 +42,8 @@ realtime = web.AppKey("realtime", RealtimeService)
 flusher = web.AppKey("flusher", Flusher)
 relay = web.AppKey("relay", OutboxRelay)
 tokens = web.AppKey("tokens", TokenService)
-#: the shared Redis client, present only when REDIS_URL is set
-redis = web.AppKey("redis", Redis)
+#: the shared Redis client (a cluster client for a redis+cluster:// URL), only with REDIS_URL
+redis: web.AppKey[Redis | RedisCluster] = web.AppKey("redis")
 #: encrypts the strategies' webhook signing secrets (key derived from SERVICE_SECRET)
 secret_box = web.AppKey("webhook_secret_box", SecretBox)
 rate_limiter = web.AppKey("rate_limiter", RateLimiter)

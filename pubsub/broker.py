@@ -1,4 +1,4 @@
-"""The broker contract shared by every backend (memory, Redis).
+"""The broker contract shared by every backend (memory, Redis, Redis Cluster).
 
 A broker assigns offsets, keeps history and carries publications between processes. The hub
 (:mod:`pubsub.hub`) is its only user: it subscribes upstream once per channel per process and
@@ -91,11 +91,15 @@ class BrokerEventHandler(Protocol):
         """The upstream connection was lost and is back; publications may have been missed and
         the hub should refill every channel from history."""
 
+    def on_resubscribed(self, channels: list[str]) -> None:
+        """The upstream subscriptions of ``channels`` (only these) were lost and are back, on
+        the same or another Redis node; refill them from history."""
+
 
 class Broker(abc.ABC):
     """Offsets, history and cross-process delivery for channels."""
 
-    #: ``memory`` or ``redis``, reported in logs and ``/ready``.
+    #: ``memory``, ``redis`` or ``redis-cluster``, reported in logs and ``/ready``.
     name: str
 
     @abc.abstractmethod

@@ -368,8 +368,15 @@ class Hub:
 
     def on_reconnected(self) -> None:
         """Refill every channel: messages may have been published while we were away."""
-        for stream in list(self._channels.values()):
-            stream.on_reconnected()
+        self.on_resubscribed(list(self._channels))
+
+    def on_resubscribed(self, channels: list[str]) -> None:
+        """Refill ``channels``: their upstream subscription was re-made (a Redis Cluster slot
+        moved, or its node's connection came back)."""
+        for name in channels:
+            stream = self._channels.get(name)
+            if stream is not None:
+                stream.on_reconnected()
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(coro)

@@ -5,11 +5,14 @@ A :class:`PresenceStore` keeps, per channel, one entry per subscribed client
 and "last tab of this user" are known cluster-wide:
 
 * :class:`MemoryPresence` for a single node;
-* :class:`RedisPresence` for a cluster. Per channel (one hash slot)::
+* :class:`RedisPresence` for a cluster. Per channel (one hash slot, the channel's)::
 
       <prefix>:{<channel>}:presence        hash  client_id -> JSON {"user": ..., "info": ...}
       <prefix>:{<channel>}:presence:exp    zset  client_id scored by its expiry (Unix seconds)
       <prefix>:{<channel>}:presence:users  hash  user_id -> number of clients
+
+  On Redis Cluster the base name is ``<prefix>:{<partition tag>}:<channel>:presence``, the
+  broker's hash tag of the channel (see :mod:`pubsub.redis_keys`).
 
   Entries expire ``ttl`` seconds after their last refresh. Each node refreshes all of its own
   entries once per ``ttl / 3`` in one pipelined batch, so Redis traffic depends on the number of
@@ -29,12 +32,14 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
+from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import RedisClusterException, RedisError
 
 from pubsub.hub import Hub
 
@@ -165,18 +170,38 @@ return out
 
 
 class RedisPresence(PresenceStore):
-    """Cluster-wide presence in Redis (see the module docstring for the layout)."""
+    """Cluster-wide presence in Redis (see the module docstring for the layout).
 
-    def __init__(self, redis: Redis, prefix: str, ttl: float = 30.0) -> None:
+    ``keys`` is a key prefix (the single-Redis layout) or a function giving a channel's base
+    key name (``PartitionedKeySpace.presence`` on Redis Cluster). ``max_concurrency`` makes
+    calls beyond that many wait their turn: a ``RedisCluster`` client has no blocking pool and
+    would fail them instead (a plain client gets a ``BlockingConnectionPool``).
+    """
+
+    def __init__(
+        self,
+        redis: Redis | RedisCluster,
+        keys: str | Callable[[str], str],
+        ttl: float = 30.0,
+        *,
+        max_concurrency: int | None = None,
+    ) -> None:
         self._redis = redis
-        self._prefix = prefix
+        self._turns: contextlib.AbstractAsyncContextManager[Any] = (
+            asyncio.Semaphore(max_concurrency) if max_concurrency else contextlib.nullcontext()
+        )
+        if isinstance(keys, str):
+            prefix = keys
+            self._base: Callable[[str], str] = lambda channel: f"{prefix}:{{{channel}}}:presence"
+        else:
+            self._base = keys
         self.ttl = ttl
         self._add = redis.register_script(_ADD)
         self._remove = redis.register_script(_REMOVE)
         self._sweep = redis.register_script(_SWEEP)
 
     def _keys(self, channel: str) -> list[str]:
-        base = f"{self._prefix}:{{{channel}}}:presence"
+        base = self._base(channel)
         return [base, f"{base}:exp", f"{base}:users"]
 
     def _key_ttl(self) -> int:
@@ -184,18 +209,23 @@ class RedisPresence(PresenceStore):
 
     async def add(self, channel: str, entry: PresenceEntry) -> bool:
         raw = orjson.dumps({"user": entry.user_id, "info": entry.info})
-        count = await self._add(
-            keys=self._keys(channel),
-            args=[entry.client_id, entry.user_id, raw, time.time() + self.ttl, self._key_ttl()],
-        )
+        async with self._turns:
+            count = await self._add(
+                keys=self._keys(channel),
+                args=[entry.client_id, entry.user_id, raw, time.time() + self.ttl, self._key_ttl()],
+            )
         return int(count) == 1
 
     async def remove(self, channel: str, entry: PresenceEntry) -> bool:
-        left = await self._remove(keys=self._keys(channel), args=[entry.client_id, entry.user_id])
+        async with self._turns:
+            left = await self._remove(
+                keys=self._keys(channel), args=[entry.client_id, entry.user_id]
+            )
         return int(left) == 0
 
     async def sweep(self, channel: str) -> list[PresenceEntry]:
-        out = await self._sweep(keys=self._keys(channel), args=[time.time()])
+        async with self._turns:
+            out = await self._sweep(keys=self._keys(channel), args=[time.time()])
         gone: list[PresenceEntry] = []
         for index in range(0, len(out), 3):
             client, raw, left = out[index], out[index + 1], int(out[index + 2])
@@ -207,7 +237,7 @@ class RedisPresence(PresenceStore):
     async def entries(self, channel: str) -> list[PresenceEntry]:
         # Expired entries are filtered, not removed: the sweeping node announces their leave.
         keys = self._keys(channel)
-        async with self._redis.pipeline(transaction=False) as pipe:
+        async with self._turns, self._redis.pipeline(transaction=False) as pipe:
             pipe.hgetall(keys[0])
             pipe.zrangebyscore(keys[1], time.time(), "+inf")
             raw, alive = await pipe.execute()
@@ -228,7 +258,7 @@ class RedisPresence(PresenceStore):
             return
         until = time.time() + self.ttl
         key_ttl = self._key_ttl()
-        async with self._redis.pipeline(transaction=False) as pipe:
+        async with self._turns, self._redis.pipeline(transaction=False) as pipe:
             channels: set[str] = set()
             for channel, entry in items:
                 pipe.zadd(self._keys(channel)[1], {entry.client_id: until}, xx=True)
@@ -323,5 +353,5 @@ class Presence:
                     for gone in await self.store.sweep(channel):
                         if self.hub.options(channel).join_leave:
                             await self._announce("leave", channel, gone)
-            except (RedisError, OSError):
+            except (RedisError, RedisClusterException, OSError):
                 log.warning("presence refresh failed; retrying next interval", exc_info=True)

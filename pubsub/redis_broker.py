@@ -5,16 +5,22 @@ Offsets and history live in Redis (a meta hash and a stream per channel, see
 appends to the stream and PUBLISHes the live message atomically, so every node sees the same
 offsets in the same order. Each process reads live messages over one pub/sub connection
 (:mod:`pubsub.redis_pubsub`). ``docs/redis.md`` describes the layout and failure behaviour.
+
+:class:`ScriptedBroker` holds what the single-Redis broker and the Redis Cluster broker
+(:mod:`pubsub.redis_cluster`) share: the publish and read scripts and how their replies and
+errors become broker results.
 """
 
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, ClassVar, Protocol
 
 from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -40,7 +46,138 @@ from pubsub.redis_scripts import PUBLISH, READ
 META_MIN_TTL = 7 * 24 * 3600
 
 
-class RedisBroker(Broker):
+class ChannelKeys(Protocol):
+    """Key names of one channel (:class:`~pubsub.redis_keys.KeySpace` or
+    :class:`~pubsub.redis_keys.PartitionedKeySpace`)."""
+
+    def meta(self, channel: str) -> str: ...
+    def stream(self, channel: str) -> str: ...
+    def idempotency(self, channel: str, key: str) -> str: ...
+    def live(self, channel: str) -> bytes: ...
+    @property
+    def control(self) -> bytes: ...
+
+
+class ScriptedBroker(Broker):
+    """Publish, history and position through the Lua scripts, on a Redis or RedisCluster
+    client. Subclasses connect, subscribe and deliver."""
+
+    #: errors of the client library that a command may raise
+    errors: ClassVar[tuple[type[BaseException], ...]] = (RedisError, OSError)
+    #: those meaning "Redis cannot be reached right now" (the rest are :class:`BrokerError`)
+    unavailable: ClassVar[tuple[type[BaseException], ...]] = (
+        RedisConnectionError,
+        RedisTimeoutError,
+        OSError,
+    )
+
+    def __init__(
+        self, client: Redis | RedisCluster, keys: ChannelKeys, publish: str, read: str
+    ) -> None:
+        self._redis = client
+        self._keys = keys
+        self._publish = client.register_script(publish)
+        self._read = client.register_script(read)
+        self._started = False
+        self._closed = False
+
+    def _check(self) -> None:
+        if self._closed or not self._started:
+            raise BrokerError(f"{self.name} broker is not running")
+
+    async def _run(self, script: AsyncScript, keys: list[str], args: tuple[Any, ...]) -> Any:
+        """Run ``script`` (a hook for brokers that limit concurrent commands)."""
+        return await script(keys=keys, args=args)
+
+    def _failure(self, what: str, exc: BaseException) -> BrokerError:
+        if isinstance(exc, self.unavailable):
+            return BrokerUnavailable(f"{what} failed: {exc}")
+        return BrokerError(f"{what} failed: {exc}")
+
+    async def publish(
+        self,
+        channel: str,
+        data: bytes,
+        options: NamespaceOptions,
+        *,
+        idempotency_key: str | None = None,
+        idempotency_ttl: int = 300,
+    ) -> PublishResult:
+        self._check()
+        keys = self._keys
+        script_keys = [keys.meta(channel), keys.stream(channel)]
+        if idempotency_key is not None:
+            script_keys.append(keys.idempotency(channel, idempotency_key))
+        args = (
+            data,
+            options.history_size,
+            max(1, options.history_ttl),
+            max(options.history_ttl, META_MIN_TTL),
+            new_epoch(),
+            repr(time.time()),
+            max(1, idempotency_ttl) if idempotency_key is not None else 0,
+            keys.live(channel),
+        )
+        try:
+            offset, epoch, duplicate = await self._run(self._publish, script_keys, args)
+        except self.errors as exc:
+            raise self._failure("redis publish", exc) from exc
+        return PublishResult(int(offset), epoch.decode(), duplicate=bool(duplicate))
+
+    async def history(
+        self,
+        channel: str,
+        options: NamespaceOptions,
+        *,
+        since: int | None = None,
+        limit: int | None = None,
+    ) -> HistoryResult:
+        count = "" if limit is None else str(limit)
+        if limit is not None and limit <= 0:
+            mode, start = "pos", ""
+        elif since is not None:
+            mode, start = "since", f"{max(since + 1, 0)}-0"
+        elif limit is not None:
+            mode, start = "last", ""
+        else:
+            mode, start = "all", ""
+        epoch, offset, entries = await self._run_read(channel, options, mode, start, count)
+        publications = [
+            Publication(channel, int(entry_id[:-2]), epoch, fields[1], float(fields[3]))
+            for entry_id, fields in entries
+        ]
+        if mode == "last":
+            publications.reverse()
+        return HistoryResult(publications, StreamPosition(offset, epoch))
+
+    async def position(self, channel: str, options: NamespaceOptions) -> StreamPosition:
+        epoch, offset, _ = await self._run_read(channel, options, "pos", "", "")
+        return StreamPosition(offset, epoch)
+
+    async def _run_read(
+        self, channel: str, options: NamespaceOptions, mode: str, start: str, count: str
+    ) -> tuple[str, int, list[Any]]:
+        self._check()
+        keys = self._keys
+        args = (new_epoch(), max(options.history_ttl, META_MIN_TTL), mode, start, count)
+        try:
+            epoch, offset, entries = await self._run(
+                self._read, [keys.meta(channel), keys.stream(channel)], args
+            )
+        except self.errors as exc:
+            raise self._failure("redis history read", exc) from exc
+        return epoch.decode(), int(offset), entries
+
+    async def publish_control(self, data: bytes) -> None:
+        """PUBLISH on the control channel (on a cluster, Redis broadcasts it to every node)."""
+        self._check()
+        try:
+            await self._redis.publish(self._keys.control, data)
+        except self.errors as exc:
+            raise self._failure("redis control publish", exc) from exc
+
+
+class RedisBroker(ScriptedBroker):
     """Broker backed by Redis; every node using the same URL and prefix shares channels.
 
     ``start`` fails fast (:class:`BrokerUnavailable`) when Redis is unreachable, so a
@@ -66,7 +203,7 @@ class RedisBroker(Broker):
         reconnect: ReconnectPolicy | None = None,
     ) -> None:
         self.keys = KeySpace(prefix)
-        self._pool = BlockingConnectionPool.from_url(
+        pool = BlockingConnectionPool.from_url(
             url,
             max_connections=max_connections,
             timeout=command_timeout,
@@ -77,9 +214,8 @@ class RedisBroker(Broker):
             # instead of taking redis-py's RESP3 push-notification path.
             protocol=2,
         )
-        self._redis = Redis(connection_pool=self._pool)
-        self._publish = self._redis.register_script(PUBLISH)
-        self._read = self._redis.register_script(READ)
+        self._pool = pool
+        super().__init__(Redis(connection_pool=pool), self.keys, PUBLISH, READ)
         self._pubsub = PubSubConnection(
             self._pool.make_connection,
             self._on_message,
@@ -92,8 +228,6 @@ class RedisBroker(Broker):
         self._control = self.keys.control
         self._channels: dict[bytes, str] = {}
         self._handler: BrokerEventHandler | None = None
-        self._started = False
-        self._closed = False
 
     @property
     def pubsub(self) -> PubSubConnection:
@@ -162,97 +296,6 @@ class RedisBroker(Broker):
             self._handler.on_reconnected()
 
     # -- commands --------------------------------------------------------------------------
-
-    def _check(self) -> None:
-        if self._closed or not self._started:
-            raise BrokerError("redis broker is not running")
-
-    async def publish(
-        self,
-        channel: str,
-        data: bytes,
-        options: NamespaceOptions,
-        *,
-        idempotency_key: str | None = None,
-        idempotency_ttl: int = 300,
-    ) -> PublishResult:
-        self._check()
-        keys = self.keys
-        script_keys = [keys.meta(channel), keys.stream(channel)]
-        if idempotency_key is not None:
-            script_keys.append(keys.idempotency(channel, idempotency_key))
-        args = (
-            data,
-            options.history_size,
-            max(1, options.history_ttl),
-            max(options.history_ttl, META_MIN_TTL),
-            new_epoch(),
-            repr(time.time()),
-            max(1, idempotency_ttl) if idempotency_key is not None else 0,
-            keys.live(channel),
-        )
-        try:
-            offset, epoch, duplicate = await self._publish(keys=script_keys, args=args)
-        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
-            raise BrokerUnavailable(f"redis publish failed: {exc}") from exc
-        except RedisError as exc:
-            raise BrokerError(f"redis publish failed: {exc}") from exc
-        return PublishResult(int(offset), epoch.decode(), duplicate=bool(duplicate))
-
-    async def history(
-        self,
-        channel: str,
-        options: NamespaceOptions,
-        *,
-        since: int | None = None,
-        limit: int | None = None,
-    ) -> HistoryResult:
-        count = "" if limit is None else str(limit)
-        if limit is not None and limit <= 0:
-            mode, start = "pos", ""
-        elif since is not None:
-            mode, start = "since", f"{max(since + 1, 0)}-0"
-        elif limit is not None:
-            mode, start = "last", ""
-        else:
-            mode, start = "all", ""
-        epoch, offset, entries = await self._run_read(channel, options, mode, start, count)
-        publications = [
-            Publication(channel, int(entry_id[:-2]), epoch, fields[1], float(fields[3]))
-            for entry_id, fields in entries
-        ]
-        if mode == "last":
-            publications.reverse()
-        return HistoryResult(publications, StreamPosition(offset, epoch))
-
-    async def position(self, channel: str, options: NamespaceOptions) -> StreamPosition:
-        epoch, offset, _ = await self._run_read(channel, options, "pos", "", "")
-        return StreamPosition(offset, epoch)
-
-    async def _run_read(
-        self, channel: str, options: NamespaceOptions, mode: str, start: str, count: str
-    ) -> tuple[str, int, list[Any]]:
-        self._check()
-        keys = self.keys
-        args = (new_epoch(), max(options.history_ttl, META_MIN_TTL), mode, start, count)
-        try:
-            epoch, offset, entries = await self._read(
-                keys=[keys.meta(channel), keys.stream(channel)], args=args
-            )
-        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
-            raise BrokerUnavailable(f"redis history read failed: {exc}") from exc
-        except RedisError as exc:
-            raise BrokerError(f"redis history read failed: {exc}") from exc
-        return epoch.decode(), int(offset), entries
-
-    async def publish_control(self, data: bytes) -> None:
-        self._check()
-        try:
-            await self._redis.publish(self._control, data)
-        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
-            raise BrokerUnavailable(f"redis control publish failed: {exc}") from exc
-        except RedisError as exc:
-            raise BrokerError(f"redis control publish failed: {exc}") from exc
 
     async def ping(self) -> None:
         """Raise :class:`BrokerUnavailable` unless Redis answers and the pub/sub connection is

@@ -1,9 +1,11 @@
-"""The Redis broker's single pub/sub connection: one reader task, confirmed subscribes, reconnect.
+"""A Redis pub/sub connection: one reader task, confirmed subscribes, reconnect.
 
-One connection per process carries every subscribed channel plus the control channel. The
-reader task is the only one that reads from it; any task may write SUBSCRIBE/UNSUBSCRIBE.
-Redis answers commands in order, so a ``subscribe`` confirmation means every message published
-afterwards will be read.
+The single-Redis broker uses one such connection per process for every subscribed channel plus
+the control channel; the Redis Cluster broker (:mod:`pubsub.redis_cluster`) uses one per
+cluster node in the *sharded* flavor (SSUBSCRIBE/``smessage``) plus one classic one for
+control messages. The reader task is the only one that reads from a connection; any task may
+write SUBSCRIBE/UNSUBSCRIBE. Redis answers commands in order, so a ``subscribe`` confirmation
+means every message published afterwards will be read.
 
 Failure policy:
 
@@ -12,6 +14,9 @@ Failure policy:
   every wanted channel, and once Redis confirmed all of them (a PING barrier) calls
   ``on_reconnected`` so that the hub refills what was published meanwhile from history.
 * A message that cannot be handled is logged and skipped; the reader never dies of it.
+* Sharded flavor only: Redis ends a shard subscription by itself (an ``sunsubscribe`` push)
+  when the channel's slot moves to another node; that and error replies (``MOVED``) are
+  reported to the owner (``on_dropped``, ``on_error``), which resubscribes where the slot went.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ import math
 import random
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,6 +41,32 @@ log = logging.getLogger(__name__)
 
 _BARRIER = b"arena-resubscribed"
 _KEEPALIVE = b"arena-keepalive"
+
+
+class Relocated(BrokerError):
+    """The subscription was taken off this connection because its channel now lives on
+    another node; subscribe there instead."""
+
+
+@dataclass(frozen=True, slots=True)
+class Flavor:
+    """The commands and message kinds of classic or sharded pub/sub."""
+
+    subscribe: str
+    unsubscribe: str
+    message: bytes
+    confirm: bytes
+    ended: bytes
+
+
+#: SUBSCRIBE / PUBLISH: one Redis, or the cluster-wide broadcast of control messages.
+CLASSIC = Flavor("SUBSCRIBE", "UNSUBSCRIBE", b"message", b"subscribe", b"unsubscribe")
+#: SSUBSCRIBE / SPUBLISH (Redis 7): shard channels, served by the node owning their slot.
+SHARDED = Flavor("SSUBSCRIBE", "SUNSUBSCRIBE", b"smessage", b"ssubscribe", b"sunsubscribe")
+
+
+def _one_batch(names: list[bytes]) -> Iterable[list[bytes]]:
+    return [names]
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +156,11 @@ class PubSubConnection:
     ``on_message(name, data)`` receives every message of a subscribed pub/sub channel and
     ``on_reconnected()`` is called after a lost connection is back and resubscribed. Both run
     on the reader task and must not block; their exceptions are logged and swallowed.
+
+    Optional hooks (used by the cluster broker, same rules): ``on_lost()`` when the connection
+    drops, ``on_dropped(name)`` when Redis ended a wanted subscription by itself,
+    ``on_error(message)`` for an error reply. ``batches`` splits a resubscribe into commands
+    (SSUBSCRIBE takes channels of one slot only).
     """
 
     def __init__(
@@ -138,10 +174,22 @@ class PubSubConnection:
         keepalive: float = 10.0,
         keepalive_timeout: float = 10.0,
         clock: Callable[[], float] = time.monotonic,
+        flavor: Flavor = CLASSIC,
+        batches: Callable[[list[bytes]], Iterable[list[bytes]]] = _one_batch,
+        on_lost: Callable[[], None] | None = None,
+        on_dropped: Callable[[bytes], None] | None = None,
+        on_error: Callable[[str], None] | None = None,
+        label: str = "redis",
     ) -> None:
         self._make_connection = make_connection
         self._on_message = on_message
         self._on_reconnected = on_reconnected
+        self._flavor = flavor
+        self._batches = batches
+        self._on_lost = on_lost
+        self._on_dropped = on_dropped
+        self._on_error = on_error
+        self._label = label
         self._policy = policy if policy is not None else ReconnectPolicy()
         self._subscribe_timeout = subscribe_timeout
         self._liveness = Liveness(keepalive, keepalive_timeout, clock)
@@ -168,6 +216,11 @@ class PubSubConnection:
         """Whether the connection is up and has been resubscribed."""
         return self._conn is not None
 
+    @property
+    def wanted(self) -> list[bytes]:
+        """The channels this connection keeps subscribed (across reconnects)."""
+        return list(self._wanted)
+
     async def start(self, names: list[bytes]) -> None:
         """Connect and subscribe ``names``; returns once Redis confirmed them.
 
@@ -181,8 +234,8 @@ class PubSubConnection:
         except (RedisError, OSError) as exc:
             raise BrokerUnavailable(f"cannot connect to Redis: {exc}") from exc
         self._tasks = [
-            asyncio.create_task(self._run(conn), name="redis-pubsub-reader"),
-            asyncio.create_task(self._keepalive_loop(), name="redis-pubsub-keepalive"),
+            asyncio.create_task(self._run(conn), name=f"{self._label}-pubsub-reader"),
+            asyncio.create_task(self._keepalive_loop(), name=f"{self._label}-pubsub-keepalive"),
         ]
         try:
             async with asyncio.timeout(self._subscribe_timeout):
@@ -214,11 +267,7 @@ class PubSubConnection:
         ``subscribe_timeout``). Raises :class:`BrokerUnavailable` on timeout, and then leaves
         the channel unsubscribed.
         """
-        if self._closed:
-            raise BrokerError("broker closed")
-        waiter = self._waiter(name)
-        self._wanted[name] = None
-        await self._send("SUBSCRIBE", name)
+        waiter = (await self.request([name]))[0]
         try:
             async with asyncio.timeout(self._subscribe_timeout):
                 await waiter
@@ -232,10 +281,32 @@ class PubSubConnection:
                 raise BrokerUnavailable("Redis did not confirm the subscription in time") from None
             raise
 
+    async def request(self, names: list[bytes]) -> list[asyncio.Future[None]]:
+        """Send the subscribe of ``names`` (keeping them across reconnects) without waiting;
+        each returned future completes when Redis confirmed that channel, or fails with
+        :class:`Relocated` (see :meth:`forget`) or when the connection is closed."""
+        if self._closed:
+            raise BrokerError("broker closed")
+        waiters = [self._waiter(name) for name in names]
+        for name in names:
+            self._wanted[name] = None
+        for batch in self._batches(names):
+            await self._send(self._flavor.subscribe, *batch)
+        return waiters
+
     async def unsubscribe(self, name: bytes) -> None:
         """Stop receiving ``name``. Messages already in flight may still arrive."""
         self._wanted.pop(name, None)
-        await self._send("UNSUBSCRIBE", name)
+        await self._send(self._flavor.unsubscribe, name)
+
+    def forget(self, names: Iterable[bytes]) -> None:
+        """Stop keeping ``names`` here without telling Redis (their slot moved away, so Redis
+        dropped or will drop them); pending subscribes of them fail with :class:`Relocated`."""
+        for name in names:
+            self._wanted.pop(name, None)
+            for waiter in self._waiters.pop(name, ()):
+                if not waiter.done():
+                    waiter.set_exception(Relocated(name.decode(errors="replace")))
 
     def _waiter(self, name: bytes) -> asyncio.Future[None]:
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -268,7 +339,8 @@ class PubSubConnection:
                 names = [name for name in self._wanted if name not in sent]
                 if not names:
                     break
-                await conn.send_command("SUBSCRIBE", *names)
+                for batch in self._batches(names):
+                    await conn.send_command(self._flavor.subscribe, *batch)
                 sent.update(names)
             await conn.send_command("PING", _BARRIER)
         except BaseException:
@@ -278,8 +350,8 @@ class PubSubConnection:
         self.client_id = client_id
         self._liveness.reset()
         stale = [name for name in sent if name not in self._wanted]
-        if stale:
-            await self._send("UNSUBSCRIBE", *stale)
+        for batch in self._batches(stale) if stale else ():
+            await self._send(self._flavor.unsubscribe, *batch)
         return conn
 
     async def _run(self, conn: AbstractConnection | None) -> None:
@@ -293,7 +365,7 @@ class PubSubConnection:
                     attempt += 1
                     log.warning(
                         "redis pub/sub reconnect failed",
-                        extra={"attempt": attempt, "error": str(exc)},
+                        extra={"attempt": attempt, "error": str(exc), "redis": self._label},
                     )
                     continue
                 self.reconnects += 1
@@ -303,40 +375,70 @@ class PubSubConnection:
                 await self._read(conn)
             except (RedisError, OSError) as exc:
                 if not self._closed:
-                    log.warning("redis pub/sub connection lost", extra={"error": str(exc)})
+                    log.warning(
+                        "redis pub/sub connection lost",
+                        extra={"error": str(exc), "redis": self._label},
+                    )
             finally:
                 if self._conn is conn:
                     self._conn = None
                     self.client_id = None
                 await conn.disconnect(nowait=True)
             conn = None
+            if not self._closed and self._on_lost is not None:
+                self._call(self._on_lost)
 
     async def _read(self, conn: AbstractConnection) -> None:
         read = conn.read_response
         on_message = self._on_message
+        message, confirm, ended = self._flavor.message, self._flavor.confirm, self._flavor.ended
         received = self._liveness.received
         while True:
             try:
                 response = await read(timeout=math.inf)
             except ResponseError as exc:
-                log.warning("redis pub/sub error reply", extra={"error": str(exc)})
+                log.warning(
+                    "redis pub/sub error reply", extra={"error": str(exc), "redis": self._label}
+                )
+                if self._on_error is not None:
+                    self._call(self._on_error, str(exc))
                 continue
             received()
             try:
+                if isinstance(response, bytes):
+                    # PING's reply on a connection with no subscription left
+                    response = [b"pong", response]
                 kind = response[0]
-                if kind == b"message":
+                if kind == message:
                     on_message(response[1], response[2])
-                elif kind == b"subscribe":
+                elif kind == confirm:
                     self._confirmed(response[1])
                 elif kind == b"pong":
                     if response[1] == _BARRIER:
                         self._ready()
                     elif response[1] == _KEEPALIVE:
                         self.keepalive_replies += 1
-                elif kind != b"unsubscribe":
+                elif kind == ended:
+                    self._ended(response[1])
+                else:
                     log.warning("unexpected pub/sub message", extra={"kind": repr(kind)[:40]})
             except Exception:
                 log.exception("pub/sub message handling failed; skipped")
+
+    def _ended(self, name: bytes) -> None:
+        """An unsubscribe: ours (nothing to do) or, for a channel still wanted, Redis dropping
+        it by itself (a sharded channel whose slot moved). Mistaking our own for Redis's, when
+        a channel is unsubscribed and subscribed again at once, costs one extra resubscribe."""
+        if self._on_dropped is not None and name in self._wanted:
+            del self._wanted[name]
+            self._on_dropped(name)
+
+    @staticmethod
+    def _call(hook: Callable[..., None], *args: Any) -> None:
+        try:
+            hook(*args)
+        except Exception:
+            log.exception("pub/sub hook failed")
 
     def _confirmed(self, name: bytes) -> None:
         waiters = self._waiters.get(name)

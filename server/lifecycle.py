@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.cluster import RedisCluster
 
 from handlers import keys
 from handlers.realtime.service import realtime_service
@@ -20,6 +21,9 @@ from pubsub.hub import Hub
 from pubsub.memory import MemoryBroker
 from pubsub.metrics import HubMetrics
 from pubsub.presence import MemoryPresence, Presence, PresenceStore, RedisPresence
+from pubsub.redis_keys import KeySpace, PartitionedKeySpace, Partitioning
+from pubsub.redis_url import cluster_client
+from pubsub.redis_url import redis_client as make_redis_client
 from server.settings import Settings
 from services.analysis.factory import build_provider
 from services.analysis.runner import AnalysisRunner
@@ -58,7 +62,21 @@ async def database(app: web.Application) -> AsyncIterator[None]:
 
 
 def make_broker(settings: Settings) -> Broker:
-    """The Redis broker when ``REDIS_URL`` is set, the in-process one otherwise."""
+    """The Redis Cluster broker for a ``redis+cluster://`` URL, the Redis broker for another
+    ``REDIS_URL``, the in-process one without."""
+    if settings.redis_url and settings.redis_cluster:
+        from pubsub.redis_cluster import RedisClusterBroker
+
+        return RedisClusterBroker(
+            settings.redis_url,
+            prefix=settings.redis_prefix,
+            partitions=settings.redis_cluster_partitions,
+            command_timeout=settings.redis_command_timeout,
+            connect_timeout=settings.redis_connect_timeout,
+            subscribe_timeout=settings.redis_subscribe_timeout,
+            keepalive=settings.redis_keepalive_interval,
+            keepalive_timeout=settings.redis_keepalive_timeout,
+        )
     if settings.redis_url:
         from pubsub.redis_broker import RedisBroker
 
@@ -72,6 +90,39 @@ def make_broker(settings: Settings) -> Broker:
             keepalive_timeout=settings.redis_keepalive_timeout,
         )
     return MemoryBroker()
+
+
+def _presence_store(settings: Settings) -> tuple[PresenceStore, Redis | RedisCluster | None]:
+    """Presence in Redis (keys next to the channel's, same hash tag) with ``REDIS_URL``,
+    in memory without; and the client to close at shutdown."""
+    url = settings.redis_url
+    if not url:
+        return MemoryPresence(), None
+    client: Redis | RedisCluster
+    keys: KeySpace | PartitionedKeySpace
+    timeouts = {
+        "socket_connect_timeout": settings.redis_connect_timeout,
+        "socket_timeout": settings.redis_command_timeout,
+    }
+    if settings.redis_cluster:
+        # at most 32 calls at once, on at most 32 connections per node; the rest wait
+        client = cluster_client(url, max_connections=32, **timeouts)
+        keys = PartitionedKeySpace(
+            settings.redis_prefix, Partitioning(settings.redis_cluster_partitions)
+        )
+    else:
+        # Its own blocking pool: thousands of joins/leaves at once wait for a connection
+        # instead of failing.
+        pool = BlockingConnectionPool.from_url(url, max_connections=32, timeout=10, **timeouts)
+        client = Redis(connection_pool=pool)
+        keys = KeySpace(settings.redis_prefix)
+    store = RedisPresence(
+        client,
+        keys.presence,
+        ttl=settings.presence_ttl,
+        max_concurrency=32 if settings.redis_cluster else None,
+    )
+    return store, client
 
 
 async def channels(app: web.Application) -> AsyncIterator[None]:
@@ -90,20 +141,7 @@ async def channels(app: web.Application) -> AsyncIterator[None]:
     app[keys.connections] = ConnectionRegistry(hub)
     app[keys.flusher] = Flusher()
     app[keys.backends]["broker"] = broker.name
-    presence_redis = None
-    store: PresenceStore = MemoryPresence()
-    if settings.redis_url:
-        # Its own blocking pool: thousands of joins/leaves at once wait for a connection
-        # instead of failing.
-        pool = BlockingConnectionPool.from_url(
-            settings.redis_url,
-            max_connections=32,
-            timeout=10,
-            socket_connect_timeout=settings.redis_connect_timeout,
-            socket_timeout=settings.redis_command_timeout,
-        )
-        presence_redis = Redis(connection_pool=pool)
-        store = RedisPresence(presence_redis, settings.redis_prefix, ttl=settings.presence_ttl)
+    store, presence_redis = _presence_store(settings)
     presence = Presence(
         hub,
         store,
@@ -149,20 +187,23 @@ async def close_websockets(app: web.Application) -> None:
 
 
 async def redis_client(app: web.Application) -> AsyncIterator[None]:
-    """The shared Redis client (when ``REDIS_URL`` is set) and the rate limiter and signature
-    replay cache built on it; without Redis both live in process memory."""
+    """The shared Redis client (when ``REDIS_URL`` is set; a cluster client for a cluster URL)
+    and the rate limiter and signature replay cache built on it; without Redis both live in
+    process memory."""
     settings = app[settings_key]
     if not settings.redis_url:
         app[keys.rate_limiter] = MemoryRateLimiter()
         app[keys.replay_cache] = MemoryReplayCache()
         yield
         return
-    from redis.asyncio import Redis
-
-    client = Redis.from_url(
+    # A cluster client fails commands beyond max_connections per node instead of waiting;
+    # like the plain client's pool, allow what the rate limiter's bursts need.
+    extra = {"max_connections": 1024} if settings.redis_cluster else {}
+    client = make_redis_client(
         settings.redis_url,
         socket_connect_timeout=settings.redis_connect_timeout,
         socket_timeout=settings.redis_command_timeout,
+        **extra,
     )
     app[keys.redis] = client
     app[keys.rate_limiter] = RedisRateLimiter(client, settings.redis_prefix)

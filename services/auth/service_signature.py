@@ -30,7 +30,8 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
+from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import RedisClusterException, RedisError
 
 SIGNATURE_HEADER = "x-signature"
 TIMESTAMP_HEADER = "x-timestamp"
@@ -186,7 +187,7 @@ class RedisReplayCache:
 
     name = "redis"
 
-    def __init__(self, client: Redis, prefix: str) -> None:
+    def __init__(self, client: Redis | RedisCluster, prefix: str) -> None:
         self._client = client
         self._prefix = f"{prefix}:sig:"
 
@@ -195,6 +196,6 @@ class RedisReplayCache:
             created = await self._client.set(
                 self._prefix + key, b"1", nx=True, px=max(1, round(ttl * 1000))
             )
-        except (RedisError, OSError) as exc:
+        except (RedisError, RedisClusterException, OSError) as exc:
             raise ReplayCacheUnavailable(str(exc)) from exc
         return bool(created)

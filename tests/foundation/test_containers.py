@@ -213,3 +213,37 @@ def test_nginx_never_logs_secrets_from_urls() -> None:
     assert "$uri" not in log_format, "raw paths carry webhook secrets; log the route"
     assert '~^/webhooks/tv/  "/webhooks/tv/{secret}"' in conf
     assert re.search(r"error_log \S+ (crit|alert|emerg);", conf)
+
+
+def test_compose_cluster_profile_runs_a_redis_cluster_for_the_replicas(
+    compose: dict[str, Any],
+) -> None:
+    services = compose["services"]
+    nodes = {name: svc for name, svc in services.items() if name.startswith("redis-node-")}
+    assert len(nodes) == 6, "3 masters + 3 replicas"
+    for name, node in nodes.items():
+        assert node["profiles"] == ["cluster"]
+        assert node["image"].startswith("redis:7"), "sharded pub/sub needs Redis 7"
+        assert "--cluster-enabled yes" in node["command"]
+        assert f"--cluster-announce-hostname {name}" in node["command"]
+        assert "ping" in node["healthcheck"]["test"]
+    init = services["redis-cluster-init"]
+    assert init["profiles"] == ["cluster"]
+    script = " ".join(init["command"])
+    assert "--cluster create" in script
+    assert "--cluster-replicas 1" in script
+    assert "for n in 1 2 3 4 5 6" in script
+    assert set(init["depends_on"]) == set(nodes)
+    # the documented REDIS_URL of the profile loads and names cluster nodes as seeds
+    header = (ROOT / "docker-compose.yml").read_text().split("\nname:", 1)[0]
+    url = re.search(r"REDIS_URL=(redis\+cluster://\S+)", header)
+    assert url is not None
+    given = {"JWT_SECRET": "j" * 48, "SERVICE_SECRET": "s" * 48, "REDIS_URL": url.group(1)}
+    for app in app_services(compose).values():
+        env = {key: interpolate(str(value), given) for key, value in app["environment"].items()}
+        loaded = load_settings(env)
+        assert loaded.redis_cluster
+        seeds = url.group(1).split("://", 1)[1].split(",")
+        assert {seed.split(":")[0] for seed in seeds} <= set(nodes)
+        waits = app["depends_on"]["redis-cluster-init"]
+        assert waits == {"condition": "service_completed_successfully", "required": False}

@@ -187,6 +187,11 @@ async def test_sigterm_lets_an_in_flight_request_finish(
     [
         ("DATABASE_URL", "postgresql://postgres@127.0.0.1:1/nowhere", "cannot serve"),
         ("REDIS_URL", "redis://127.0.0.1:1/0", "cannot serve: cannot reach Redis"),
+        (
+            "REDIS_URL",
+            "redis+cluster://u:pw-not-logged@127.0.0.1:1",
+            "cannot serve: cannot reach the Redis Cluster",
+        ),
     ],
 )
 async def test_unreachable_backend_is_a_clear_startup_error(
@@ -200,6 +205,7 @@ async def test_unreachable_backend_is_a_clear_startup_error(
     assert done.returncode == 1
     assert_clean_stderr(done.stderr)
     assert message in done.stderr
+    assert "pw-not-logged" not in done.stderr
 
 
 async def test_taken_port_is_a_clear_startup_error(database_url: str, tmp_path: Path) -> None:

@@ -113,6 +113,10 @@ def test_an_old_jwt_key_must_not_be_the_service_secret(tmp_path: Path) -> None:
         ("EMAIL_BACKEND", "console", "EMAIL_BACKEND=console is not allowed"),
         ("JWT_OLD_SECRETS", "k0", "JWT_OLD_SECRETS must be a comma-separated list of kid=secret"),
         ("JWT_OLD_SECRETS", "k0=short", "JWT_OLD_SECRETS key 'k0' is shorter than 32 bytes"),
+        ("REDIS_URL", "redis+cluster://a:s3cret@h1", "REDIS_URL: cluster node 'h1' must be"),
+        ("REDIS_URL", "redis+cluster://h1:7000/2", "REDIS_URL: Redis Cluster has only database 0"),
+        ("REDIS_CLUSTER_PARTITIONS", "0", "REDIS_CLUSTER_PARTITIONS must be >= 1"),
+        ("REDIS_CLUSTER_PARTITIONS", "20000", "REDIS_CLUSTER_PARTITIONS must be <= 16384"),
     ],
 )
 def test_malformed_values_name_the_variable(
@@ -147,6 +151,19 @@ def test_values_are_parsed(tmp_path: Path) -> None:
     assert settings.handlers.analysis.anthropic_api_key == "sk-test"
     assert settings.handlers.analysis.anthropic_base_url == "http://127.0.0.1:9999"
     assert settings.shutdown_timeout == 2.5
+    assert not settings.redis_cluster
+
+
+def test_a_cluster_url_selects_redis_cluster(tmp_path: Path) -> None:
+    settings = load_settings(
+        {
+            "DATA_DIR": str(tmp_path),
+            "REDIS_URL": "rediss+cluster://app:pw@r1:7000,r2:7001",
+            "REDIS_CLUSTER_PARTITIONS": "128",
+        }
+    )
+    assert settings.redis_cluster
+    assert settings.redis_cluster_partitions == 128
 
 
 def test_cli_reports_configuration_errors_without_traceback(

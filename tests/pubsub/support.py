@@ -33,6 +33,7 @@ class Recorder:
         self.publications: list[Publication] = []
         self.controls: list[bytes] = []
         self.reconnects = 0
+        self.resubscribed: list[str] = []
 
     def on_publication(self, publication: Publication) -> None:
         self.publications.append(publication)
@@ -42,6 +43,9 @@ class Recorder:
 
     def on_reconnected(self) -> None:
         self.reconnects += 1
+
+    def on_resubscribed(self, channels: list[str]) -> None:
+        self.resubscribed.extend(channels)
 
     def offsets(self, channel: str) -> list[int]:
         return [p.offset for p in self.publications if p.channel == channel]

@@ -1,4 +1,5 @@
-"""One contract, every backend: the memory and the Redis broker must behave identically.
+"""One contract, every backend: the memory, the Redis and the Redis Cluster broker must behave
+identically.
 
 The hub relies on exactly these properties: offsets 1, 2, 3... in one stable epoch, history by
 ``since``/``limit``, trimming to ``history_size``, idempotent publishes, ordered delivery to the
@@ -17,21 +18,25 @@ from pubsub.broker import Broker, BrokerError
 from pubsub.memory import MemoryBroker
 from pubsub.namespaces import NamespaceOptions
 from pubsub.redis_broker import RedisBroker
+from pubsub.redis_cluster import RedisClusterBroker
 from tests.pubsub.support import Recorder, eventually
 
 OPTIONS = NamespaceOptions(history_size=100)
 CHANNEL = "alerts:contract"
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", "redis", "cluster"])
 async def started(request: pytest.FixtureRequest) -> AsyncIterator[tuple[Broker, Recorder]]:
     """A running broker of each kind and the handler recording its callbacks."""
     broker: Broker
     if request.param == "memory":
         broker = MemoryBroker()
-    else:
+    elif request.param == "redis":
         url = request.getfixturevalue("redis_url")
         broker = RedisBroker(url, prefix=request.getfixturevalue("redis_prefix"))
+    else:
+        url = request.getfixturevalue("cluster_url")
+        broker = RedisClusterBroker(url, prefix=request.getfixturevalue("cluster_prefix"))
     recorder = Recorder()
     await broker.start(recorder)
     yield broker, recorder

@@ -378,6 +378,26 @@ async def test_reconnect_refills_tail_without_new_publications(hub: Hub) -> None
     assert sub.offsets == [1, 2]
 
 
+async def test_resubscribed_refills_only_the_channels_named(hub: Hub) -> None:
+    moved, stayed = Recorder(), Recorder()
+    await hub.subscribe(moved, "alerts:moved")
+    await hub.subscribe(stayed, "alerts:stayed")
+    broker = hub.broker
+    assert isinstance(broker, MemoryBroker)
+    for channel in ("alerts:moved", "alerts:stayed"):
+        broker._subscribed.discard(channel)
+        await hub.publish(channel, 1)
+        broker._subscribed.add(channel)
+    hub.on_resubscribed(["alerts:moved", "alerts:unknown"])  # e.g. a Redis Cluster slot moved
+    for _ in range(50):
+        if moved.offsets == [1]:
+            break
+        await asyncio.sleep(0.01)
+    assert moved.offsets == [1]
+    await asyncio.sleep(0.05)
+    assert stayed.offsets == [], "not refilled: its subscription was never lost"
+
+
 async def test_unsubscribe_stops_delivery_and_releases_upstream(hub: Hub) -> None:
     sub = Recorder()
     await hub.subscribe(sub, "alerts:u")
