@@ -161,6 +161,10 @@ class AnalysisService:
     ) -> list[AnalysisOut]:
         """The caller's analyses (those of their requests; admins: all), newest first, without
         their text, strictly after the keyset position ``after``; at most ``limit``."""
+        if principal.is_service:
+            # A service (token or signed request) owns no request and may read no analysis
+            # (``may_use``); its id is not a user id either.
+            return []
         async with self._pool.acquire() as conn:
             rows = await store.list_analyses(
                 conn,
