@@ -231,11 +231,17 @@ def _jwt_keys(env: Mapping[str, str], primary: str, service_secret: str) -> dict
     return keys
 
 
-def _http_api_key(env: Mapping[str, str]) -> str | None:
-    """``HTTP_API_KEY``: optional static key of the Centrifugo-compatible server API."""
+def _http_api_key(env: Mapping[str, str], secrets_in_use: Mapping[str, str]) -> str | None:
+    """``HTTP_API_KEY``: optional static key of the Centrifugo-compatible server API; like the
+    other secrets at least 32 bytes, and none of them (one leak must not grant several powers)."""
     value = _opt(env, "HTTP_API_KEY")
-    if value is not None and len(value.encode()) < MIN_SECRET_BYTES:
+    if value is None:
+        return None
+    if len(value.encode()) < MIN_SECRET_BYTES:
         raise SettingsError(f"HTTP_API_KEY must be at least {MIN_SECRET_BYTES} bytes long")
+    for name, secret in secrets_in_use.items():
+        if hmac.compare_digest(value.encode(), secret.encode()):
+            raise SettingsError(f"HTTP_API_KEY must differ from {name}")
     return value
 
 
@@ -340,7 +346,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             login_rate_per_email_global=_int(env, "LOGIN_RATE_PER_EMAIL_GLOBAL", 50, minimum=1),
             login_rate_per_ip=_int(env, "LOGIN_RATE_PER_IP", 20, minimum=1),
             login_rate_window=_int(env, "LOGIN_RATE_WINDOW", 900, minimum=1),
-            http_api_key=_http_api_key(env),
+            http_api_key=_http_api_key(
+                env, {"JWT_SECRET": jwt_secret, "SERVICE_SECRET": service_secret}
+            ),
         ),
         email=EmailConfig(
             backend=email_backend,

@@ -92,6 +92,13 @@ def test_the_two_secrets_must_differ(tmp_path: Path, env: str) -> None:
         load_settings(production_env(tmp_path, ENV=env, SERVICE_SECRET=SECRET))
 
 
+@pytest.mark.parametrize("other", ["JWT_SECRET", "SERVICE_SECRET"])
+def test_the_http_api_key_must_differ_from_the_secrets(tmp_path: Path, other: str) -> None:
+    same = SECRET if other == "JWT_SECRET" else OTHER_SECRET
+    with pytest.raises(SettingsError, match=f"HTTP_API_KEY must differ from {other}"):
+        load_settings(production_env(tmp_path, HTTP_API_KEY=same))
+
+
 def test_an_old_jwt_key_must_not_be_the_service_secret(tmp_path: Path) -> None:
     with pytest.raises(
         SettingsError, match="JWT_OLD_SECRETS key 'k0' must differ from SERVICE_SECRET"
