@@ -95,9 +95,9 @@ class Disconnect(enum.Enum):
     UNSUPPORTED_DATA = "unsupported_data"
     #: the connection ended without a proper close (e.g. the handler stopped on an error)
     PROTOCOL_ERROR = "protocol_error"
-    #: no, late or bad authentication; expired token; logged out
+    #: no, late or bad authentication; expired token (get a fresh token and reconnect)
     UNAUTHENTICATED = "unauthenticated"
-    #: the token family was revoked
+    #: logged out (the token family was revoked) or forcibly disconnected: do not reconnect
     FORBIDDEN = "forbidden"
     #: the outgoing queue overflowed
     SLOW_CONSUMER = "slow_consumer"
