@@ -311,6 +311,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             max_connections_per_user=_int(env, "WS_MAX_CONNECTIONS_PER_USER", 20, minimum=1),
             user_command_rate=_float(env, "WS_USER_COMMAND_RATE", 100.0, minimum=1.0),
             user_command_burst=_int(env, "WS_USER_COMMAND_BURST", 200, minimum=1),
+            recheck_seconds=_float(env, "WS_RECHECK_SECONDS", 300.0, minimum=1.0),
         ),
         webhook=WebhookConfig(
             max_body_bytes=_int(env, "WEBHOOK_MAX_BODY_BYTES", 64 * 1024, minimum=1024),

@@ -9,6 +9,7 @@ decodes it with the connection's codec and replies through the
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import uuid
 
 from aiohttp import WebSocketError, WSMsgType, web
@@ -66,6 +67,10 @@ def realtime_service(app: web.Application) -> RealtimeService:
     def count_command(command: str, outcome: str) -> None:
         metrics.ws_commands.labels(command, outcome).inc()
 
+    def with_role(principal: Identity, role: str) -> Identity:
+        assert isinstance(principal, Principal)
+        return dataclasses.replace(principal, role=role)
+
     return RealtimeService(
         hub=app[keys.hub],
         registry=app[keys.connections],
@@ -83,6 +88,7 @@ def realtime_service(app: web.Application) -> RealtimeService:
         ),
         presence=app.get(keys.presence),
         count_command=count_command,
+        with_role=with_role,
     )
 
 
