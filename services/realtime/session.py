@@ -230,6 +230,10 @@ class Session:
                 # After the reply, so a subscriber never sees its own join before its
                 # subscription.
                 await self._join(result.channel)
+        elif isinstance(result, c.RefreshResult):
+            # A token refresh is also the moment to notice access lost without an announcement
+            # (the periodic re-check is the other); after the reply, like any push.
+            await self.recheck()
 
     def _fail(self, request: c.Request, error: CommandError) -> None:
         self.service.count_command(request.command.name, error.code)
@@ -285,9 +289,6 @@ class Session:
         if principal.user_id != self._principal().user_id:
             raise Unauthenticated("token belongs to another user")
         self.client.principal = principal
-        # A token refresh is also the moment to notice access lost without an announcement
-        # (the periodic re-check is the other).
-        await self.recheck()
         return c.RefreshResult(int(principal.expires_at))
 
     async def ping(self, command: c.Ping) -> c.PingResult:
