@@ -17,9 +17,11 @@ from aiohttp.test_utils import TestClient
 
 from handlers import keys
 from server.app import create_app
+from services.realtime.codecs.arena import CLOSE_FORBIDDEN
 from services.realtime.errors import UNSUBSCRIBE_REVOKED
 from storage import strategies as strategies_db
 from tests.alerts.util import auth, create_strategy
+from tests.auth.flows import closed_with, sign_in
 from tests.helpers import connect, make_user, receive, request, service_token
 from tests.marketplace.util import post_proposal, post_request
 
@@ -225,3 +227,25 @@ async def test_refresh_rechecks_the_connections_subscriptions(redis_client: Any)
     assert push["code"] == UNSUBSCRIBE_REVOKED
     await assert_cut_off(node, ws, friend_id, channel)
     await ws.close()
+
+
+async def test_a_reused_refresh_token_closes_the_users_connections_on_every_node(
+    redis_settings: Any, aiohttp_client: Any
+) -> None:
+    node_a = await aiohttp_client(create_app(redis_settings))
+    node_b = await aiohttp_client(create_app(redis_settings))
+    session = await sign_in(node_a, "reuse@example.com")
+    ws = await connect(node_b, session["access_token"])
+    _, other = await make_user(node_a)
+    bystander = await connect(node_b, other)
+    rotated = await node_a.post(
+        "/api/v1/auth/refresh", json={"refresh_token": session["refresh_token"]}
+    )
+    assert rotated.status == 200
+    reused = await node_a.post(
+        "/api/v1/auth/refresh", json={"refresh_token": session["refresh_token"]}
+    )
+    assert reused.status == 401  # the family is revoked...
+    await closed_with(ws, CLOSE_FORBIDDEN)  # ...and its user's live connections are closed
+    assert "result" in await request(bystander, "ping")
+    await bystander.close()
