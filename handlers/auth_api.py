@@ -26,8 +26,8 @@ from services.auth.principal import ROLES
 from services.auth.ratelimit import RateLimiterUnavailable
 from services.auth.sessions import start_session
 from services.auth.tokens import REFRESH, TokenError
-from services.marketplace import invites
 from services.channels import revocation
+from services.marketplace import invites
 from services.marketplace.models import InviteAccept
 from services.realtime.errors import Disconnect
 from storage import auth_tokens, users

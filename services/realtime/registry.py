@@ -4,8 +4,8 @@
 connections on every node, not only this one. The same channel carries access changes
 (:mod:`services.channels.revocation`): the registry re-checks, or ends, the subscriptions of
 its local sessions, and :meth:`ConnectionRegistry.recheck_forever` re-checks every session
-periodically so that a missed message cannot leave access open for long. Clients are known through the
-:class:`~services.realtime.client.Client` protocol, whatever their transport and wire protocol.
+periodically so that a missed message cannot leave access open for long. Clients are known
+through the :class:`~services.realtime.client.Client` protocol, whatever their transport and wire protocol.
 """
 
 from __future__ import annotations
@@ -170,9 +170,7 @@ class ConnectionRegistry:
                 self._spawn(session.end_subscription(channel, code, reason))
 
     @staticmethod
-    async def _recheck(
-        session: Guarded, channels: Collection[str] | None, role: str | None
-    ) -> int:
+    async def _recheck(session: Guarded, channels: Collection[str] | None, role: str | None) -> int:
         try:
             return await session.recheck(channels, role=role)
         except Exception:

@@ -35,7 +35,9 @@ async def subscribe(ws: ClientWebSocketResponse, channel: str) -> None:
 
 async def publish(node: TestClient, channel: str, data: Any) -> None:
     headers = {"Authorization": f"Bearer {service_token(node)}"}
-    resp = await node.post(f"/api/v1/channels/{channel}/publish", json={"data": data}, headers=headers)
+    resp = await node.post(
+        f"/api/v1/channels/{channel}/publish", json={"data": data}, headers=headers
+    )
     assert resp.status == 200, await resp.text()
 
 
@@ -66,9 +68,11 @@ async def next_pub(ws: ClientWebSocketResponse, channel: str, data: Any) -> None
     """Read until ``channel``'s publication of ``data`` (earlier live events are skipped)."""
     while True:
         message = await receive(ws, timeout=15)
-        if message.get("type") == "pub" and message["channel"] == channel:
-            if message["data"] == data:
-                return
+        if message.get("type") == "pub" and (message["channel"], message["data"]) == (
+            channel,
+            data,
+        ):
+            return
 
 
 async def assert_cut_off(
@@ -185,9 +189,7 @@ async def _unshare_behind_the_services_back(node: TestClient, strategy_id: str) 
 async def test_periodic_recheck_ends_access_that_no_event_announced(
     make_settings: Any, redis_url: str, redis_prefix: str, aiohttp_client: Any
 ) -> None:
-    settings = make_settings(
-        REDIS_URL=redis_url, REDIS_PREFIX=redis_prefix, WS_RECHECK_SECONDS="1"
-    )
+    settings = make_settings(REDIS_URL=redis_url, REDIS_PREFIX=redis_prefix, WS_RECHECK_SECONDS="1")
     node = await aiohttp_client(create_app(settings))
     _, owner = await make_user(node)
     friend_id, friend = await make_user(node)
