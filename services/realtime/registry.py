@@ -5,7 +5,8 @@ connections on every node, not only this one. The same channel carries access ch
 (:mod:`services.channels.revocation`): the registry re-checks, or ends, the subscriptions of
 its local sessions, and :meth:`ConnectionRegistry.recheck_forever` re-checks every session
 periodically so that a missed message cannot leave access open for long. Clients are known
-through the :class:`~services.realtime.client.Client` protocol, whatever their transport and wire protocol.
+through the :class:`~services.realtime.client.Client` protocol, whatever their transport and
+wire protocol.
 """
 
 from __future__ import annotations
