@@ -21,10 +21,12 @@ from handlers.client_ip import client_ip
 from handlers.errors import ApiError, json_response
 from handlers.openapi import describe
 from handlers.validation import parse_body
+from pubsub.broker import BrokerError
 from services.auth.principal import ROLES
 from services.auth.ratelimit import RateLimiterUnavailable
 from services.auth.sessions import start_session
 from services.auth.tokens import REFRESH, TokenError
+from services.channels import revocation
 from services.marketplace import invites
 from services.marketplace.models import InviteAccept
 from services.realtime.errors import Disconnect
@@ -259,6 +261,14 @@ async def refresh(request: web.Request) -> web.Response:
             "refresh token reuse: family revoked",
             extra={"user_id": str(used.user_id), "family": family},
         )
+        # The stolen session may have live connections: close the user's on every node
+        # (best effort: the family is revoked in PostgreSQL whatever happens here).
+        try:
+            await request.app[keys.connections].disconnect_user(
+                str(used.user_id), Disconnect.FORBIDDEN, "session revoked"
+            )
+        except BrokerError:
+            log.warning("could not close the connections of a revoked session")
     raise ApiError(401, _REFRESH_REFUSED.get(used.outcome, "invalid token"))
 
 
@@ -321,7 +331,8 @@ async def me(request: web.Request) -> web.Response:
 )
 async def set_role(request: web.Request) -> web.Response:
     """``PUT /api/v1/users/{user_id}/role {role}`` (admins): takes effect at the user's next
-    token (refresh or login)."""
+    token (refresh or login) for REST, and at once on the user's live connections (their
+    subscriptions are re-checked with the new role on every node)."""
     principal = require_principal(request)
     require_role(principal, "admin")
     user_id = _user_uuid(request.match_info["user_id"], 404, "not found")
@@ -330,6 +341,7 @@ async def set_role(request: web.Request) -> web.Response:
     async with request.app[keys.pool].acquire() as conn:
         user = await users.set_role(conn, user_id, body.role)
     log.info("role changed", extra={"user_id": user_id, "role": body.role, "by": principal.user_id})
+    await revocation.user_changed(request.app[keys.hub], user_id, role=body.role)
     return json_response(_user_dict(user))
 
 

@@ -1,5 +1,6 @@
 """Centrifugo-compatible server HTTP API: ``POST /api/<method>`` (``publish``, ``broadcast``,
-``history``, ``presence``, ``presence_stats``, ``disconnect``, ``info``, ``channels``, ``batch``).
+``history``, ``presence``, ``presence_stats``, ``disconnect``, ``unsubscribe``, ``info``,
+``channels``, ``batch``).
 
 Backends written for Centrifugo (the ``cent`` Python client, ``gocent``, ``phpcent``, plain
 ``curl``) publish here unchanged: point their API URL at ``http://<host>/api`` and give them a
@@ -39,6 +40,7 @@ METHODS = (
     "presence",
     "presence_stats",
     "disconnect",
+    "unsubscribe",
     "info",
     "channels",
     "batch",

@@ -113,7 +113,12 @@ async def delete_request(request: web.Request) -> web.Response:
     request_id = path_uuid(request)
     version = expected_version(request, None)
     await service.delete_request(
-        request.app[keys.pool], request.app.get(keys.relay), principal, request_id, version
+        request.app[keys.pool],
+        request.app.get(keys.relay),
+        principal,
+        request_id,
+        version,
+        request.app[keys.hub],
     )
     return web.Response(status=204)
 

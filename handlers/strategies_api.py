@@ -126,7 +126,7 @@ async def update_strategy(request: web.Request) -> web.Response:
     strategy_id = path_uuid(request, "strategy_id")
     await service.load(pool, principal, strategy_id, write=True)
     body = await parse_body(request, UpdateBody)
-    updated = await service.update(pool, principal, strategy_id, body)
+    updated = await service.update(pool, principal, strategy_id, body, request.app[keys.hub])
     return json_response(_json(service.view(updated, principal, _base(request))))
 
 
@@ -140,7 +140,9 @@ async def update_strategy(request: web.Request) -> web.Response:
 async def delete_strategy(request: web.Request) -> web.Response:
     """Delete the strategy with its secrets and alerts; its webhooks answer 404 from now on."""
     principal = require_principal(request)
-    await service.delete(request.app[keys.pool], principal, path_uuid(request, "strategy_id"))
+    await service.delete(
+        request.app[keys.pool], principal, path_uuid(request, "strategy_id"), request.app[keys.hub]
+    )
     return web.Response(status=204)
 
 

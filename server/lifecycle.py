@@ -152,13 +152,18 @@ async def channels(app: web.Application) -> AsyncIterator[None]:
     app[keys.presence] = presence
     app[keys.realtime] = realtime_service(app)
     expiry = asyncio.create_task(app[keys.connections].expire_forever(), name="ws-token-expiry")
+    recheck = asyncio.create_task(
+        app[keys.connections].recheck_forever(app[keys.config].ws.recheck_seconds),
+        name="ws-access-recheck",
+    )
     log.info("broker ready", extra={"backend": broker.name})
     try:
         yield
     finally:
-        expiry.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await expiry
+        for task in (expiry, recheck):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         await presence.close()
         await hub.close()
         if presence_redis is not None:

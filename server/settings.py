@@ -373,6 +373,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             max_unauthenticated_per_ip=_int(env, "WS_MAX_UNAUTHENTICATED_PER_IP", 50, minimum=1),
             user_command_rate=_float(env, "WS_USER_COMMAND_RATE", 100.0, minimum=1.0),
             user_command_burst=_int(env, "WS_USER_COMMAND_BURST", 200, minimum=1),
+            recheck_seconds=_float(env, "WS_RECHECK_SECONDS", 300.0, minimum=1.0),
         ),
         webhook=WebhookConfig(
             max_body_bytes=_int(env, "WEBHOOK_MAX_BODY_BYTES", 64 * 1024, minimum=1024),

@@ -76,6 +76,8 @@ class WsConfig:
     #: per user across every instance (the shared rate limiter), on top of the per-connection bucket
     user_command_rate: float = 100.0
     user_command_burst: int = 200
+    #: seconds between re-checks of every live subscription against the channel rules
+    recheck_seconds: float = 300.0
 
 
 @dataclass(frozen=True, slots=True)

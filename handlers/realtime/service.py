@@ -4,6 +4,8 @@ startup): every transport and protocol uses the same :class:`RealtimeService`
 
 from __future__ import annotations
 
+import dataclasses
+
 from aiohttp import web
 
 from handlers import keys
@@ -51,6 +53,10 @@ def realtime_service(app: web.Application) -> RealtimeService:
     def count_command(command: str, outcome: str) -> None:
         metrics.ws_commands.labels(command, outcome).inc()
 
+    def with_role(principal: Identity, role: str) -> Identity:
+        assert isinstance(principal, Principal)
+        return dataclasses.replace(principal, role=role)
+
     return RealtimeService(
         hub=app[keys.hub],
         registry=app[keys.connections],
@@ -68,4 +74,5 @@ def realtime_service(app: web.Application) -> RealtimeService:
         ),
         presence=app.get(keys.presence),
         count_command=count_command,
+        with_role=with_role,
     )

@@ -165,6 +165,9 @@ class Connection:
     def lost(self, channel: str, position: StreamPosition) -> None:
         self.deliver(self.wire.resync(channel, position))
 
+    def unsubscribed(self, channel: str, code: int, reason: str) -> None:
+        self.deliver(self.wire.unsubscribed(channel, code, reason))
+
     # -- writing ---------------------------------------------------------------------------
 
     def send(self, frame: bytes) -> None:

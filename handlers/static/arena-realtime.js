@@ -164,6 +164,16 @@ export class ArenaClient extends EventTarget {
     } else if (message.type === "resync") {
       const sub = this.subscriptions.get(message.channel);
       if (sub) sub._resync(message);
+    } else if (message.type === "unsubscribe" && !("result" in message) && !("error" in message)) {
+      // The server ended the subscription (4403: access revoked): forget it, so a reconnect
+      // does not subscribe again, and tell the application why.
+      const sub = this.subscriptions.get(message.channel);
+      if (!sub) return;
+      this.subscriptions.delete(message.channel);
+      sub.active = false;
+      const info = { channel: message.channel, code: message.code, reason: message.reason };
+      if (sub.handlers.unsubscribed) sub.handlers.unsubscribed(info);
+      this._emit("unsubscribed", info);
     } else {
       this._emit(message.type, message);
     }
@@ -232,7 +242,8 @@ export class ArenaClient extends EventTarget {
   /**
    * Subscribe to `channel`. `handlers.publication(data, pub)` gets every publication;
    * `handlers.resync(info)` runs when publications were lost; `handlers.subscribed(result)` after
-   * each (re)subscribe. Pass `since: {offset, epoch}` to resume from a known position (for
+   * each (re)subscribe; `handlers.unsubscribed({channel, code, reason})` when the server ended
+   * the subscription (code 4403: access revoked; it is not resubscribed). Pass `since: {offset, epoch}` to resume from a known position (for
    * example one saved in sessionStorage before a page reload).
    */
   subscribe(channel, handlers = {}) {

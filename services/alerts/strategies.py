@@ -20,7 +20,8 @@ from services.alerts.feed import IsoTime
 from services.alerts.ingest import strategy_of_url_secret
 from services.alerts.signatures import SecretBox, new_signing_secret, url_secret, url_secret_hash
 from services.auth.principal import Principal
-from services.channels import names
+from services.channels import names, revocation
+from services.channels.revocation import ControlPublisher
 from services.errors import Forbidden, Invalid
 from storage import strategies
 from storage.errors import Conflict, NotFound
@@ -219,9 +220,14 @@ async def generations(pool: asyncpg.Pool, strategy_id: UUID) -> list[strategies.
 
 
 async def update(
-    pool: asyncpg.Pool, principal: Principal, strategy_id: UUID, body: UpdateBody
+    pool: asyncpg.Pool,
+    principal: Principal,
+    strategy_id: UUID,
+    body: UpdateBody,
+    hub: ControlPublisher | None = None,
 ) -> strategies.Strategy:
-    """Rename and/or replace the list of users the strategy is shared with."""
+    """Rename and/or replace the list of users the strategy is shared with; users it is no
+    longer shared with lose their live subscriptions to its feed (on every node, via ``hub``)."""
     strategy = await load(pool, principal, strategy_id, write=True)
     shared = None
     if body.shared_with is not None:
@@ -233,20 +239,30 @@ async def update(
             )
     try:
         async with pool.acquire() as conn:
-            return await strategies.update(
+            updated = await strategies.update(
                 conn, strategy.id, name=body.name, shared_with=shared, expected_version=body.version
             )
     except Conflict:
         raise Invalid(
             "request validation failed", {"shared_with": ["names a user that does not exist"]}
         ) from None
+    if shared is not None and {str(u) for u in strategy.shared_with} - {str(u) for u in shared}:
+        await revocation.channel_changed(hub, names.alerts(strategy.id))
+    return updated
 
 
-async def delete(pool: asyncpg.Pool, principal: Principal, strategy_id: UUID) -> None:
-    """Delete the strategy with its secrets and alerts."""
+async def delete(
+    pool: asyncpg.Pool,
+    principal: Principal,
+    strategy_id: UUID,
+    hub: ControlPublisher | None = None,
+) -> None:
+    """Delete the strategy with its secrets and alerts; live subscriptions to its feed end
+    (on every node, via ``hub``)."""
     strategy = await load(pool, principal, strategy_id, write=True)
     async with pool.acquire() as conn:
         await strategies.delete(conn, strategy.id)
+    await revocation.channel_changed(hub, names.alerts(strategy.id))
 
 
 async def rotate(

@@ -30,6 +30,8 @@ from pubsub.broker import BrokerError, HistoryResult, Publication
 from pubsub.hub import Hub
 from pubsub.namespaces import InvalidChannel, NamespaceOptions
 from pubsub.presence import Presence
+from services.channels import revocation
+from services.realtime.errors import UNSUBSCRIBE_SERVER, UNSUBSCRIBE_SERVER_REASON
 
 log = logging.getLogger(__name__)
 
@@ -139,6 +141,13 @@ class DisconnectRequest(_Request):
     disconnect: DisconnectObject | None = None
 
 
+class UnsubscribeRequest(_Request):
+    user: str = ""
+    channel: str = ""
+    client: str | None = None
+    session: str | None = None
+
+
 class ChannelsRequest(_Request):
     pattern: str | None = None
 
@@ -204,7 +213,6 @@ class CentrifugoApi:
     #: methods Centrifugo has that we answer with 108 "not available" (see docs/compatibility.md)
     NOT_AVAILABLE_METHODS = (
         "subscribe",
-        "unsubscribe",
         "refresh",
         "history_remove",
         "rpc",
@@ -237,6 +245,7 @@ class CentrifugoApi:
             "presence": self.presence_clients,
             "presence_stats": self.presence_stats,
             "disconnect": self.disconnect,
+            "unsubscribe": self.unsubscribe,
             "info": self.info,
             "channels": self.channels,
         }
@@ -411,6 +420,27 @@ class CentrifugoApi:
             await self._disconnect(req.user, code, reason)
         except BrokerError:
             log.warning("server API disconnect failed", exc_info=True)
+            raise internal() from None
+        return {}
+
+    async def unsubscribe(self, params: Any) -> dict[str, Any]:
+        """``unsubscribe``: end ``user``'s subscription to ``channel`` on every node; the
+        clients get an ``unsubscribe`` push with code 2000 ("server unsubscribe")."""
+        req = _parse(UnsubscribeRequest, params)
+        if not req.user:
+            raise bad_request("user is required")
+        self._options(req.channel)
+        if req.client or req.session:
+            raise bad_request(
+                "client and session are not supported: all of the user's connections are "
+                "unsubscribed"
+            )
+        try:
+            await revocation.unsubscribe_user(
+                self.hub, req.user, req.channel, UNSUBSCRIBE_SERVER, UNSUBSCRIBE_SERVER_REASON
+            )
+        except BrokerError:
+            log.warning("server API unsubscribe failed", exc_info=True)
             raise internal() from None
         return {}
 

@@ -16,6 +16,8 @@ from uuid import UUID
 import asyncpg
 
 from services.auth.principal import Principal
+from services.channels import names, revocation
+from services.channels.revocation import ControlPublisher
 from services.errors import Forbidden, Invalid, InvalidState
 from services.marketplace import events
 from services.marketplace.events import Kickable
@@ -154,9 +156,11 @@ async def delete_request(
     principal: Principal,
     request_id: UUID,
     expected_version: int | None,
+    hub: ControlPublisher | None = None,
 ) -> None:
     """The owner (or an admin) deletes a request that has not been awarded, with its
-    proposals; the vendors who had one or were invited hear of it."""
+    proposals; the vendors who had one or were invited hear of it, and lose their live
+    subscriptions to its channel (on every node, via ``hub``)."""
     async with pool.acquire() as conn, conn.transaction():
         current = await visible_request(conn, principal, request_id, for_update=True)
         if not is_owner(principal, current.owner_id):
@@ -170,3 +174,4 @@ async def delete_request(
         await requests_db.delete(conn, request_id, expected_version=expected_version)
         await events.record_request_deleted(conn, request_id, current.owner_id, vendors)
     events.kick(relay)
+    await revocation.channel_changed(hub, names.proposals(request_id))

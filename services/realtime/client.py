@@ -56,6 +56,10 @@ class Client(Protocol):
 
     def lost(self, channel: str, position: StreamPosition) -> None: ...
 
+    def unsubscribed(self, channel: str, code: int, reason: str) -> None:
+        """Tell the client the server ended its subscription to ``channel`` (its wire
+        protocol's ``unsubscribe`` push)."""
+
     def close(
         self, disconnect: Disconnect, reason: str, *, flush: bool = False, code: int | None = None
     ) -> None:

@@ -106,3 +106,13 @@ class Disconnect(enum.Enum):
     RATE_LIMITED = "rate_limited"
     #: the client said goodbye and we answer
     NORMAL = "normal"
+
+
+#: ``unsubscribe`` push code: the client lost access to the channel (strategy unshared, request
+#: deleted, role changed...); subscribing again is refused until access is granted again
+UNSUBSCRIBE_REVOKED = 4403
+UNSUBSCRIBE_REVOKED_REASON = "access to this channel was revoked"
+#: ``unsubscribe`` push code: a backend ended the subscription (server API ``unsubscribe``,
+#: Centrifugo's "server unsubscribe" code)
+UNSUBSCRIBE_SERVER = 2000
+UNSUBSCRIBE_SERVER_REASON = "server unsubscribe"

@@ -1,8 +1,12 @@
 """Every connected client of this process, by id and by user, and cluster-wide control.
 
 ``disconnect_user`` goes through the broker's control channel, so a logout closes the user's
-connections on every node, not only this one. Clients are known through the
-:class:`~services.realtime.client.Client` protocol, whatever their transport and wire protocol.
+connections on every node, not only this one. The same channel carries access changes
+(:mod:`services.channels.revocation`): the registry re-checks, or ends, the subscriptions of
+its local sessions, and :meth:`ConnectionRegistry.recheck_forever` re-checks every session
+periodically so that a missed message cannot leave access open for long. Clients are known
+through the :class:`~services.realtime.client.Client` protocol, whatever their transport and
+wire protocol.
 """
 
 from __future__ import annotations
@@ -10,13 +14,34 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any
+from collections.abc import Collection, Coroutine
+from typing import Any, Protocol
 
 from pubsub.hub import Hub
+from services.channels.revocation import RECHECK, UNSUBSCRIBE
 from services.realtime.client import Client
-from services.realtime.errors import Disconnect
+from services.realtime.errors import UNSUBSCRIBE_SERVER, UNSUBSCRIBE_SERVER_REASON, Disconnect
 
 log = logging.getLogger(__name__)
+
+
+class Guarded(Protocol):
+    """A client's session, as far as access changes are concerned
+    (:class:`~services.realtime.session.Session`)."""
+
+    @property
+    def client(self) -> Client: ...
+
+    async def recheck(
+        self, channels: Collection[str] | None = None, *, role: str | None = None
+    ) -> int:
+        """Check the client's subscriptions (or those of ``channels``) against the channel
+        rules again, as ``role`` when given; end the ones no longer allowed."""
+        ...
+
+    async def end_subscription(self, channel: str, code: int, reason: str) -> bool:
+        """End the subscription to ``channel`` and tell the client why."""
+        ...
 
 
 class ConnectionRegistry:
@@ -26,8 +51,12 @@ class ConnectionRegistry:
         self.hub = hub
         self._by_id: dict[str, Client] = {}
         self._by_user: dict[str, set[Client]] = {}
+        self._sessions: dict[str, Guarded] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
         self.accepting = True
         hub.add_control_handler("disconnect_user", self._on_control)
+        hub.add_control_handler(RECHECK, self._on_recheck)
+        hub.add_control_handler(UNSUBSCRIBE, self._on_unsubscribe)
 
     def __len__(self) -> int:
         return len(self._by_id)
@@ -35,6 +64,11 @@ class ConnectionRegistry:
     def add(self, client: Client) -> None:
         self._by_id[client.conn_id] = client
         client.on_close = self._detach
+
+    def track(self, session: Guarded) -> None:
+        """Know ``session`` (of an added client) for access re-checks until its client is
+        removed."""
+        self._sessions[session.client.conn_id] = session
 
     def _detach(self, client: Client) -> None:
         """Stop delivering to a closing client right away (it may never read again)."""
@@ -53,6 +87,7 @@ class ConnectionRegistry:
 
     def remove(self, client: Client) -> None:
         self._by_id.pop(client.conn_id, None)
+        self._sessions.pop(client.conn_id, None)
         if client.principal is not None:
             clients = self._by_user.get(client.principal.user_id)
             if clients is not None:
@@ -99,6 +134,65 @@ class ConnectionRegistry:
             str(message.get("reason", "")),
             code=code if isinstance(code, int) and 3000 <= code <= 4999 else None,
         )
+
+    # -- access changes ----------------------------------------------------------------------
+
+    def _spawn(self, work: Coroutine[Any, Any, Any]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _user_sessions(self, user_id: str) -> list[Guarded]:
+        found = (self._sessions.get(c.conn_id) for c in self._by_user.get(user_id, ()))
+        return [session for session in found if session is not None]
+
+    def _on_recheck(self, message: dict[str, Any]) -> None:
+        channel, user_id, role = message.get("channel"), message.get("user_id"), message.get("role")
+        if isinstance(channel, str):
+            for session in list(self._sessions.values()):
+                if channel in session.client.subscriptions:
+                    self._spawn(self._recheck(session, (channel,), None))
+        if isinstance(user_id, str):
+            new_role = role if isinstance(role, str) else None
+            for session in self._user_sessions(user_id):
+                self._spawn(self._recheck(session, None, new_role))
+
+    def _on_unsubscribe(self, message: dict[str, Any]) -> None:
+        user_id, channel = message.get("user_id"), message.get("channel")
+        if not isinstance(user_id, str) or not isinstance(channel, str):
+            log.warning("malformed unsubscribe control message ignored")
+            return
+        code = message.get("code")
+        if not isinstance(code, int) or isinstance(code, bool):
+            code = UNSUBSCRIBE_SERVER
+        reason = str(message.get("reason") or UNSUBSCRIBE_SERVER_REASON)
+        for session in self._user_sessions(user_id):
+            if channel in session.client.subscriptions:
+                self._spawn(session.end_subscription(channel, code, reason))
+
+    @staticmethod
+    async def _recheck(session: Guarded, channels: Collection[str] | None, role: str | None) -> int:
+        try:
+            return await session.recheck(channels, role=role)
+        except Exception:
+            log.exception("subscription re-check failed")
+            return 0
+
+    async def recheck_all(self) -> int:
+        """Re-check every local session once, one after the other (so the database sees one
+        query at a time); the number of subscriptions ended."""
+        ended = 0
+        for session in list(self._sessions.values()):
+            if not session.client.closed:
+                ended += await self._recheck(session, None, None)
+        return ended
+
+    async def recheck_forever(self, interval: float) -> None:
+        """Run :meth:`recheck_all` every ``interval`` seconds (``WS_RECHECK_SECONDS``): the
+        bound on how long access lost without an announcement keeps a subscription open."""
+        while True:
+            await asyncio.sleep(interval)
+            await self.recheck_all()
 
     def close_expired(self, now: float | None = None) -> int:
         """Close connections whose token expired without an in-band ``refresh``."""

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -28,6 +28,8 @@ from pubsub.presence import PresenceEntry
 from services.realtime import commands as c
 from services.realtime.client import Client, Identity
 from services.realtime.errors import (
+    UNSUBSCRIBE_REVOKED,
+    UNSUBSCRIBE_REVOKED_REASON,
     AlreadyAuthenticated,
     AlreadySubscribed,
     BrokerUnavailable,
@@ -91,6 +93,10 @@ def _uncounted(command: str, outcome: str) -> None:
     return None
 
 
+def _same_principal(principal: Identity, role: str) -> Identity:
+    return principal
+
+
 @dataclass(frozen=True, slots=True)
 class RealtimeService:
     """What every session shares: one per application.
@@ -98,7 +104,9 @@ class RealtimeService:
     ``verify_token`` returns the caller of an access or service token or raises
     :class:`~services.realtime.errors.Unauthenticated`. ``can_subscribe`` decides reads
     (subscribe, recovery, history, presence) and ``can_publish`` client publications (nobody by
-    default). ``count_command(command, outcome)`` feeds a metric.
+    default). ``count_command(command, outcome)`` feeds a metric. ``with_role(principal,
+    role)`` is the principal after an administrator changed its role (applied to live
+    connections by :meth:`Session.recheck`).
     """
 
     hub: Hub
@@ -110,6 +118,7 @@ class RealtimeService:
     presence: PresenceTracker | None = None
     can_publish: AccessRule = _nobody
     count_command: Callable[[str, str], None] = _uncounted
+    with_role: Callable[[Identity, str], Identity] = _same_principal
 
 
 class TokenBucket:
@@ -150,6 +159,7 @@ class Session:
         limits = service.limits
         self.bucket = TokenBucket(limits.command_rate, limits.command_burst)
         self._present: set[str] | None = None  # channels registered in presence, made lazily
+        service.registry.track(self)
 
     @property
     def principal(self) -> Identity | None:
@@ -220,6 +230,10 @@ class Session:
                 # After the reply, so a subscriber never sees its own join before its
                 # subscription.
                 await self._join(result.channel)
+        elif isinstance(result, c.RefreshResult):
+            # A token refresh is also the moment to notice access lost without an announcement
+            # (the periodic re-check is the other); after the reply, like any push.
+            await self.recheck()
 
     def _fail(self, request: c.Request, error: CommandError) -> None:
         self.service.count_command(request.command.name, error.code)
@@ -351,6 +365,55 @@ class Session:
         except BrokerError:
             raise BrokerUnavailable() from None
         return c.PublishResult(channel, StreamPosition(published.offset, published.epoch))
+
+    # -- access changes --------------------------------------------------------------------
+
+    async def recheck(
+        self, channels: Collection[str] | None = None, *, role: str | None = None
+    ) -> int:
+        """Check the subscriptions (all, or those among ``channels``) against the channel rules
+        again and end, with an ``unsubscribe`` push, each one no longer allowed; ``role`` is
+        the principal's new role (an administrator changed it). Returns how many were ended.
+
+        A rule that cannot be evaluated (database down) keeps the subscription until the next
+        re-check."""
+        client, service = self.client, self.service
+        principal = client.principal
+        if principal is None or client.closed:
+            return 0
+        if role is not None and role != principal.role:
+            principal = client.principal = service.with_role(principal, role)
+        ended = 0
+        for channel in list(client.subscriptions if channels is None else channels):
+            if channel not in client.subscriptions:
+                continue
+            try:
+                allowed = await service.can_subscribe(principal, service.hub.parse(channel))
+            except BadChannelName:  # a namespace removed by a configuration change
+                allowed = False
+            except DATABASE_DOWN:
+                log.warning("re-check postponed: database unavailable", extra={"channel": channel})
+                continue
+            if not allowed and await self.end_subscription(
+                channel, UNSUBSCRIBE_REVOKED, UNSUBSCRIBE_REVOKED_REASON
+            ):
+                ended += 1
+        return ended
+
+    async def end_subscription(self, channel: str, code: int, reason: str) -> bool:
+        """End the subscription to ``channel`` from the server's side: no more publications,
+        an ``unsubscribe`` push with ``code`` and ``reason``, a presence leave. False when
+        the client was not subscribed (any more)."""
+        client = self.client
+        if channel not in client.subscriptions or client.closed:
+            return False
+        client.subscriptions.discard(channel)
+        # Off the hub first: nothing of the channel is delivered after the push.
+        self.service.hub.unsubscribe(client, channel)
+        client.unsubscribed(channel, code, reason)
+        log.info("subscription ended by the server", extra={"channel": channel, "code": code})
+        await self._leave(channel)
+        return True
 
     # -- presence --------------------------------------------------------------------------
 

@@ -188,6 +188,40 @@ async def test_disconnect_closes_every_connection_of_the_user(
     )
 
 
+async def test_unsubscribe_ends_the_users_subscription_on_every_node(
+    redis_settings: Any, aiohttp_client: Any
+) -> None:
+    node_a = await aiohttp_client(create_app(redis_settings))
+    node_b = await aiohttp_client(create_app(redis_settings))
+    # admins may read any channel: the unsubscribe is the server's decision, not a rule's
+    user_id, token = await make_user(node_a, "admin")
+    other_id, other_token = await make_user(node_a, "admin")
+    channel = "alerts:cent-unsubscribe"
+    ws = await connect(node_b, token)
+    bystander = await connect(node_b, other_token)
+    for socket in (ws, bystander):
+        for name in (channel, f"user:{user_id}" if socket is ws else f"user:{other_id}"):
+            assert "result" in await request(socket, "subscribe", channel=name)
+
+    async with AsyncClient(str(node_a.make_url("/api")), service_token(node_a)) as api:
+        await api.unsubscribe(UnsubscribeRequest(user=user_id, channel=channel))
+        while True:
+            push = await receive(ws, timeout=15)
+            if push.get("type") == "unsubscribe" and "result" not in push:
+                break
+        assert (push["channel"], push["code"]) == (channel, 2000)
+        await api.publish(PublishRequest(channel=channel, data={"n": 1}))
+        await api.publish(PublishRequest(channel=f"user:{user_id}", data={"marker": True}))
+    while True:  # the user channel's publication comes; the unsubscribed channel's does not
+        message = await receive(ws, timeout=15)
+        if message.get("type") == "pub":
+            assert message["channel"] == f"user:{user_id}", message
+            break
+    assert (await next_pub(bystander, channel))["data"] == {"n": 1}
+    await ws.close()
+    await bystander.close()
+
+
 async def test_errors_are_the_ones_cent_raises(client: Any, cent_client: AsyncClient) -> None:
     url = str(client.make_url("/api"))
     async with AsyncClient(url, "not-a-key") as bad_key:
@@ -208,9 +242,12 @@ async def test_errors_are_the_ones_cent_raises(client: Any, cent_client: AsyncCl
     with pytest.raises(CentApiResponseError) as tags:
         await cent_client.publish(PublishRequest(channel="alerts:x", data={}, tags={"k": "v"}))
     assert tags.value.code == 107
-    with pytest.raises(CentApiResponseError) as unsubscribe:
-        await cent_client.unsubscribe(UnsubscribeRequest(user="1", channel="alerts:x"))
-    assert unsubscribe.value.code == 108
+    with pytest.raises(CentApiResponseError) as no_user:
+        await cent_client.unsubscribe(UnsubscribeRequest(user="", channel="alerts:x"))
+    assert no_user.value.code == 107
+    with pytest.raises(CentApiResponseError) as bad_channel:
+        await cent_client.unsubscribe(UnsubscribeRequest(user="1", channel="chat:x"))
+    assert bad_channel.value.code == 102
 
 
 async def test_static_key_older_header_and_transport_error_mode(

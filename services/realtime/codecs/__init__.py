@@ -46,6 +46,11 @@ class Codec(Protocol):
         """A ``join`` or ``leave`` push."""
         ...
 
+    def unsubscribed(self, channel: str, code: int, reason: str) -> bytes:
+        """The server ended the subscription to ``channel`` (``code``: one of the
+        ``UNSUBSCRIBE_*`` codes of :mod:`services.realtime.errors`)."""
+        ...
+
     def close_code(self, disconnect: Disconnect) -> int:
         """The close code that tells the client ``disconnect``."""
         ...

@@ -273,6 +273,13 @@ class ArenaCodec:
             }
         )
 
+    def unsubscribed(self, channel: str, code: int, reason: str) -> bytes:
+        # No ``result``/``error``: that is how it differs from the reply to an id-less
+        # ``unsubscribe`` command.
+        return orjson.dumps(
+            {"type": "unsubscribe", "channel": channel, "code": code, "reason": reason}
+        )
+
     def close_code(self, disconnect: Disconnect) -> int:
         return CLOSE_CODES[disconnect]
 
