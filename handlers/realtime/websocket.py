@@ -1,4 +1,6 @@
-"""``GET /ws``: the WebSocket endpoint of our protocol (documented in ``docs/protocol.md``).
+"""``GET /ws``: the WebSocket endpoint of our protocol (documented in ``docs/protocol.md``), and
+``GET /connection/websocket``: the same sessions speaking Centrifugo's client protocol v2 (JSON),
+the default path of every Centrifugo client SDK (``docs/clients.md``).
 
 This module only does what needs aiohttp: the upgrade, the read loop and close codes. Every
 text frame goes to the protocol-neutral :class:`~services.realtime.session.Session`, which
@@ -19,16 +21,18 @@ from handlers.realtime.transport import Connection
 from pubsub.namespaces import ChannelName
 from services.auth.principal import Principal
 from services.auth.ratelimit import RateLimiter, RateLimiterUnavailable
-from services.auth.tokens import TokenError
+from services.auth.tokens import TokenError, TokenExpiredError
 from services.realtime.client import Identity
-from services.realtime.codecs import arena
-from services.realtime.errors import Disconnect, Unauthenticated
+from services.realtime.codecs import arena, centrifuge
+from services.realtime.errors import Disconnect, TokenExpired, Unauthenticated
 from services.realtime.framing import websocket_text_frame
 from services.realtime.session import RealtimeService, Session, SessionLimits
 from services.realtime.wire import Wire, wire
 
 #: our JSON protocol in WebSocket text frames
 ARENA_WEBSOCKET: Wire = wire(arena.CODEC, websocket_text_frame)
+#: Centrifugo's client protocol v2 (JSON) in WebSocket text frames
+CENTRIFUGE_WEBSOCKET: Wire = wire(centrifuge.CODEC, websocket_text_frame)
 
 
 class _SharedLimiter:
@@ -54,6 +58,8 @@ def realtime_service(app: web.Application) -> RealtimeService:
     def verify(token: str) -> Identity:
         try:
             return tokens.principal(token)
+        except TokenExpiredError as exc:
+            raise TokenExpired(exc.reason) from None
         except TokenError as exc:
             raise Unauthenticated(exc.reason) from None
 
@@ -117,7 +123,17 @@ async def _read(session: Session, conn: Connection, ws: web.WebSocketResponse) -
 
 
 async def websocket(request: web.Request) -> web.StreamResponse:
-    """Upgrade to a WebSocket and run the session until the client or server closes."""
+    """Our protocol: upgrade to a WebSocket and run the session until either side closes."""
+    return await _serve(request, ARENA_WEBSOCKET)
+
+
+async def centrifuge_websocket(request: web.Request) -> web.StreamResponse:
+    """Centrifugo's client protocol v2 (JSON) on the same sessions."""
+    return await _serve(request, CENTRIFUGE_WEBSOCKET)
+
+
+async def _serve(request: web.Request, wire: Wire) -> web.StreamResponse:
+    """Upgrade to a WebSocket and run a session speaking ``wire`` until either side closes."""
     app = request.app
     registry = app[keys.connections]
     if not registry.accepting:
@@ -141,14 +157,14 @@ async def websocket(request: web.Request) -> web.StreamResponse:
         uuid.uuid4().hex,
         transport,
         app[keys.flusher],
-        ARENA_WEBSOCKET,
+        wire,
         max_messages=config.max_queue_messages,
         max_bytes=config.max_queue_bytes,
     )
     metrics = app[keys.http_metrics]
     registry.add(conn)
     metrics.ws_connections.inc()
-    session = Session(app[keys.realtime], conn, ARENA_WEBSOCKET)
+    session = Session(app[keys.realtime], conn, wire)
     try:
         await _read(session, conn, ws)
     except ConnectionError:
@@ -173,3 +189,5 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_get("/ws", websocket)
     # the path the Arena marketplace client connects to (same protocol)
     app.router.add_get("/ws/updates/", websocket)
+    # Centrifugo SDKs' default endpoint (JSON protocol; the protobuf one is not served)
+    app.router.add_get("/connection/websocket", centrifuge_websocket)

@@ -39,6 +39,7 @@ from services.realtime.errors import (
     NotSubscribed,
     PermissionDenied,
     TemporarilyUnavailable,
+    TokenExpired,
     Unauthenticated,
 )
 from services.realtime.registry import ConnectionRegistry
@@ -225,6 +226,8 @@ class Session:
         self.service.count_command(request.command.name, error.code)
         if not self.client.closed:
             self.client.send(self.wire.error(request, error))
+            if error.disconnect is not None:
+                self.client.close(error.disconnect, error.message, flush=True)
 
     async def _user_allowed(self) -> bool:
         """The per-user limit shared by every connection and instance (``WS_USER_COMMAND_*``)."""
@@ -256,6 +259,10 @@ class Session:
             raise AlreadyAuthenticated()
         try:
             principal = service.verify_token(command.token)
+        except TokenExpired as exc:
+            # Answered (a client that can refresh its token learns why), then closed.
+            exc.disconnect = Disconnect.TOKEN_EXPIRED
+            raise
         except Unauthenticated as exc:
             client.close(Disconnect.UNAUTHENTICATED, exc.message)
             raise

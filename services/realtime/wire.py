@@ -40,6 +40,9 @@ class Wire:
     def resync(self, channel: str, position: StreamPosition) -> bytes:
         return self.frame(self.codec.resync(channel, position))
 
+    def unsubscribed(self, channel: str, reason: str, *, resubscribe: bool = False) -> bytes:
+        return self.frame(self.codec.unsubscribed(channel, reason, resubscribe=resubscribe))
+
     def result(self, request: Request, result: Result) -> bytes | None:
         message = self.codec.result(request, result)
         return None if message is None else self.frame(message)

@@ -46,6 +46,11 @@ class Codec(Protocol):
         """A ``join`` or ``leave`` push."""
         ...
 
+    def unsubscribed(self, channel: str, reason: str, *, resubscribe: bool = False) -> bytes:
+        """The server ended the client's subscription to ``channel`` (e.g. its permission was
+        revoked); with ``resubscribe`` the client should subscribe again (with recovery)."""
+        ...
+
     def close_code(self, disconnect: Disconnect) -> int:
         """The close code that tells the client ``disconnect``."""
         ...

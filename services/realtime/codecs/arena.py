@@ -36,6 +36,7 @@ CLOSE_CODES: dict[Disconnect, int] = {
     Disconnect.UNSUPPORTED_DATA: CLOSE_UNSUPPORTED,
     Disconnect.PROTOCOL_ERROR: CLOSE_PROTOCOL,
     Disconnect.UNAUTHENTICATED: CLOSE_UNAUTHENTICATED,
+    Disconnect.TOKEN_EXPIRED: CLOSE_UNAUTHENTICATED,
     Disconnect.FORBIDDEN: CLOSE_FORBIDDEN,
     Disconnect.SLOW_CONSUMER: CLOSE_SLOW_CONSUMER,
     Disconnect.TOO_MANY_SUBSCRIPTIONS: CLOSE_TOO_MANY_SUBSCRIPTIONS,
@@ -271,6 +272,11 @@ class ArenaCodec:
                 "client": entry.client_id,
                 "info": entry.info,
             }
+        )
+
+    def unsubscribed(self, channel: str, reason: str, *, resubscribe: bool = False) -> bytes:
+        return orjson.dumps(
+            {"type": "unsubscribed", "channel": channel, "reason": reason, "resubscribe": resubscribe}
         )
 
     def close_code(self, disconnect: Disconnect) -> int:
