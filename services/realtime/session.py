@@ -113,6 +113,16 @@ class RealtimeService:
     count_command: Callable[[str, str], None] = _uncounted
 
 
+def _live(principal: Identity) -> Identity:
+    """``principal`` unless its token is past its expiry. The verifier allows some clock leeway
+    but the registry closes connections at the expiry itself (``close_expired``): a connection
+    accepted in between would be closed within a second, and a client that reconnects with the
+    same token would loop."""
+    if principal.expires_at <= time.time():
+        raise TokenExpired("token expired")
+    return principal
+
+
 class TokenBucket:
     """``rate`` tokens per second, at most ``burst`` saved up."""
 
@@ -258,7 +268,7 @@ class Session:
         if client.principal is not None:
             raise AlreadyAuthenticated()
         try:
-            principal = service.verify_token(command.token)
+            principal = _live(service.verify_token(command.token))
         except TokenExpired as exc:
             # Answered (a client that can refresh its token learns why), then closed.
             exc.disconnect = Disconnect.TOKEN_EXPIRED
@@ -278,7 +288,7 @@ class Session:
         )
 
     async def refresh(self, command: c.Refresh) -> c.RefreshResult:
-        principal = self.service.verify_token(command.token)
+        principal = _live(self.service.verify_token(command.token))
         if principal.user_id != self._principal().user_id:
             raise Unauthenticated("token belongs to another user")
         self.client.principal = principal
