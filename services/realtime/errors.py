@@ -106,7 +106,7 @@ class Disconnect(enum.Enum):
     #: no, late or bad authentication; expired token; logged out
     UNAUTHENTICATED = "unauthenticated"
     #: the token expired without a ``refresh``: the client may reconnect with a new token
-    TOKEN_EXPIRED = "token_expired"
+    TOKEN_EXPIRED = "token_expired"  # noqa: S105 - a reason, not a secret
     #: the token family was revoked
     FORBIDDEN = "forbidden"
     #: the outgoing queue overflowed

@@ -72,9 +72,7 @@ class Proxy:
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            up_reader, up_writer = await asyncio.open_connection(
-                self.target.host, self.target.port
-            )
+            up_reader, up_writer = await asyncio.open_connection(self.target.host, self.target.port)
         except OSError:
             writer.close()
             return
@@ -126,7 +124,8 @@ async def test_subscribe_presence_and_errors(client: TestClient) -> None:
         connected = await events.next("connected")
         await sub.subscribe()
         subscribed = await events.next("subscribed")
-        assert subscribed.recoverable is True and subscribed.was_recovering is False
+        assert subscribed.recoverable is True
+        assert subscribed.was_recovering is False
         for i in range(3):
             await _publish(client, channel, {"i": i})
         for i in range(3):
@@ -195,7 +194,8 @@ async def test_recovery_across_two_nodes_on_redis(
             await _publish(node_b, channel, {"i": i})
         proxy.target = node_b
         again = await events.next("subscribed")
-        assert again.was_recovering is True and again.recovered is True
+        assert again.was_recovering is True
+        assert again.recovered is True
         pubs = [(await events.next("publication")).pub for _ in range(5)]
         assert [(p.offset, p.data) for p in pubs] == [(i + 1, {"i": i}) for i in range(5, 10)]
         assert node_b.server.app[keys.connections].user_connections(user_id) == 1

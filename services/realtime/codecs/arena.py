@@ -276,7 +276,12 @@ class ArenaCodec:
 
     def unsubscribed(self, channel: str, reason: str, *, resubscribe: bool = False) -> bytes:
         return orjson.dumps(
-            {"type": "unsubscribed", "channel": channel, "reason": reason, "resubscribe": resubscribe}
+            {
+                "type": "unsubscribed",
+                "channel": channel,
+                "reason": reason,
+                "resubscribe": resubscribe,
+            }
         )
 
     def close_code(self, disconnect: Disconnect) -> int:

@@ -221,14 +221,20 @@ def _decode_one(line: str) -> c.Decoded | None:
     if "send" in cmd:
         return None  # asynchronous message to the server: no handler, no reply (as Centrifugo)
     command_id = cmd.get("id")
-    if isinstance(command_id, bool) or not isinstance(command_id, int) or not 0 < command_id < MAX_ID:
+    if (
+        isinstance(command_id, bool)
+        or not isinstance(command_id, int)
+        or not 0 < command_id < MAX_ID
+    ):
         return c.Malformed(None, None, BadRequest("'id' must be a positive integer"))
     for method, (command_type, parse) in _PARSERS.items():
         body = cmd.get(method)
         if body is None:
             continue
         if not isinstance(body, dict):
-            return c.Malformed(command_id, command_type, BadRequest(f"'{method}' must be an object"))
+            return c.Malformed(
+                command_id, command_type, BadRequest(f"'{method}' must be an object")
+            )
         try:
             command: c.Command = parse(body)
         except CommandError as exc:
