@@ -12,9 +12,9 @@ from handlers import keys
 from pubsub.namespaces import ChannelName
 from services.auth.principal import Principal
 from services.auth.ratelimit import RateLimiter, RateLimiterUnavailable
-from services.auth.tokens import TokenError
+from services.auth.tokens import TokenError, TokenExpiredError
 from services.realtime.client import Identity
-from services.realtime.errors import Unauthenticated
+from services.realtime.errors import TokenExpired, Unauthenticated
 from services.realtime.session import RealtimeService, SessionLimits
 
 
@@ -41,6 +41,8 @@ def realtime_service(app: web.Application) -> RealtimeService:
     def verify(token: str) -> Identity:
         try:
             return tokens.principal(token)
+        except TokenExpiredError as exc:
+            raise TokenExpired(exc.reason) from None
         except TokenError as exc:
             raise Unauthenticated(exc.reason) from None
 

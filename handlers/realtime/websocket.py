@@ -1,4 +1,6 @@
-"""``GET /ws``: the WebSocket endpoint of our protocol (documented in ``docs/protocol.md``).
+"""``GET /ws``: the WebSocket endpoint of our protocol (documented in ``docs/protocol.md``), and
+``GET /connection/websocket``: the same sessions speaking Centrifugo's client protocol v2 (JSON),
+the default path of every Centrifugo client SDK (``docs/clients.md``).
 
 This module only does what needs aiohttp: the upgrade, the read loop and close codes. Every
 text frame goes to the protocol-neutral :class:`~services.realtime.session.Session`, which
@@ -19,7 +21,7 @@ from handlers.client_ip import client_ip
 from handlers.errors import error_response
 from handlers.realtime.transport import Connection
 from services.realtime.admission import Ticket
-from services.realtime.codecs import arena
+from services.realtime.codecs import arena, centrifuge
 from services.realtime.errors import Disconnect
 from services.realtime.framing import websocket_text_frame
 from services.realtime.session import Session
@@ -27,6 +29,8 @@ from services.realtime.wire import Wire, wire
 
 #: our JSON protocol in WebSocket text frames
 ARENA_WEBSOCKET: Wire = wire(arena.CODEC, websocket_text_frame)
+#: Centrifugo's client protocol v2 (JSON) in WebSocket text frames
+CENTRIFUGE_WEBSOCKET: Wire = wire(centrifuge.CODEC, websocket_text_frame)
 
 
 def _origin_allowed(request: web.Request) -> bool:
@@ -60,7 +64,17 @@ async def _read(session: Session, conn: Connection, ws: web.WebSocketResponse) -
 
 
 async def websocket(request: web.Request) -> web.StreamResponse:
-    """Upgrade to a WebSocket and run the session until the client or server closes."""
+    """Our protocol: upgrade to a WebSocket and run the session until either side closes."""
+    return await _serve(request, ARENA_WEBSOCKET)
+
+
+async def centrifuge_websocket(request: web.Request) -> web.StreamResponse:
+    """Centrifugo's client protocol v2 (JSON) on the same sessions."""
+    return await _serve(request, CENTRIFUGE_WEBSOCKET)
+
+
+async def _serve(request: web.Request, wire: Wire) -> web.StreamResponse:
+    """Upgrade to a WebSocket and run a session speaking ``wire`` until either side closes."""
     app = request.app
     registry = app[keys.connections]
     if not registry.accepting:
@@ -78,12 +92,14 @@ async def websocket(request: web.Request) -> web.StreamResponse:
             headers={"Retry-After": str(math.ceil(config.auth_timeout))},
         )
     try:
-        return await _upgraded(request, ticket)
+        return await _upgraded(request, ticket, wire)
     finally:
         ticket.release()
 
 
-async def _upgraded(request: web.Request, ticket: Ticket[Connection]) -> web.StreamResponse:
+async def _upgraded(
+    request: web.Request, ticket: Ticket[Connection], wire: Wire
+) -> web.StreamResponse:
     """The session of an admitted upgrade (``ticket`` counts it until it authenticates)."""
     app = request.app
     registry = app[keys.connections]
@@ -104,7 +120,7 @@ async def _upgraded(request: web.Request, ticket: Ticket[Connection]) -> web.Str
         uuid.uuid4().hex,
         transport,
         app[keys.flusher],
-        ARENA_WEBSOCKET,
+        wire,
         max_messages=config.max_queue_messages,
         max_bytes=config.max_queue_bytes,
     )
@@ -112,7 +128,7 @@ async def _upgraded(request: web.Request, ticket: Ticket[Connection]) -> web.Str
     metrics = app[keys.http_metrics]
     registry.add(conn)
     metrics.ws_connections.inc()
-    session = Session(app[keys.realtime], conn, ARENA_WEBSOCKET)
+    session = Session(app[keys.realtime], conn, wire)
     try:
         await _read(session, conn, ws)
     except ConnectionError:
@@ -137,3 +153,5 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_get("/ws", websocket)
     # the path the Arena marketplace client connects to (same protocol)
     app.router.add_get("/ws/updates/", websocket)
+    # Centrifugo SDKs' default endpoint (JSON protocol; the protobuf one is not served)
+    app.router.add_get("/connection/websocket", centrifuge_websocket)

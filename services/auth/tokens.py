@@ -42,6 +42,10 @@ class TokenError(Exception):
         self.reason = reason
 
 
+class TokenExpiredError(TokenError):
+    """A valid token past its expiry: the client should get a new one and retry."""
+
+
 @dataclass(frozen=True, slots=True)
 class IssuedToken:
     token: str
@@ -211,7 +215,7 @@ class TokenService:
                 options={"require": REQUIRED_CLAIMS},
             )
         except jwt.ExpiredSignatureError:
-            raise TokenError("token expired") from None
+            raise TokenExpiredError("token expired") from None
         except jwt.PyJWTError:
             raise TokenError("invalid token") from None
         if claims.get("typ") not in expected:

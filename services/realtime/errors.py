@@ -10,12 +10,15 @@ import enum
 
 
 class CommandError(Exception):
-    """The current command failed; the client gets an error reply with ``code``."""
+    """The current command failed; the client gets an error reply with ``code``.
+
+    ``disconnect``, when set, closes the connection right after that reply."""
 
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
+        self.disconnect: Disconnect | None = None
 
 
 class BadRequest(CommandError):
@@ -33,6 +36,11 @@ class UnknownCommand(CommandError):
 class Unauthenticated(CommandError):
     def __init__(self, message: str) -> None:
         super().__init__("unauthenticated", message)
+
+
+class TokenExpired(Unauthenticated):
+    """The token was valid but has expired: a client may fetch a new one and try again (same
+    code as :class:`Unauthenticated` in our protocol; Centrifugo's SDKs refresh on it)."""
 
 
 class AlreadyAuthenticated(CommandError):
@@ -97,6 +105,8 @@ class Disconnect(enum.Enum):
     PROTOCOL_ERROR = "protocol_error"
     #: no, late or bad authentication; expired token (get a fresh token and reconnect)
     UNAUTHENTICATED = "unauthenticated"
+    #: the token expired without a ``refresh``: the client may reconnect with a new token
+    TOKEN_EXPIRED = "token_expired"  # noqa: S105 - a reason, not a secret
     #: logged out (the token family was revoked) or forcibly disconnected: do not reconnect
     FORBIDDEN = "forbidden"
     #: the outgoing queue overflowed

@@ -204,7 +204,7 @@ class ConnectionRegistry:
             if client.principal is not None and client.principal.expires_at <= now
         ]
         for client in expired:
-            client.close(Disconnect.UNAUTHENTICATED, "token expired", flush=True)
+            client.close(Disconnect.TOKEN_EXPIRED, "token expired", flush=True)
         return len(expired)
 
     async def expire_forever(self, interval: float = 1.0) -> None:

@@ -41,6 +41,7 @@ from services.realtime.errors import (
     NotSubscribed,
     PermissionDenied,
     TemporarilyUnavailable,
+    TokenExpired,
     Unauthenticated,
 )
 from services.realtime.registry import ConnectionRegistry
@@ -119,6 +120,16 @@ class RealtimeService:
     can_publish: AccessRule = _nobody
     count_command: Callable[[str, str], None] = _uncounted
     with_role: Callable[[Identity, str], Identity] = _same_principal
+
+
+def _live(principal: Identity) -> Identity:
+    """``principal`` unless its token is past its expiry. The verifier allows some clock leeway
+    but the registry closes connections at the expiry itself (``close_expired``): a connection
+    accepted in between would be closed within a second, and a client that reconnects with the
+    same token would loop."""
+    if principal.expires_at <= time.time():
+        raise TokenExpired("token expired")
+    return principal
 
 
 class TokenBucket:
@@ -239,6 +250,8 @@ class Session:
         self.service.count_command(request.command.name, error.code)
         if not self.client.closed:
             self.client.send(self.wire.error(request, error))
+            if error.disconnect is not None:
+                self.client.close(error.disconnect, error.message, flush=True)
 
     async def _user_allowed(self) -> bool:
         """The per-user limit shared by every connection and instance (``WS_USER_COMMAND_*``)."""
@@ -269,7 +282,11 @@ class Session:
         if client.principal is not None:
             raise AlreadyAuthenticated()
         try:
-            principal = service.verify_token(command.token)
+            principal = _live(service.verify_token(command.token))
+        except TokenExpired as exc:
+            # Answered (a client that can refresh its token learns why), then closed.
+            exc.disconnect = Disconnect.TOKEN_EXPIRED
+            raise
         except Unauthenticated as exc:
             client.close(Disconnect.UNAUTHENTICATED, exc.message)
             raise
@@ -285,7 +302,7 @@ class Session:
         )
 
     async def refresh(self, command: c.Refresh) -> c.RefreshResult:
-        principal = self.service.verify_token(command.token)
+        principal = _live(self.service.verify_token(command.token))
         if principal.user_id != self._principal().user_id:
             raise Unauthenticated("token belongs to another user")
         self.client.principal = principal

@@ -1,0 +1,1 @@
+"""centrifuge-python, the Centrifugo Python SDK (pinned in the ``test`` extra)."""
