@@ -49,7 +49,7 @@ Nodes = tuple[TestClient, TestClient]
 def cluster_settings(
     make_settings: Callable[..., Settings], cluster_url: str, cluster_prefix: str
 ) -> Settings:
-    return make_settings(REDIS_URL=cluster_url, REDIS_PREFIX=cluster_prefix, PRESENCE_TTL="0.6")
+    return make_settings(REDIS_URL=cluster_url, REDIS_PREFIX=cluster_prefix)
 
 
 @pytest.fixture
