@@ -96,7 +96,7 @@ async def test_an_smtp_server_that_never_answers_times_out_after_smtp_timeout(
         "SMTP_STARTTLS": "false",
         "SMTP_TIMEOUT": "0.5",
     }
-    backend = make_backend(load_settings(env).services.mail.mailer)
+    backend = make_backend(load_settings(env).handlers.email)
     message = EmailMessage()
     message["From"], message["To"], message["Subject"] = "a@example.com", "b@example.com", "hi"
     message.set_content("hello")
