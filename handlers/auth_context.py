@@ -2,10 +2,11 @@
 signature made with ``SERVICE_SECRET`` (``services/auth/service_signature.py``).
 
 Signatures are verified once, for every route, by the :func:`service_signatures` middleware:
-on each ``/api/v1/`` route that identifies its caller (every one not described with
-``auth=False``: login, verify, refresh and logout take no caller) a request carrying signature
-headers must verify, and then acts as the service principal, which :func:`require_principal`
-returns. Handlers therefore never deal with signatures themselves.
+on each ``/api/v1/`` route that identifies its caller (described in OpenAPI with ``auth``, the
+default; login, verify, refresh, logout and invite acceptance are ``auth=False`` and take no
+caller, the API docs pages are not described) a request carrying signature headers must
+verify, and then acts as the service principal, which :func:`require_principal` returns.
+Handlers therefore never deal with signatures themselves.
 """
 
 from __future__ import annotations
@@ -97,8 +98,11 @@ def accepts_signature(request: web.Request) -> bool:
         return False
     if not resource.canonical.startswith(SIGNED_PREFIX):
         return False
+    # Described as authenticated: every route that identifies its caller is (the parity test in
+    # tests/security/test_signed_requests.py fails for one that is not); the API docs pages
+    # under /api/v1/ (schema, docs, redoc) are public and undescribed.
     operation = operation_of(route.handler)
-    return operation is None or operation.auth
+    return operation is not None and operation.auth
 
 
 @web.middleware

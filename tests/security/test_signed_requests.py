@@ -245,3 +245,13 @@ async def test_public_auth_routes_ignore_signature_headers(client: TestClient) -
     garbage = {"x-signature": "nope", "x-timestamp": "1", "Content-Type": "application/json"}
     response = await client.post("/api/v1/auth/login", data=body, headers=garbage)
     assert response.status == 202
+
+
+@pytest.mark.parametrize("path", ["/api/v1/schema", "/api/v1/docs", "/api/v1/redoc"])
+async def test_public_documentation_pages_ignore_signature_headers(
+    client: TestClient, path: str
+) -> None:
+    """Pages that identify no caller never read signature headers, even under /api/v1/."""
+    garbage = {"x-signature": "nope", "x-timestamp": "1"}
+    response = await client.get(path, headers=garbage)
+    assert response.status == 200, await response.text()

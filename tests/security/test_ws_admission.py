@@ -122,3 +122,19 @@ def test_the_counter_on_its_own() -> None:
     b.release()  # idempotent
     a.release()
     assert sockets.pending("x") == 1
+
+
+async def test_the_cap_counts_every_websocket_endpoint_together(capped: TestClient) -> None:
+    """Our protocol and the Centrifugo-compatible endpoint share one budget per address."""
+    held = [await _open(capped, "203.0.113.11") for _ in range(LIMIT - 1)]
+    centrifuge = await capped.ws_connect(
+        "/connection/websocket", headers={"X-Forwarded-For": "203.0.113.11"}
+    )
+    with pytest.raises(aiohttp.WSServerHandshakeError) as info:
+        await capped.ws_connect(
+            "/connection/websocket", headers={"X-Forwarded-For": "203.0.113.11"}
+        )
+    assert info.value.status == 429
+    await _assert_refused(capped, "203.0.113.11")
+    for ws in (*held, centrifuge):
+        await ws.close()
