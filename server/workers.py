@@ -172,6 +172,9 @@ class Supervisor:
                 code = 1
                 continue
             if result != 0:
+                log.error(
+                    "worker stopped with an error", extra={"pid": process.pid, "exit_code": result}
+                )
                 code = 1
         log.info("workers stopped", extra={"exit_code": code})
         return code
