@@ -17,17 +17,16 @@ from decimal import Decimal
 import asyncpg
 import orjson
 
-from services.alerts.feed import created_event
+from services.alerts import ingest
 from services.alerts.signatures import (
     SecretBox,
     new_signing_secret,
     url_secret,
     url_secret_hash,
 )
-from services.channels import names
 from services.marketplace.events import record_proposal_event, record_request_event
 from services.marketplace.models import ProposalAnswer, Requirement
-from storage import alerts, outbox, proposals, strategies, users
+from storage import alerts, proposals, strategies, users
 from storage import requests as requests_db
 
 #: tables whose rows make a database "not empty" for the demo
@@ -217,7 +216,7 @@ async def seed_demo(
                 "message": message,
             }
             raw = orjson.dumps(body).decode()
-            result = await alerts.insert(
+            result = await ingest.insert_with_created_event(
                 conn,
                 alerts.NewAlert(
                     strategy_id=strategy_id,
@@ -234,7 +233,6 @@ async def seed_demo(
                 ),
             )
             assert result.alert is not None
-            await outbox.add_event(conn, [names.alerts(strategy_id)], created_event(result.alert))
             summary.alerts += 1
         summary.events = int(await conn.fetchval("SELECT count(*) FROM outbox")) - int(
             events_before

@@ -137,6 +137,25 @@ def _event_template(alert_id: UUID, new: alerts.NewAlert) -> dict[str, Any]:
     return created_event(row)
 
 
+async def insert_with_created_event(
+    conn: asyncpg.Connection, new: alerts.NewAlert, dedup_seconds: int = 0
+) -> alerts.InsertResult:
+    """Insert ``new`` (unless it repeats an earlier alert) and, for a new alert, its
+    ``alert.created`` outbox event on the strategy's channel, in one statement. Body
+    de-duplication (``dedup_seconds > 0``, no webhook id) needs the caller's transaction to
+    hold the advisory lock first (see :func:`store`)."""
+    alert_id = uuid4()
+    return await alerts.insert_with_event(
+        conn,
+        new,
+        alert_id,
+        [names.alerts(new.strategy_id)],
+        _event_template(alert_id, new),
+        _RECEIVED_AT_PATH,
+        dedup_seconds,
+    )
+
+
 async def store(
     conn: asyncpg.Connection, relay: OutboxRelay, new: alerts.NewAlert, dedup_seconds: int
 ) -> Ingested:
@@ -148,26 +167,19 @@ async def store(
     taken in an earlier statement of the same transaction, sent with ``BEGIN`` in one round
     trip: ``BEGIN; lock`` / insert / ``COMMIT``.
     """
-    alert_id = uuid4()
-    template = _event_template(alert_id, new)
-    channels = [names.alerts(new.strategy_id)]
     if new.webhook_id is None and dedup_seconds > 0:
         await conn.execute(
             "BEGIN; " + alerts.lock_dedup_statement(new.strategy_id, new.body_sha256)
         )
         try:
-            result = await alerts.insert_with_event(
-                conn, new, alert_id, channels, template, _RECEIVED_AT_PATH, dedup_seconds
-            )
+            result = await insert_with_created_event(conn, new, dedup_seconds)
         except BaseException:
             with contextlib.suppress(Exception):
                 await conn.execute("ROLLBACK")
             raise
         await conn.execute("COMMIT")
     else:
-        result = await alerts.insert_with_event(
-            conn, new, alert_id, channels, template, _RECEIVED_AT_PATH
-        )
+        result = await insert_with_created_event(conn, new)
     if result.duplicate:
         log.info(
             "duplicate webhook ignored",
