@@ -55,11 +55,11 @@ class Settings:
     redis_prefix: str = "arena"
     redis_cluster_partitions: int = 64
     #: Seconds to open a Redis connection (TCP connect).
-    redis_connect_timeout: float = 5.0
+    redis_connect_timeout: float = 10.0
     #: Seconds a Redis command may take (socket reads and writes, waiting for a free connection).
-    redis_command_timeout: float = 5.0
+    redis_command_timeout: float = 10.0
     #: Seconds a channel subscribe waits for Redis to confirm it (or for a reconnect).
-    redis_subscribe_timeout: float = 5.0
+    redis_subscribe_timeout: float = 10.0
     #: Seconds of silence before the pub/sub connection is PINGed.
     redis_keepalive_interval: float = 10.0
     #: Seconds a keepalive PING may go unanswered before the connection is replaced.
@@ -411,9 +411,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         redis_url=_redis_url(env),
         redis_prefix=_str(env, "REDIS_PREFIX", "arena"),
         redis_cluster_partitions=_partitions(env),
-        redis_connect_timeout=_float(env, "REDIS_CONNECT_TIMEOUT", 5.0, minimum=0.1),
-        redis_command_timeout=_float(env, "REDIS_COMMAND_TIMEOUT", 5.0, minimum=0.1),
-        redis_subscribe_timeout=_float(env, "REDIS_SUBSCRIBE_TIMEOUT", 5.0, minimum=0.1),
+        redis_connect_timeout=_float(env, "REDIS_CONNECT_TIMEOUT", 10.0, minimum=0.1),
+        redis_command_timeout=_float(env, "REDIS_COMMAND_TIMEOUT", 10.0, minimum=0.1),
+        redis_subscribe_timeout=_float(env, "REDIS_SUBSCRIBE_TIMEOUT", 10.0, minimum=0.1),
         redis_keepalive_interval=_float(env, "REDIS_KEEPALIVE_INTERVAL", 10.0, minimum=0.1),
         redis_keepalive_timeout=_float(env, "REDIS_KEEPALIVE_TIMEOUT", 10.0, minimum=0.1),
         data_dir=data_dir,
