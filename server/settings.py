@@ -175,17 +175,28 @@ def _dev_secrets(data_dir: Path) -> dict[str, str]:
     return stored
 
 
+_GENERATE_HINT = "generate one with: python -c 'import secrets; print(secrets.token_urlsafe(48))'"
+#: Words of the placeholders in ``deploy/env.example`` (and the usual ones): a production secret
+#: containing one was copied from an example, and everybody who read the example knows it.
+_PLACEHOLDER = re.compile(r"replace[-_ ]?me|change[-_ ]?me", re.IGNORECASE)
+
+
+def _refuse_placeholder(name: str, value: str, production: bool) -> None:
+    if production and _PLACEHOLDER.search(value):
+        raise SettingsError(
+            f"{name} still holds a placeholder (as in deploy/env.example); {_GENERATE_HINT}"
+        )
+
+
 def _secret(env: Mapping[str, str], name: str, production: bool, data_dir: Path) -> str:
     value = _opt(env, name)
     if value is None:
         if production:
-            raise SettingsError(
-                f"{name} is required when ENV=production "
-                f"(generate one with: python -c 'import secrets; print(secrets.token_urlsafe(48))')"
-            )
+            raise SettingsError(f"{name} is required when ENV=production ({_GENERATE_HINT})")
         value = _dev_secrets(data_dir)[name]
     if len(value.encode()) < MIN_SECRET_BYTES:
         raise SettingsError(f"{name} must be at least {MIN_SECRET_BYTES} bytes long")
+    _refuse_placeholder(name, value, production)
     return value
 
 
@@ -231,7 +242,9 @@ def _jwt_keys(env: Mapping[str, str], primary: str, service_secret: str) -> dict
     return keys
 
 
-def _http_api_key(env: Mapping[str, str], secrets_in_use: Mapping[str, str]) -> str | None:
+def _http_api_key(
+    env: Mapping[str, str], secrets_in_use: Mapping[str, str], production: bool
+) -> str | None:
     """``HTTP_API_KEY``: optional static key of the Centrifugo-compatible server API; like the
     other secrets at least 32 bytes, and none of them (one leak must not grant several powers)."""
     value = _opt(env, "HTTP_API_KEY")
@@ -239,6 +252,7 @@ def _http_api_key(env: Mapping[str, str], secrets_in_use: Mapping[str, str]) -> 
         return None
     if len(value.encode()) < MIN_SECRET_BYTES:
         raise SettingsError(f"HTTP_API_KEY must be at least {MIN_SECRET_BYTES} bytes long")
+    _refuse_placeholder("HTTP_API_KEY", value, production)
     for name, secret in secrets_in_use.items():
         if hmac.compare_digest(value.encode(), secret.encode()):
             raise SettingsError(f"HTTP_API_KEY must differ from {name}")
@@ -347,7 +361,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             login_rate_per_ip=_int(env, "LOGIN_RATE_PER_IP", 20, minimum=1),
             login_rate_window=_int(env, "LOGIN_RATE_WINDOW", 900, minimum=1),
             http_api_key=_http_api_key(
-                env, {"JWT_SECRET": jwt_secret, "SERVICE_SECRET": service_secret}
+                env, {"JWT_SECRET": jwt_secret, "SERVICE_SECRET": service_secret}, production
             ),
         ),
         email=EmailConfig(

@@ -84,6 +84,24 @@ def test_short_secrets_are_rejected(tmp_path: Path, name: str, env: str) -> None
         load_settings(production_env(tmp_path, ENV=env, **{name: "x" * 31}))
 
 
+@pytest.mark.parametrize("name", ["JWT_SECRET", "SERVICE_SECRET", "HTTP_API_KEY"])
+def test_production_refuses_the_placeholders_of_the_example_env_file(
+    tmp_path: Path, name: str
+) -> None:
+    # deploy/env.example ships placeholders long enough to pass the length check; a deployment
+    # that copied the file without replacing them must not start with publicly known secrets.
+    example = (Path(__file__).resolve().parents[2] / "deploy" / "env.example").read_text()
+    secrets = ("JWT_SECRET=", "SERVICE_SECRET=")
+    placeholders = dict(
+        line.split("=", 1) for line in example.splitlines() if line.startswith(secrets)
+    )
+    value = placeholders.get(name, "Replace_Me-" + "x" * 40)
+    with pytest.raises(SettingsError, match=f"{name} still holds a placeholder"):
+        load_settings(production_env(tmp_path, **{name: value}))
+    development = load_settings(production_env(tmp_path, ENV="development", **{name: value}))
+    assert not development.production, "development accepts them (local docker-compose runs)"
+
+
 @pytest.mark.parametrize("env", ["development", "production"])
 def test_the_two_secrets_must_differ(tmp_path: Path, env: str) -> None:
     # One leaked secret must not give both powers: minting user tokens and signing service
@@ -239,8 +257,8 @@ def test_connection_timeouts_default_to_values_that_survive_a_busy_host(tmp_path
     assert settings.handlers.email.smtp_timeout == 30.0
     assert settings.handlers.http.ready_timeout == 2.0
     pool = make_broker(settings)._pool  # not started: no connection is made
-    assert pool.connection_kwargs["socket_connect_timeout"] == 5.0
-    assert pool.connection_kwargs["socket_timeout"] == 5.0
+    assert pool.connection_kwargs["socket_connect_timeout"] == 10.0
+    assert pool.connection_kwargs["socket_timeout"] == 10.0
 
 
 def test_connection_timeouts_are_read_from_the_environment(tmp_path: Path) -> None:
