@@ -129,3 +129,51 @@ async def test_the_page_does_not_reconnect_after_its_session_is_logged_out(
     me = await api(e2e_server, session["access_token"], "GET", "/api/v1/auth/me")
     assert me["email"] == session["user"]["email"]
     await expect(badge).to_have_attribute("data-state", "closed")
+
+
+async def test_the_js_client_reports_a_revoked_subscription_and_does_not_resubscribe(
+    page: Page, e2e_server: Server
+) -> None:
+    """The bundled client in the browser: when the server ends a subscription because access was
+    revoked (here the buyer deletes the request behind ``proposals:{id}``), the subscription's
+    ``unsubscribed`` handler and the client's ``unsubscribed`` event get code 4403 with the
+    reason, the subscription is forgotten, and a reconnect does not subscribe to it again."""
+    session = await sign_in(page, e2e_server, f"revoked-{uuid.uuid4().hex[:8]}@example.com")
+    token = session["access_token"]
+    request = await api(
+        e2e_server, token, "POST", "/api/v1/requests", {"title": "Revoked"}, expect_status=201
+    )
+    channel = f"proposals:{request['id']}"
+    await page.evaluate(
+        """async ([channel, token]) => {
+          const { ArenaClient } = await import("/static/arena-realtime.js");
+          const url = location.origin.replace(/^http/, "ws") + "/ws";
+          const client = new ArenaClient(url, { getToken: () => token, minDelay: 50 });
+          window.revocation = { client, handler: [], event: [], subscribed: 0, connects: 0 };
+          client.addEventListener("unsubscribed", (e) => window.revocation.event.push(e.detail));
+          client.addEventListener("state", (e) => {
+            if (e.detail.state === "connected") window.revocation.connects += 1;
+          });
+          client.subscribe(channel, {
+            subscribed: () => { window.revocation.subscribed += 1; },
+            unsubscribed: (info) => window.revocation.handler.push(info),
+          });
+          client.connect();
+        }""",
+        [channel, token],
+    )
+    await page.wait_for_function("() => window.revocation.subscribed === 1")
+    await api(e2e_server, token, "DELETE", f"/api/v1/requests/{request['id']}", expect_status=204)
+    await page.wait_for_function("() => window.revocation.handler.length === 1")
+    got = await page.evaluate("window.revocation")
+    expected = {"channel": channel, "code": 4403, "reason": "access to this channel was revoked"}
+    assert got["handler"] == [expected]
+    assert got["event"] == [expected]
+    # Forgotten: a reconnect (the socket dropped) resubscribes nothing.
+    assert await page.evaluate(f"window.revocation.client.subscriptions.has({channel!r})") is False
+    assert await page.evaluate("window.revocation.connects") == 1
+    await page.evaluate("window.revocation.client._ws.close()")
+    await page.wait_for_function("() => window.revocation.connects === 2")
+    # One round trip after the reconnect: a resubscribe would have been answered before it.
+    await page.evaluate("window.revocation.client.ping()")
+    assert await page.evaluate("window.revocation.subscribed") == 1
