@@ -59,7 +59,9 @@ def parse_connect(raw: bytes | str) -> tuple[str, dict[str, StreamPosition | Non
     token = body.get("token", "")
     if not isinstance(token, str):
         raise BadConnect("'token' must be a string")
-    subs = body.get("subs") or {}
+    subs = body.get("subs")
+    if subs is None:
+        subs = {}
     if not isinstance(subs, dict):
         raise BadConnect("'subs' must be an object {channel: {recover, offset, epoch}}")
     wanted: dict[str, StreamPosition | None] = {}
