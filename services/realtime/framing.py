@@ -1,4 +1,5 @@
-"""Transport framing of encoded messages: complete WebSocket frames as bytes.
+"""Transport framing of encoded messages: complete WebSocket frames, or HTTP chunks of a
+Server-Sent Events / newline-delimited JSON stream, as bytes.
 
 A publication is encoded once and framed once; the same bytes (frame header included) are then
 written to every subscriber's socket, so fan-out costs no per-client serialisation.
