@@ -130,4 +130,4 @@ async def channel_events(request: web.Request) -> web.StreamResponse:
 
 
 def setup_routes(app: web.Application) -> None:
-    app.router.add_get("/sse/{channel}", channel_events)
+    app.router.add_get("/sse/{channel}", channel_events, allow_head=False)

@@ -22,6 +22,7 @@ import uuid
 from aiohttp import web
 
 from handlers import keys
+from handlers.middlewares import LONG_LIVED
 from handlers.realtime.transport import Connection, Flusher
 from pubsub.broker import StreamPosition
 from services.realtime.codecs import StreamCodec, centrifuge, sse
@@ -148,6 +149,7 @@ async def open_stream(
 ) -> web.StreamResponse:
     """Send the response headers and ``preamble`` (through aiohttp, which chunks it); the
     connection's frames go straight to the socket after it."""
+    request[LONG_LIVED] = True  # not a "slow request"
     response = web.StreamResponse(
         headers={**STREAM_HEADERS, **cors_headers(request), "Content-Type": content_type}
     )

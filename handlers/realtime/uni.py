@@ -181,6 +181,6 @@ async def _connect(
 
 
 def setup_routes(app: web.Application) -> None:
-    app.router.add_get("/connection/uni_sse", uni_sse)
+    app.router.add_get("/connection/uni_sse", uni_sse, allow_head=False)
     app.router.add_post("/connection/uni_sse", uni_sse)
     app.router.add_post("/connection/uni_http_stream", uni_http_stream)

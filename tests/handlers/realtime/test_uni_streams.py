@@ -28,7 +28,8 @@ async def test_http_stream_connect_push_then_publications(client: TestClient) ->
     push = connect["connect"]
     epoch = push["subs"][channel]["epoch"]
     assert push["client"] == push["session"]
-    assert push["expires"] is True and push["ttl"] > 0
+    assert push["expires"] is True
+    assert push["ttl"] > 0
     assert push["ping"] == 25
     assert push["subs"] == {
         channel: {"recoverable": True, "positioned": True, "offset": 0, "epoch": epoch}
@@ -135,7 +136,8 @@ async def test_uni_sse_get_and_post(client: TestClient) -> None:
         assert resp.headers["Content-Type"] == "text/event-stream; charset=utf-8"
         assert resp.headers["X-Accel-Buffering"] == "no"
         event = await next_data_event(resp)
-        assert len(event) == 1 and event[0].startswith('data: {"connect":')
+        assert len(event) == 1
+        assert event[0].startswith('data: {"connect":')
         assert list(data_of(event)["connect"]["subs"]) == [channel]
     await publish(client, channel, {"x": 1})
     for resp in (get, post):
