@@ -65,7 +65,7 @@ def loggable_path(request: web.Request) -> str:
 
 
 #: set on a request whose response is an event stream (``request[LONG_LIVED] = True``)
-LONG_LIVED = "long_lived"
+LONG_LIVED = web.RequestKey("long_lived", bool)
 
 
 def _log_if_slow(request: web.Request, status: int, elapsed: float) -> None:
