@@ -3,6 +3,7 @@ after ``Last-Event-ID``, refusals before the stream, and the server ending it.""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from aiohttp.test_utils import TestClient
@@ -12,7 +13,7 @@ from services.channels.revocation import unsubscribe_user
 from services.realtime.codecs.sse import NO_RECONNECT_DELAY_MS, RECONNECT_DELAY_MS
 from services.realtime.errors import UNSUBSCRIBE_REVOKED, Disconnect
 from tests.handlers.realtime.sse_client import data_of, ended, next_data_event, next_event
-from tests.helpers import make_user, service_token
+from tests.helpers import DEADLINE, eventually, make_user, service_token
 
 
 async def publish(client: TestClient, channel: str, data: Any) -> int:
@@ -184,4 +185,70 @@ async def test_pings_keep_an_idle_stream_open(aiohttp_client: Any, make_settings
     resp = await client.get(f"/sse/user:{user_id}", params={"token": token})
     await next_data_event(resp)
     assert await next_event(resp) == [": ping"]
+    resp.close()
+
+
+async def test_a_reader_that_went_away_is_noticed_at_the_next_ping(
+    aiohttp_client: Any, make_settings: Any
+) -> None:
+    from server.app import create_app
+
+    client = await aiohttp_client(create_app(make_settings(WS_HEARTBEAT="1")))
+    user_id, token = await make_user(client)
+    registry = client.app[keys.connections]
+    resp = await client.get(f"/sse/user:{user_id}", params={"token": token})
+    await next_data_event(resp)
+    assert registry.user_connections(user_id) == 1
+    resp.close()  # the socket closes without a word
+    await eventually(lambda: registry.user_connections(user_id) == 0, what="stream dropped")
+    assert client.app[keys.hub].subscriber_count(f"user:{user_id}") == 0
+
+
+async def test_http_1_0_gets_the_events_unchunked(client: TestClient) -> None:
+    user_id, token = await make_user(client)
+    reader, writer = await asyncio.open_connection(client.host, client.port)
+    writer.write(f"GET /sse/user:{user_id}?token={token} HTTP/1.0\r\n\r\n".encode())
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), DEADLINE)
+    assert head.startswith(b"HTTP/1.0 200 OK\r\n")
+    assert b"Transfer-Encoding" not in head
+    assert await asyncio.wait_for(reader.readuntil(b"\n\n"), DEADLINE) == b"retry: 2000\n\n"
+    subscribed = await asyncio.wait_for(reader.readuntil(b"\n\n"), DEADLINE)
+    assert subscribed.startswith(b"event: subscribed\nid: 0:")
+    await client.app[keys.connections].disconnect_user(user_id, Disconnect.SHUTDOWN, "bye")
+    rest = await asyncio.wait_for(reader.read(), DEADLINE)  # until the server closes
+    assert rest == (
+        b'event: disconnect\ndata: {"type":"disconnect","code":1001,"reason":"bye",'
+        b'"reconnect":true}\n\n'
+    )
+    writer.close()
+
+
+async def test_publications_during_the_resume_are_neither_lost_nor_doubled(
+    client: TestClient,
+) -> None:
+    """Publications keep coming while the stream recovers, subscribes and starts (history,
+    the subscribe's tail and what is held before the first write must join without a seam)."""
+    _, token = await make_user(client, "admin")
+    hub = client.app[keys.hub]
+    await hub.publish("alerts:race", {"n": 1})
+    epoch = (await hub.position("alerts:race")).epoch
+    total = 200
+
+    async def publisher() -> None:
+        for n in range(2, total + 1):
+            await hub.publish("alerts:race", {"n": n})
+            if n % 10 == 0:
+                await asyncio.sleep(0)
+
+    task = asyncio.create_task(publisher())
+    resp = await client.get(
+        "/sse/alerts:race", params={"token": token}, headers={"Last-Event-ID": f"0:{epoch}"}
+    )
+    assert data_of(await next_data_event(resp))["recovered"] is True
+    offsets = []
+    while len(offsets) < total:
+        event = await next_data_event(resp)
+        offsets.append(data_of(event)["offset"])
+    await task
+    assert offsets == list(range(1, total + 1))
     resp.close()
