@@ -64,10 +64,15 @@ def loggable_path(request: web.Request) -> str:
         return resource.canonical
 
 
+#: set on a request whose response is an event stream (``request[LONG_LIVED] = True``)
+LONG_LIVED = web.RequestKey("long_lived", bool)
+
+
 def _log_if_slow(request: web.Request, status: int, elapsed: float) -> None:
     threshold = request.app[keys.config].http.slow_request_seconds
-    # 101: a WebSocket lasts as long as the connection; its duration is not a request's.
-    if threshold <= 0 or elapsed < threshold or status == 101:
+    # 101: a WebSocket lasts as long as the connection, as does an event stream; their
+    # duration is not a request's.
+    if threshold <= 0 or elapsed < threshold or status == 101 or request.get(LONG_LIVED):
         return
     log.warning(
         "slow request",

@@ -31,6 +31,8 @@ from handlers.auth_context import service_signatures
 from handlers.http_caching import conditional_get_and_gzip
 from handlers.metrics import DbPoolCollector, HttpMetrics, TokenCacheCollector
 from handlers.middlewares import error_envelope, request_context, security_headers
+from handlers.realtime import sse as realtime_sse
+from handlers.realtime import uni as realtime_uni
 from handlers.realtime import websocket as realtime_websocket
 from server import lifecycle
 from server.settings import Settings
@@ -110,6 +112,8 @@ def create_app(settings: Settings) -> web.Application:
     for module in (
         ops,
         realtime_websocket,
+        realtime_sse,
+        realtime_uni,
         publish_api,
         centrifugo_http_api,
         auth_api,

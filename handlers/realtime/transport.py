@@ -245,16 +245,25 @@ class Connection:
         if self.on_close is not None:
             # Not inline: we may be inside the hub's fan-out loop over this channel's subscribers.
             loop.call_soon(self.on_close, self)
+        self._finish(code, reason)
+
+    def _finish(self, code: int, reason: str) -> None:
+        """Tell the client ``code`` and ``reason``: a WebSocket close frame."""
+        self._close_transport(websocket_close_frame(code, reason))
+
+    def _close_transport(self, last: bytes) -> None:
+        """Write ``last`` behind what the transport buffers and close it gracefully (aborted
+        after :data:`CLOSE_TIMEOUT` seconds)."""
         transport = self._transport
         if transport.is_closing():
             return
         try:
-            transport.write(websocket_close_frame(code, reason))
+            transport.write(last)
             transport.close()
-        except Exception:  # a broken transport gets no close frame; drop it at once
+        except Exception:  # a broken transport gets no last frame; drop it at once
             self._abort()
             return
-        loop.call_later(CLOSE_TIMEOUT, self._abort)
+        asyncio.get_running_loop().call_later(CLOSE_TIMEOUT, self._abort)
 
     def closed_by_websocket(self, code: int) -> None:
         """aiohttp itself closed the WebSocket with ``code`` (too big, invalid UTF-8, protocol

@@ -3,7 +3,9 @@
 ::
 
     handlers/realtime/websocket.py   GET /ws: reads frames, feeds them to a Session
+    handlers/realtime/sse.py, uni.py one-way HTTP streams: a Session opened from the request
     handlers/realtime/transport.py   Connection (a Client): queues and writes bytes
+    handlers/realtime/stream.py      the Connection writing HTTP chunks (held until it starts)
             │
     services/realtime/session.py     Session: commands → results/errors, limits, presence
     services/realtime/codecs/*.py    one Codec per wire protocol: text ↔ commands, results → bytes

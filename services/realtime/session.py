@@ -237,14 +237,40 @@ class Session:
         if isinstance(result, c.SubscribeResult):
             for pub in result.tail:
                 client.send(self.wire.publication(pub))
-            if result.join_presence:
-                # After the reply, so a subscriber never sees its own join before its
-                # subscription.
-                await self._join(result.channel)
+            # After the reply, so a subscriber never sees its own join before its subscription.
+            await self.joined(result)
         elif isinstance(result, c.RefreshResult):
             # A token refresh is also the moment to notice access lost without an announcement
             # (the periodic re-check is the other); after the reply, like any push.
             await self.recheck()
+
+    async def run(self, command: c.Command) -> c.Result:
+        """Run ``command`` for a transport without incoming messages (a one-way HTTP stream
+        opens its session with ``authenticate`` and ``subscribe`` from its request): counted
+        like the commands of :meth:`receive`, but the transport encodes the result itself.
+
+        Raises :class:`~services.realtime.errors.CommandError` (a database outage as
+        :class:`~services.realtime.errors.TemporarilyUnavailable`) and
+        :class:`~pubsub.hub.SubscriptionCancelled` when the client went away meanwhile."""
+        name = command.name
+        try:
+            result = await self.execute(command)
+        except DATABASE_DOWN:
+            log.warning("database unavailable", exc_info=True, extra={"command": name})
+            error = TemporarilyUnavailable()
+            self.service.count_command(name, error.code)
+            raise error from None
+        except CommandError as exc:
+            self.service.count_command(name, exc.code)
+            raise
+        self.service.count_command(name, "ok")
+        return result
+
+    async def joined(self, result: c.SubscribeResult) -> None:
+        """The client was told about the subscription (reply, tail): join presence there, where
+        the namespace has it."""
+        if result.join_presence:
+            await self._join(result.channel)
 
     def _fail(self, request: c.Request, error: CommandError) -> None:
         self.service.count_command(request.command.name, error.code)

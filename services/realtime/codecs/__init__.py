@@ -54,3 +54,17 @@ class Codec(Protocol):
     def close_code(self, disconnect: Disconnect) -> int:
         """The close code that tells the client ``disconnect``."""
         ...
+
+
+class StreamCodec(Codec, Protocol):
+    """A protocol spoken over a one-way HTTP stream (Server-Sent Events, HTTP streaming): the
+    server has no close code to send, so it says why it ends the stream in a last message."""
+
+    def ping(self) -> bytes:
+        """The keep-alive message sent when the stream was idle (proxies close idle streams)."""
+        ...
+
+    def disconnect(self, code: int, reason: str) -> bytes:
+        """The last message of a stream the server ends: ``code`` is :meth:`close_code`'s (or
+        an application's own), ``reason`` says why."""
+        ...
