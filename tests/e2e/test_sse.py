@@ -5,19 +5,23 @@ arrive; when the server ends the stream mid-way, the browser reconnects by itsel
 from __future__ import annotations
 
 import base64
+import re
 import uuid
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import orjson
 import pytest
-from playwright.async_api import Page
+from playwright.async_api import ConsoleMessage, Page
 
 from server.settings import load_settings
 from services.auth.tokens import TokenService
 from tests.e2e.conftest import Server
 from tests.e2e.flows import api, user_token
+from tests.helpers import eventually
 
+ROOT = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="package")]
 
 #: opens an EventSource and records what the page's script sees
@@ -95,3 +99,38 @@ def _user_id(token: str) -> str:
     payload = token.split(".")[1]
     claims = orjson.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
     return str(claims["sub"])
+
+
+async def test_the_documented_console_snippet_prints_publications(
+    page: Page, e2e_server: Server
+) -> None:
+    """docs/clients.md's EventSource snippet, pasted as written (only the token filled in) into
+    the page's console: it logs `offset:epoch` and the data of a publication made exactly as the
+    document's curl line makes it."""
+    doc = (ROOT / "docs" / "clients.md").read_text()
+    section = doc[doc.index("## Server-Sent Events") :]
+    snippet = section[
+        section.index("```js\n") + 6 : section.index("```", section.index("```js\n") + 6)
+    ]
+    curl = re.search(r"curl -X POST \S+/api/v1/channels/(\S+)/publish.*?-d '(.*?)'", doc, re.DOTALL)
+    assert curl, "no curl publish in docs/clients.md"
+    channel, body = curl.group(1), orjson.loads(curl.group(2))
+    assert f"/sse/{channel}?token=" in snippet
+    token = await user_token(e2e_server, f"doc-{uuid.uuid4().hex[:8]}@example.com", "admin")
+    service = TokenService(load_settings(e2e_server.env).handlers.auth).issue_service("e2e").token
+    logged: list[list[Any]] = []
+
+    async def on_console(message: ConsoleMessage) -> None:
+        logged.append([await arg.json_value() for arg in message.args])
+
+    page.on("console", on_console)
+    await page.goto("/")
+    # A fresh channel name keeps reruns apart; the snippet is otherwise run verbatim, the way
+    # the console runs it (DevTools evaluation, which the page's CSP allows).
+    fresh = f"{channel}-{uuid.uuid4().hex[:8]}"
+    code = snippet.replace("<access token>", token).replace(f"/sse/{channel}?", f"/sse/{fresh}?")
+    await page.evaluate(f"{{ {code} }}")
+    await eventually(lambda: any(entry and entry[0] == "from" for entry in logged))
+    start = next(entry[1] for entry in logged if entry and entry[0] == "from")
+    await api(e2e_server, service, "POST", f"/api/v1/channels/{fresh}/publish", body)
+    await eventually(lambda: [f"1:{start['epoch']}", body["data"]] in logged, what=str(logged))
