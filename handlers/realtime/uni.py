@@ -20,6 +20,7 @@ from handlers import keys
 from handlers.errors import error_response
 from handlers.realtime.stream import (
     MultiplexStream,
+    cors_headers,
     count_closed,
     count_open,
     open_stream,
@@ -180,7 +181,32 @@ async def _connect(
     return head
 
 
+#: seconds a browser may cache the answer to a preflight
+PREFLIGHT_MAX_AGE = 600
+
+
+async def preflight(request: web.Request) -> web.Response:
+    """CORS preflight of the ``POST`` transports: a page of an allowed origin that posts the
+    connect request as JSON (``fetch`` with ``Content-Type: application/json``) is asked about
+    first. Allowed origins get ``POST`` with ``Content-Type``; others get a 403 without CORS
+    headers (the browser then refuses the request)."""
+    allowed = cors_headers(request)
+    if not allowed or request.headers.get("Access-Control-Request-Method") != "POST":
+        return error_response(403, "CORS preflight refused: origin or method not allowed")
+    return web.Response(
+        status=204,
+        headers={
+            **allowed,
+            "Access-Control-Allow-Methods": "POST",
+            "Access-Control-Allow-Headers": "Content-Type",
+            "Access-Control-Max-Age": str(PREFLIGHT_MAX_AGE),
+        },
+    )
+
+
 def setup_routes(app: web.Application) -> None:
     app.router.add_get("/connection/uni_sse", uni_sse, allow_head=False)
     app.router.add_post("/connection/uni_sse", uni_sse)
     app.router.add_post("/connection/uni_http_stream", uni_http_stream)
+    app.router.add_route("OPTIONS", "/connection/uni_sse", preflight)
+    app.router.add_route("OPTIONS", "/connection/uni_http_stream", preflight)

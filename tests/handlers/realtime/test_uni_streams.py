@@ -156,3 +156,31 @@ async def test_uni_pings(aiohttp_client: Any, make_settings: Any) -> None:
     assert (await next_json_line(resp))["connect"]["ping"] == 1
     assert await next_json_line(resp) == {}
     resp.close()
+
+
+async def test_cors_preflight_of_the_post_transports(client: TestClient) -> None:
+    """A page of an allowed origin posting the connect request as JSON is preflighted first:
+    allowed origins may POST with Content-Type, and the stream itself carries the origin; other
+    origins (or methods) get a 403 without CORS headers, which the browser enforces."""
+    origin = "http://localhost:8080"  # in the development ALLOWED_ORIGINS
+    for path in ("/connection/uni_http_stream", "/connection/uni_sse"):
+        ok = await client.options(
+            path,
+            headers={
+                "Origin": origin,
+                "Access-Control-Request-Method": "POST",
+                "Access-Control-Request-Headers": "content-type",
+            },
+        )
+        assert ok.status == 204, await ok.text()
+        assert ok.headers["Access-Control-Allow-Origin"] == origin
+        assert ok.headers["Access-Control-Allow-Methods"] == "POST"
+        assert ok.headers["Access-Control-Allow-Headers"] == "Content-Type"
+        for headers in (
+            {"Origin": "https://evil.example", "Access-Control-Request-Method": "POST"},
+            {"Origin": origin, "Access-Control-Request-Method": "DELETE"},
+        ):
+            refused = await client.options(path, headers=headers)
+            assert refused.status == 403
+            assert "Access-Control-Allow-Origin" not in refused.headers
+            assert (await refused.json())["message"].startswith("CORS preflight refused")
