@@ -58,7 +58,8 @@ def baseline_target(
             timeout=120,
             check=True,
         )
-        return done.stdout.strip().splitlines()[-1]
+        lines = done.stdout.strip().splitlines()
+        return lines[-1] if lines else ""
 
     def start(heartbeat: float) -> Server:
         if not tokens:
