@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from pubsub.broker import Broker, HistoryResult, Publication, PublishResult, StreamPosition
+from pubsub.coalesce import Coalescer
 from pubsub.metrics import HubMetrics
 from pubsub.namespaces import ChannelName, NamespaceOptions, parse, parse_channel
 from pubsub.stream import (
@@ -115,6 +116,8 @@ class Hub:
         self._releases: dict[str, asyncio.TimerHandle] = {}
         #: history reads in flight, shared by concurrent identical requests
         self._reads: dict[tuple[str, int | None, int | None], asyncio.Future[HistoryResult]] = {}
+        #: position reads, shared by the subscribes that asked before one was sent
+        self._positions: Coalescer[str, StreamPosition] = Coalescer()
         self._locks = _KeyedLocks()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._control_handlers: dict[str, list[ControlHandler]] = {}
@@ -205,8 +208,14 @@ class Hub:
         return HistoryResult(list(hist.publications), hist.position)
 
     async def read_position(self, channel: str, options: NamespaceOptions) -> StreamPosition:
-        """One broker position read (the streams' :class:`~pubsub.stream.StreamSource`)."""
-        return await self.broker.position(channel, options)
+        """A broker position read sent after this call (the streams'
+        :class:`~pubsub.stream.StreamSource`).
+
+        Coalesced (:class:`~pubsub.coalesce.Coalescer`): a burst of subscribes to one channel
+        shares one read among the callers that asked before it was sent, so each caller's
+        answer is still read after it registered for live publications (gap-free subscribe).
+        """
+        return await self._positions(channel, lambda: self.broker.position(channel, options))
 
     # -- publishing ------------------------------------------------------------------------
 

@@ -11,6 +11,7 @@ decodes it with the connection's codec and replies through the
 from __future__ import annotations
 
 import asyncio
+import functools
 import math
 import uuid
 
@@ -40,41 +41,13 @@ def _origin_allowed(request: web.Request) -> bool:
     return origin in request.app[keys.config].http.allowed_origins
 
 
-async def _read(session: Session, conn: Connection, ws: web.WebSocketResponse) -> None:
-    """Feed text frames to the session until either side closes."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + session.service.limits.auth_timeout
-    while not conn.closed:
-        timeout = None if conn.principal else max(0.0, deadline - loop.time())
-        try:
-            msg = await ws.receive(timeout=timeout)
-        except TimeoutError:
-            conn.close(Disconnect.UNAUTHENTICATED, "authentication timeout")
-            return
-        if msg.type == WSMsgType.TEXT:
-            await session.receive(msg.data)
-        elif msg.type == WSMsgType.BINARY:
-            conn.close(Disconnect.UNSUPPORTED_DATA, "binary frames are not supported")
-        else:
-            if msg.type == WSMsgType.ERROR and isinstance(msg.data, WebSocketError):
-                # aiohttp closed with this code (1009 too big, 1007 bad UTF-8, 1002 protocol
-                # error); ws.close_code then holds the client's echo or 1006, not what was sent.
-                conn.closed_by_websocket(msg.data.code)
-            return  # CLOSE, CLOSING, CLOSED or ERROR
+async def _serve(request: web.Request, *, wire: Wire) -> web.StreamResponse:
+    """Upgrade to a WebSocket and run a session speaking ``wire`` until either side closes.
 
-
-async def websocket(request: web.Request) -> web.StreamResponse:
-    """Our protocol: upgrade to a WebSocket and run the session until either side closes."""
-    return await _serve(request, ARENA_WEBSOCKET)
-
-
-async def centrifuge_websocket(request: web.Request) -> web.StreamResponse:
-    """Centrifugo's client protocol v2 (JSON) on the same sessions."""
-    return await _serve(request, CENTRIFUGE_WEBSOCKET)
-
-
-async def _serve(request: web.Request, wire: Wire) -> web.StreamResponse:
-    """Upgrade to a WebSocket and run a session speaking ``wire`` until either side closes."""
+    One coroutine from the route to the read loop, on purpose: its frame lives as long as the
+    connection, and each extra level of ``await`` would cost every idle connection another
+    frame (a few hundred bytes; see ``bench/conn_memory.py``).
+    """
     app = request.app
     registry = app[keys.connections]
     if not registry.accepting:
@@ -84,7 +57,9 @@ async def _serve(request: web.Request, wire: Wire) -> web.StreamResponse:
     config = app[keys.config].ws
     # At most WS_MAX_UNAUTHENTICATED_PER_IP sockets per address before they authenticate, so
     # one address cannot hold thousands of half-open sessions for WS_AUTH_TIMEOUT each.
-    ticket = app[keys.ws_admission].admit(client_ip(request, app[keys.config].http.trusted_proxies))
+    ticket: Ticket[Connection] | None = app[keys.ws_admission].admit(
+        client_ip(request, app[keys.config].http.trusted_proxies)
+    )
     if ticket is None:
         return error_response(
             429,
@@ -92,61 +67,85 @@ async def _serve(request: web.Request, wire: Wire) -> web.StreamResponse:
             headers={"Retry-After": str(math.ceil(config.auth_timeout))},
         )
     try:
-        return await _upgraded(request, ticket, wire)
-    finally:
-        ticket.release()
-
-
-async def _upgraded(
-    request: web.Request, ticket: Ticket[Connection], wire: Wire
-) -> web.StreamResponse:
-    """The session of an admitted upgrade (``ticket`` counts it until it authenticates)."""
-    app = request.app
-    registry = app[keys.connections]
-    config = app[keys.config].ws
-    ws = web.WebSocketResponse(
-        heartbeat=config.heartbeat,
-        # aiohttp refuses a message whose size is >= max_msg_size; WS_MAX_FRAME_BYTES is the
-        # largest size accepted.
-        max_msg_size=config.max_frame_bytes + 1,
-        compress=False,
-        autoping=True,
-    )
-    await ws.prepare(request)
-    transport = request.transport
-    if transport is None:  # pragma: no cover - the client vanished during the handshake
+        ws = web.WebSocketResponse(
+            heartbeat=config.heartbeat,
+            # aiohttp refuses a message whose size is >= max_msg_size; WS_MAX_FRAME_BYTES is the
+            # largest size accepted.
+            max_msg_size=config.max_frame_bytes + 1,
+            compress=False,
+            autoping=True,
+        )
+        await ws.prepare(request)
+        transport = request.transport
+        if transport is None:  # pragma: no cover - the client vanished during the handshake
+            return ws
+        conn = Connection(
+            uuid.uuid4().hex,
+            transport,
+            app[keys.flusher],
+            wire,
+            max_messages=config.max_queue_messages,
+            max_bytes=config.max_queue_bytes,
+        )
+        ticket.attach(conn)
+        metrics = app[keys.http_metrics]
+        registry.add(conn)
+        metrics.ws_connections.inc()
+        session = Session(app[keys.realtime], conn, wire)
+        try:
+            # Feed text frames to the session until either side closes.
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + session.service.limits.auth_timeout
+            while not conn.closed:
+                if conn.principal is not None:
+                    if ticket is not None:
+                        # authenticated: no longer counts against its address
+                        ticket.release()
+                        ticket = None
+                    timeout = None
+                else:
+                    timeout = max(0.0, deadline - loop.time())
+                try:
+                    msg = await ws.receive(timeout=timeout)
+                except TimeoutError:
+                    conn.close(Disconnect.UNAUTHENTICATED, "authentication timeout")
+                    break
+                if msg.type == WSMsgType.TEXT:
+                    await session.receive(msg.data)
+                elif msg.type == WSMsgType.BINARY:
+                    conn.close(Disconnect.UNSUPPORTED_DATA, "binary frames are not supported")
+                else:
+                    if msg.type == WSMsgType.ERROR and isinstance(msg.data, WebSocketError):
+                        # aiohttp closed with this code (1009 too big, 1007 bad UTF-8, 1002
+                        # protocol error); ws.close_code then holds the client's echo or 1006,
+                        # not what was sent.
+                        conn.closed_by_websocket(msg.data.code)
+                    break  # CLOSE, CLOSING, CLOSED or ERROR
+        except ConnectionError:
+            pass
+        finally:
+            await session.close()
+            registry.remove(conn)
+            metrics.ws_connections.dec()
+            # Our own code when the server closed (4004 = slow consumer, 4001, ...), else the
+            # client's, else 1006 (the connection just vanished).
+            code = conn.close_code or ws.close_code or 1006
+            metrics.ws_disconnects.labels(str(code)).inc()
+            if not conn.closed:
+                if ws.close_code is None:
+                    conn.close(Disconnect.PROTOCOL_ERROR, "bye", flush=True)
+                else:
+                    conn.close(Disconnect.NORMAL, "bye", flush=True)
         return ws
-    conn = Connection(
-        uuid.uuid4().hex,
-        transport,
-        app[keys.flusher],
-        wire,
-        max_messages=config.max_queue_messages,
-        max_bytes=config.max_queue_bytes,
-    )
-    ticket.attach(conn)
-    metrics = app[keys.http_metrics]
-    registry.add(conn)
-    metrics.ws_connections.inc()
-    session = Session(app[keys.realtime], conn, wire)
-    try:
-        await _read(session, conn, ws)
-    except ConnectionError:
-        pass
     finally:
-        await session.close()
-        registry.remove(conn)
-        metrics.ws_connections.dec()
-        # Our own code when the server closed (4004 = slow consumer, 4001, ...), else the
-        # client's, else 1006 (the connection just vanished).
-        code = conn.close_code or ws.close_code or 1006
-        metrics.ws_disconnects.labels(str(code)).inc()
-        if not conn.closed:
-            if ws.close_code is None:
-                conn.close(Disconnect.PROTOCOL_ERROR, "bye", flush=True)
-            else:
-                conn.close(Disconnect.NORMAL, "bye", flush=True)
-    return ws
+        if ticket is not None:
+            ticket.release()
+
+
+#: ``GET /ws``: our protocol
+websocket = functools.partial(_serve, wire=ARENA_WEBSOCKET)
+#: ``GET /connection/websocket``: Centrifugo's client protocol v2 (JSON) on the same sessions
+centrifuge_websocket = functools.partial(_serve, wire=CENTRIFUGE_WEBSOCKET)
 
 
 def setup_routes(app: web.Application) -> None:

@@ -73,6 +73,54 @@ async def test_concurrent_hits_never_exceed_the_limit(limiter: RateLimiter) -> N
     assert sum(r.allowed for r in results) == 10
 
 
+async def test_concurrent_hits_are_decided_in_arrival_order(limiter: RateLimiter) -> None:
+    results = await asyncio.gather(*(limiter.hit("k", 3, 60) for _ in range(8)))
+    assert [r.allowed for r in results] == [True] * 3 + [False] * 5
+    assert all(15 <= r.retry_after <= 20 for r in results[3:])
+
+
+async def test_a_burst_of_one_key_costs_few_redis_calls(redis_url: str, redis_prefix: str) -> None:
+    """Hits that arrive while a call for their key is on its way share the next call; other
+    keys are not held up, and two instances still share one limit."""
+    clients = [Redis.from_url(redis_url), Redis.from_url(redis_url)]
+    try:
+        one, two = (RedisRateLimiter(c, redis_prefix) for c in clients)
+        calls = 0
+        script = one._script
+
+        async def counting(*args: Any, **kwargs: Any) -> Any:
+            nonlocal calls
+            calls += 1
+            return await script(*args, **kwargs)
+
+        one._script = counting  # type: ignore[assignment]
+        burst = [one.hit("user:1", 150, 60) for _ in range(200)]
+        other = [two.hit("user:1", 150, 60) for _ in range(20)]
+        elsewhere = one.hit("user:2", 1, 60)
+        results = await asyncio.gather(*burst, *other, elsewhere)
+        assert calls <= 3  # user:1 in about two batches, user:2 in its own call
+        assert sum(r.allowed for r in results[:220]) == 150
+        assert results[-1].allowed
+        assert not (await one.hit("user:1", 150, 60)).allowed
+    finally:
+        for c in clients:
+            await c.aclose()
+
+
+async def test_a_cancelled_hit_does_not_stall_the_others(redis_url: str, redis_prefix: str) -> None:
+    client = Redis.from_url(redis_url)
+    try:
+        limiter = RedisRateLimiter(client, redis_prefix)
+        first = asyncio.create_task(limiter.hit("k", 5, 60))
+        second = asyncio.create_task(limiter.hit("k", 5, 60))
+        await asyncio.sleep(0)
+        first.cancel()
+        assert (await second).allowed
+        assert (await limiter.hit("k", 5, 60)).allowed
+    finally:
+        await client.aclose()
+
+
 async def test_redis_limit_is_shared_between_instances(redis_url: str, redis_prefix: str) -> None:
     clients = [Redis.from_url(redis_url), Redis.from_url(redis_url)]
     try:
