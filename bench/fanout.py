@@ -8,7 +8,9 @@ about 1)::
     .venv/bin/python -m bench.fanout --soak         # also 10,000 connections held for 60 s
 
 For every target (``arena-memory``, ``arena-redis``, ``raw-aiohttp``; also ``arena-redis-2w``, the
-Redis broker with ``serve --workers 2``, when named in ``--targets``) it starts a fresh server
+Redis broker with ``serve --workers 2``, and ``arena-centrifuge`` / ``arena-redis-centrifuge``, the
+memory / Redis server with subscribers speaking Centrifugo's client protocol at
+``/connection/websocket``, when named in ``--targets``) it starts a fresh server
 per case and measures, with the load generator of ``bench/loadgen.py`` in separate processes:
 
 * ``connect``: seconds to open, authenticate and subscribe N connections; server RSS per idle
@@ -135,6 +137,12 @@ class Server:
     token: str
     publish_token: str | None
     log_path: Path
+    #: what the subscribers speak: our protocol at /ws, or Centrifugo's (``centrifuge``)
+    protocol: str = "arena"
+
+    @property
+    def ws_path(self) -> str:
+        return "/connection/websocket" if self.protocol == "centrifuge" else "/ws"
 
     @property
     def base_url(self) -> str:
@@ -243,6 +251,7 @@ def project_target(
     workdir: Path,
     gc_probe: bool = False,
     workers: int = 1,
+    protocol: str = "arena",
 ) -> Target:
     env = project_env(database_url, redis_url, workdir)
     command = (
@@ -267,7 +276,7 @@ def project_target(
             stderr=subprocess.STDOUT,
             preexec_fn=_raise_nofile,
         )
-        server = Server(name, process, port, tokens["user"], tokens["service"], log_path)
+        server = Server(name, process, port, tokens["user"], tokens["service"], log_path, protocol)
         _wait_ready(server)
         return server
 
@@ -434,8 +443,10 @@ async def rate_case(
     publisher = Publisher(server)
     await workers.acall("reset")
     started = time.time()
+    cpu_before = server.cpu()
     await asyncio.gather(*(publisher.at_rate(pick, rate, seconds) for pick, rate in schedules))
     finished = await drain(workers, publisher.final, 15.0)
+    cpu = server.cpu() - cpu_before
     window = (started, time.time())
     stats = await asyncio.to_thread(workers.stats, publisher.final, True)
     await publisher.close()
@@ -450,6 +461,8 @@ async def rate_case(
         "disconnects": stats["disconnects"],
         "close_codes": stats["close_codes"],
         "drain_s": finished["drain_s"],
+        # the same fixed load for every target: server CPU per delivery compares like for like
+        "cpu_us_per_delivery": cpu / stats["frames"] * 1e6 if stats["frames"] else None,
         "gc2_pauses_ms": gc_pauses(server, window),
     }
 
@@ -458,7 +471,15 @@ def connect_case(server: Server, workers: Workers, channel_sets: list[list[str]]
     """Open the connections; connect time and RSS per connection."""
     time.sleep(0.5)
     before = server.rss()
-    result = workers.connect("127.0.0.1", server.port, server.token, channel_sets, concurrency=100)
+    result = workers.connect(
+        "127.0.0.1",
+        server.port,
+        server.token,
+        channel_sets,
+        concurrency=100,
+        path=server.ws_path,
+        protocol=server.protocol,
+    )
     time.sleep(1.0)
     after = server.rss()
     n = max(1, result["connected"])
@@ -630,8 +651,8 @@ def _ratio(a: float | None, b: float | None) -> float | None:
 
 def compare(results: dict[str, Any], sizes: list[int]) -> list[dict[str, Any]]:
     """The issue's targets as ratios against the raw ceiling of the same run."""
+    rows = centrifuge_vs_ws(results, sizes)
     raw = results["targets"].get("raw-aiohttp")
-    rows: list[dict[str, Any]] = []
     if not raw or "error" in raw:
         return rows
     for name in ("arena-memory", "arena-redis"):
@@ -648,6 +669,31 @@ def compare(results: dict[str, Any], sizes: list[int]) -> list[dict[str, Any]]:
             rows.append(_row(name, f"p99 latency N={n}", r, 1.2, "<="))
             r = _ratio(ours[key]["rss_per_conn_kb"], raw[key]["rss_per_conn_kb"])
             rows.append(_row(name, f"RSS/conn N={n}", r, 1.3, "<="))
+    return rows
+
+
+#: Centrifugo-protocol target -> the same server with /ws subscribers
+CENTRIFUGE_BASELINES = {"arena-centrifuge": "arena-memory", "arena-redis-centrifuge": "arena-redis"}
+
+
+def centrifuge_vs_ws(results: dict[str, Any], sizes: list[int]) -> list[dict[str, Any]]:
+    """Subscribers on ``/connection/websocket`` against the same server's ``/ws`` subscribers
+    of the same run: delivered msg/s (goal >= 0.9) and server CPU per delivery."""
+    rows: list[dict[str, Any]] = []
+    for name, baseline in CENTRIFUGE_BASELINES.items():
+        ours, base = results["targets"].get(name), results["targets"].get(baseline)
+        if not ours or not base or "error" in ours or "error" in base:
+            continue
+        label = f"{name} vs {baseline}"
+        for n in sizes:
+            mine, theirs = ours[str(n)]["throughput"], base[str(n)]["throughput"]
+            r = _ratio(mine["delivered_per_s"], theirs["delivered_per_s"])
+            rows.append(_row(label, f"delivered msg/s N={n}", r, 0.9, ">="))
+            r = _ratio(mine["cpu_us_per_delivery"], theirs["cpu_us_per_delivery"])
+            rows.append(_row(label, f"CPU µs/delivery flood N={n}", r, 1.1, "<="))
+            mine, theirs = ours[str(n)]["fixed_rate"], base[str(n)]["fixed_rate"]
+            r = _ratio(mine.get("cpu_us_per_delivery"), theirs.get("cpu_us_per_delivery"))
+            rows.append(_row(label, f"CPU µs/delivery fixed rate N={n}", r, 1.1, "<="))
     return rows
 
 
@@ -833,6 +879,17 @@ def main(argv: list[str] | None = None) -> int:
                         "arena-redis-2w", database_url, args.redis_url, workdir, workers=2
                     ),
                     "raw-aiohttp": lambda: raw_target(workdir),
+                    # the same servers, subscribers speaking Centrifugo's protocol
+                    "arena-centrifuge": lambda: project_target(
+                        "arena-centrifuge", database_url, None, workdir, protocol="centrifuge"
+                    ),
+                    "arena-redis-centrifuge": lambda: project_target(
+                        "arena-redis-centrifuge",
+                        database_url,
+                        args.redis_url,
+                        workdir,
+                        protocol="centrifuge",
+                    ),
                 }
                 for name in args.targets:
                     print(name, flush=True)

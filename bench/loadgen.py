@@ -7,6 +7,12 @@ push layout ``{"type":"pub","channel":"C","offset":N,...,"data":{"t":T,...}}`` i
 project and the raw server emit the same bytes), so the channel, the offset and the publisher's
 timestamp ``t`` (Unix microseconds) are sliced out with ``bytes.index``.
 
+With ``protocol="centrifuge"`` the clients speak Centrifugo's client protocol v2 (JSON) at
+``/connection/websocket`` instead, as the SDKs do: ``connect`` and every ``subscribe`` in one
+frame (commands separated by newlines), replies matched by id, publications as
+``{"push":{"channel":"C","pub":{"data":{"t":T,...},"offset":N}}}`` (several per frame when the
+server batches them, one a line), and a server ping ``{}`` answered with ``{}``.
+
 Per connection and channel it checks that offsets increase by exactly one (gaps, duplicates) and
 counts what it received, so losses are ``published - received`` per subscription. Latency is
 ``receive time - t`` for every publication, in microseconds.
@@ -36,6 +42,10 @@ PUB_PREFIX = b'{"type":"pub","channel":"'
 _PREFIX_LEN = len(PUB_PREFIX)
 _OFFSET_SKIP = len('","offset":')
 _T_KEY = b'"t":'
+CENTRIFUGE_PREFIX = b'{"push":{"channel":"'
+_CENTRIFUGE_PREFIX_LEN = len(CENTRIFUGE_PREFIX)
+_CENTRIFUGE_PUB = b'","pub":{'
+_CENTRIFUGE_OFFSET = b'"offset":'
 MAX_LATENCY_SAMPLES = 3_000_000
 
 
@@ -68,9 +78,17 @@ class WsClient(asyncio.Protocol):
     """One subscriber connection: authenticate, subscribe to ``channels``, then count."""
 
     def __init__(
-        self, stats: Stats, host: str, port: int, path: str, token: str, channels: Sequence[str]
+        self,
+        stats: Stats,
+        host: str,
+        port: int,
+        path: str,
+        token: str,
+        channels: Sequence[str],
+        protocol: str = "arena",
     ) -> None:
         self.stats = stats
+        self.centrifuge = protocol == "centrifuge"
         self.request = (
             f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
             f"Connection: Upgrade\r\nSec-WebSocket-Key: "
@@ -122,7 +140,17 @@ class WsClient(asyncio.Protocol):
                 return
             self.upgraded = True
             data = data[end + 4 :]
-            self._send(1, orjson.dumps({"id": 0, "type": "authenticate", "token": self.token}))
+            if self.centrifuge:
+                # As the SDKs do: connect and the subscriptions in one frame, one a line.
+                commands = [orjson.dumps({"id": 1, "connect": {"token": self.token}})]
+                commands += [
+                    orjson.dumps({"id": index, "subscribe": {"channel": channel}})
+                    for index, channel in enumerate(self.channels, start=2)
+                ]
+                self.pending = len(self.channels) + 1
+                self._send(1, b"\n".join(commands))
+            else:
+                self._send(1, orjson.dumps({"id": 0, "type": "authenticate", "token": self.token}))
         self._frames(data)
 
     # -- frames ----------------------------------------------------------------------------
@@ -153,7 +181,9 @@ class WsClient(asyncio.Protocol):
                 break
             opcode = data[pos] & 0x0F
             pos = end
-            if opcode == 1 and data.startswith(PUB_PREFIX, start):
+            if opcode == 1 and self.centrifuge:
+                frames += self._centrifuge(data, start, end)
+            elif opcode == 1 and data.startswith(PUB_PREFIX, start):
                 c0 = start + _PREFIX_LEN
                 c1 = data.index(b'"', c0)
                 channel = data[c0:c1]
@@ -189,6 +219,75 @@ class WsClient(asyncio.Protocol):
             self.buf = data[pos:]
         stats.frames += frames
         stats.bytes += pos
+
+    def _centrifuge(self, data: bytes, start: int, end: int) -> int:
+        """The messages of one Centrifugo-protocol frame (one a line); publications counted."""
+        stats = self.stats
+        last = self.last
+        received = self.received
+        count = 0
+        now_us = 0
+        while start < end:
+            stop = data.find(b"\n", start, end)
+            if stop < 0:
+                stop = end
+            if (
+                data.startswith(CENTRIFUGE_PREFIX, start)
+                and data.find(_CENTRIFUGE_PUB, start, stop) >= 0
+            ):
+                c0 = start + _CENTRIFUGE_PREFIX_LEN
+                c1 = data.index(b'"', c0)
+                channel = data[c0:c1]
+                # ``offset`` follows ``data``: the last field of the publication
+                o0 = data.rindex(_CENTRIFUGE_OFFSET, c1, stop) + len(_CENTRIFUGE_OFFSET)
+                o1 = data.index(b"}", o0)
+                offset = int(data[o0:o1])
+                next_start = stop + 1
+                previous = last.get(channel)
+                if previous is not None and offset != previous + 1:
+                    if offset <= previous:
+                        stats.duplicates += 1
+                        start = next_start
+                        continue
+                    stats.gaps += 1
+                last[channel] = offset
+                received[channel] = received.get(channel, 0) + 1
+                count += 1
+                t0 = data.find(_T_KEY, c1, o0)
+                if t0 >= 0:
+                    t0 += 4
+                    t1 = data.index(b",", t0, o0)
+                    if not now_us:
+                        now_us = int(time.time() * 1e6)
+                    stats.latencies.append(now_us - int(data[t0:t1]))
+                start = next_start
+                continue
+            message = data[start:stop]
+            start = stop + 1
+            if message == b"{}":
+                self._send(1, b"{}")  # a server ping: pong
+            elif message.strip():
+                self._centrifuge_reply(message)
+        return count
+
+    def _centrifuge_reply(self, payload: bytes) -> None:
+        message = orjson.loads(payload)
+        command_id = message.get("id")
+        if command_id is None:
+            return  # another push (join/leave, disconnect)
+        if "error" in message:
+            if not self.ready.done():
+                self.ready.set_exception(RuntimeError(str(message["error"])))
+            return
+        if command_id >= 2 and "subscribe" in message:
+            key = self.channels[command_id - 2].encode()
+            if key not in self.last:
+                self.last[key] = int(message["subscribe"].get("offset", 0))
+            self.base[key] = self.last[key]
+            self.received[key] = 0
+        self.pending -= 1
+        if self.pending == 0 and not self.ready.done():
+            self.ready.set_result(None)
 
     def _reply(self, payload: bytes) -> None:
         message = orjson.loads(payload)
@@ -260,6 +359,7 @@ class Generator:
         concurrency: int = 100,
         path: str = "/ws",
         timeout: float = 60.0,
+        protocol: str = "arena",
     ) -> dict[str, Any]:
         """Open one connection per entry of ``channel_sets`` (authenticated and subscribed)."""
         loop = asyncio.get_running_loop()
@@ -272,7 +372,9 @@ class Generator:
                 client: WsClient | None = None
                 try:
                     _, client = await loop.create_connection(
-                        lambda: WsClient(self.stats, host, port, path, token, channels), host, port
+                        lambda: WsClient(self.stats, host, port, path, token, channels, protocol),
+                        host,
+                        port,
                     )
                     await asyncio.wait_for(client.ready, timeout)
                     self.clients.append(client)

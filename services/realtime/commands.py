@@ -49,12 +49,20 @@ class Unsubscribe:
 
 @dataclass(frozen=True, slots=True)
 class History:
-    """The newest ``limit`` publications, or with ``since`` the ones after it."""
+    """The newest ``limit`` publications, or with ``since`` the ones after it (our protocol).
+
+    Centrifugo's filter (``centrifuge`` codec) sets ``stream_order``: without ``since`` the
+    *oldest* ``limit`` from the stream's start; ``reverse`` walks back from the newest (or from
+    just before ``since``), newest first; a ``since`` of another epoch is an error
+    (:class:`~services.realtime.errors.UnrecoverablePosition`) instead of the newest ``limit``.
+    """
 
     name: ClassVar[str] = "history"
     channel: str
     since: StreamPosition | None = None
     limit: int = 100
+    reverse: bool = False
+    stream_order: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -92,6 +92,13 @@ class NotAvailable(CommandError):
         super().__init__("not_available", message)
 
 
+class UnrecoverablePosition(CommandError):
+    """A history ``since`` position of another epoch: its offsets mean nothing any more."""
+
+    def __init__(self, message: str = "unrecoverable position") -> None:
+        super().__init__("unrecoverable_position", message)
+
+
 class Disconnect(enum.Enum):
     """Why the server closes a connection; each codec maps it to its own close code."""
 

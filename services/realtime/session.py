@@ -32,6 +32,7 @@ from services.realtime.errors import (
     UNSUBSCRIBE_REVOKED_REASON,
     AlreadyAuthenticated,
     AlreadySubscribed,
+    BadRequest,
     BrokerUnavailable,
     CommandError,
     Disconnect,
@@ -43,6 +44,7 @@ from services.realtime.errors import (
     TemporarilyUnavailable,
     TokenExpired,
     Unauthenticated,
+    UnrecoverablePosition,
 )
 from services.realtime.registry import ConnectionRegistry
 from services.realtime.wire import Wire
@@ -391,12 +393,41 @@ class Session:
 
     async def history(self, command: c.History) -> c.HistoryResult:
         channel, since, limit = command.channel, command.since, command.limit
-        await self._readable(channel)
+        options = await self._readable(channel)
         try:
+            if command.stream_order:
+                return await self._stream_history(command, options)
             hist = await self.service.hub.history(channel, since=since, limit=limit)
         except BrokerError:
             raise BrokerUnavailable() from None
         return c.HistoryResult(channel, hist.position, hist.publications)
+
+    async def _stream_history(
+        self, command: c.History, options: NamespaceOptions
+    ) -> c.HistoryResult:
+        """Centrifugo's history filter (see :class:`~services.realtime.commands.History`)."""
+        channel, since, limit = command.channel, command.since, command.limit
+        read = self.service.hub.read_history
+        if since is None:
+            # Forward: from the stream's start (every offset is > 0). Reverse: the newest.
+            hist = await read(channel, options, since=None if command.reverse else 0, limit=limit)
+            pubs = hist.publications
+        elif not command.reverse:
+            hist = await read(channel, options, since=since.offset, limit=limit)
+            pubs = hist.publications
+        else:
+            if since.offset == 0:
+                raise BadRequest("'since.offset' must be positive with 'reverse'")
+            # The ``limit`` offsets just before ``since``: read from below them and keep those
+            # before ``since`` (fewer when the older ones are gone from history).
+            first = max(0, since.offset - 1 - limit)
+            hist = await read(channel, options, since=first, limit=limit)
+            pubs = [p for p in hist.publications if p.offset < since.offset]
+        if since is not None and since.epoch and since.epoch != hist.position.epoch:
+            raise UnrecoverablePosition()
+        if command.reverse:
+            pubs = pubs[::-1]
+        return c.HistoryResult(channel, hist.position, pubs)
 
     async def publish(self, command: c.Publish) -> c.PublishResult:
         channel = command.channel

@@ -44,7 +44,7 @@ const ops = {
   },
   async presence({ channel }) { return centrifuge.presence(channel); },
   async presenceStats({ channel }) { return centrifuge.presenceStats(channel); },
-  async history({ channel, limit }) { return centrifuge.history(channel, { limit }); },
+  async history({ channel, limit, since, reverse }) { return centrifuge.history(channel, { limit, since, reverse }); },
   async publish({ channel, data }) { return centrifuge.publish(channel, data); },
   async rpc({ method }) { return centrifuge.rpc(method, {}); },
   token({ token }) { for (const w of tokenWaiters.splice(0)) w(token); },

@@ -126,6 +126,16 @@ async def test_presence_permissions_publish_and_rpc(client: Any) -> None:
         history = (await sdk.next("result", op="history"))["result"]
         assert [p["data"] for p in history["publications"]] == [{"h": 1}]
         assert history["offset"] == 1
+        # Centrifugo's filter: the newest first with ``reverse``, the ones after ``since``.
+        await _publish(client, channel, {"h": 2})
+        await sdk.next("publication", channel=channel)
+        sdk.send("history", channel=channel, limit=1, reverse=True)
+        newest = (await sdk.next("result", op="history"))["result"]
+        assert [p["data"] for p in newest["publications"]] == [{"h": 2}]
+        since = {"offset": 1, "epoch": history["epoch"]}
+        sdk.send("history", channel=channel, limit=5, since=since)
+        after = (await sdk.next("result", op="history"))["result"]
+        assert [(p["offset"], p["data"]) for p in after["publications"]] == [(2, {"h": 2})]
         # Still connected through all of it.
         assert not [e for e in sdk.events if e["event"] == "disconnected"]
     finally:

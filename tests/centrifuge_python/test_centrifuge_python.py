@@ -16,6 +16,7 @@ from centrifuge import (
     ConnectedContext,
     ConnectingContext,
     PublicationContext,
+    StreamPosition,
     SubscribedContext,
     SubscriptionEventHandler,
     UnsubscribedContext,
@@ -202,3 +203,59 @@ async def test_recovery_across_two_nodes_on_redis(
     finally:
         await sdk.disconnect()
         await proxy.close()
+
+
+@pytest.fixture(params=["memory", "redis"])
+def broker_settings(request: pytest.FixtureRequest, make_settings: Any) -> Settings:
+    """The app's settings with each broker in turn."""
+    if request.param == "memory":
+        return make_settings()  # type: ignore[no-any-return]
+    redis_settings: Settings = request.getfixturevalue("redis_settings")
+    return redis_settings
+
+
+async def test_history_follows_centrifugo_filter_semantics(
+    aiohttp_client: Any, broker_settings: Settings
+) -> None:
+    """``limit``, ``since`` and ``reverse`` as Centrifugo serves them: without ``since`` the
+    oldest ``limit`` from the stream's start (or with ``reverse`` the newest, newest first);
+    with ``since`` the ones after it (or with ``reverse`` before it, newest first); a ``since``
+    of another epoch is 112 unrecoverable position. Memory and Redis brokers alike."""
+    client: TestClient = await aiohttp_client(create_app(broker_settings))
+    channel = "alerts:history-filters"
+    for i in range(1, 7):
+        await _publish(client, channel, {"i": i})
+    sdk = Client(_url(client), token=service_token(client))
+
+    async def offsets(**options: Any) -> tuple[list[int], StreamPosition]:
+        history = await sdk.history(channel, **options)
+        assert [p.data for p in history.publications] == [
+            {"i": p.offset} for p in history.publications
+        ]
+        return [p.offset for p in history.publications], StreamPosition(
+            history.offset, history.epoch
+        )
+
+    try:
+        await sdk.connect()
+        top, position = await offsets()  # no limit: only the stream's position
+        assert (top, position.offset) == ([], 6)
+        epoch = position.epoch
+        assert (await offsets(limit=2))[0] == [1, 2]
+        assert (await offsets(limit=-1))[0] == [1, 2, 3, 4, 5, 6]
+        assert (await offsets(limit=2, reverse=True))[0] == [6, 5]
+        assert (await offsets(limit=2, since=StreamPosition(2, epoch)))[0] == [3, 4]
+        assert (await offsets(limit=10, since=StreamPosition(6, epoch)))[0] == []
+        assert (await offsets(limit=2, since=StreamPosition(5, epoch), reverse=True))[0] == [4, 3]
+        assert (await offsets(limit=-1, since=StreamPosition(3, epoch), reverse=True))[0] == [2, 1]
+        assert (await offsets(limit=5, since=StreamPosition(1, epoch), reverse=True))[0] == []
+        # An empty epoch is accepted (as Centrifugo); another one is not.
+        assert (await offsets(limit=1, since=StreamPosition(4, "")))[0] == [5]
+        with pytest.raises(ReplyError) as stale:
+            await sdk.history(channel, limit=2, since=StreamPosition(2, "another-epoch"))
+        assert stale.value.code == 112
+        with pytest.raises(ReplyError) as bad:
+            await sdk.history(channel, limit=2, since=StreamPosition(0, epoch), reverse=True)
+        assert bad.value.code == 107
+    finally:
+        await sdk.disconnect()

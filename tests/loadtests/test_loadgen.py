@@ -13,8 +13,8 @@ from typing import Any
 import aiohttp
 
 from bench import raw_server
-from bench.loadgen import Generator
-from tests.helpers import DEADLINE
+from bench.loadgen import Generator, Stats, WsClient
+from tests.helpers import DEADLINE, service_token
 
 
 async def _publish(url: str, channel: str) -> int:
@@ -74,3 +74,61 @@ async def test_generator_counts_deliveries_gaps_and_losses(aiohttp_server: Any) 
         assert fresh["disconnects"] == 0
     finally:
         await generator.close()
+
+
+async def test_centrifuge_protocol_subscribers_count_deliveries(client: Any) -> None:
+    """``protocol="centrifuge"``: connect + subscribe in one frame at /connection/websocket of
+    the real app, publications counted with their offsets and latencies."""
+    token = service_token(client)
+    generator = Generator()
+    sets = [["alerts:a"], ["alerts:a", "alerts:b"]]
+    result = await generator.connect(
+        "127.0.0.1", client.port, token, sets, path="/connection/websocket", protocol="centrifuge"
+    )
+    assert result["connected"] == 2, result
+    try:
+        for channel in ("alerts:a", "alerts:b", "alerts:a"):
+            body = {"data": {"t": int(time.time() * 1e6), "p": "x" * 150}}
+            resp = await client.post(
+                f"/api/v1/channels/{channel}/publish",
+                json=body,
+                headers={"Authorization": f"Bearer {token}"},
+            )
+            assert resp.status == 200
+        stats = await _frames(generator, 5)
+        assert (stats["frames"], stats["gaps"], stats["duplicates"]) == (5, 0, 0)
+        assert len(stats["latencies"]) == 5
+        assert (await generator.stats_(final={"alerts:a": 2, "alerts:b": 1}))["lost"] == 0
+    finally:
+        await generator.close()
+
+
+def test_centrifuge_frames_with_several_messages_and_a_ping() -> None:
+    """A frame may carry several messages, one a line; ``{}`` is a ping answered with ``{}``."""
+    sent: list[bytes] = []
+
+    class Transport:
+        def write(self, data: bytes) -> None:
+            sent.append(data)
+
+        def is_closing(self) -> bool:
+            return False
+
+    async def make() -> WsClient:
+        return WsClient(Stats(), "h", 1, "/", "t", ["c:x"], "centrifuge")
+
+    ws = asyncio.run(make())
+    ws.transport = Transport()  # type: ignore[assignment]
+    ws.upgraded = True
+    payload = (
+        b"\n".join(
+            b'{"push":{"channel":"c:x","pub":{"data":{"t":%d,"p":"a,b"},"offset":%d}}}'
+            % (int(time.time() * 1e6), offset)
+            for offset in (1, 2, 4)
+        )
+        + b"\n{}"
+    )
+    ws._frames(bytes((0x81, 126)) + len(payload).to_bytes(2, "big") + payload)
+    assert (ws.stats.frames, ws.stats.gaps, ws.last[b"c:x"]) == (3, 1, 4)
+    assert len(ws.stats.latencies) == 3
+    assert sent == [b"\x81\x82\x00\x00\x00\x00{}"]  # the pong, masked with the zero key

@@ -61,6 +61,7 @@ ERROR_CODES: dict[str, tuple[int, bool]] = {
     "broker_unavailable": (ERROR_INTERNAL, True),
     "temporarily_unavailable": (ERROR_INTERNAL, True),
     "not_available": (ERROR_NOT_AVAILABLE, False),
+    "unrecoverable_position": (ERROR_UNRECOVERABLE_POSITION, False),
 }
 
 # -- disconnect codes (``disconnect.go``): 3000-3499 reconnect, 3500-3999 do not ------------
@@ -168,7 +169,10 @@ def _history(body: dict[str, Any]) -> c.History:
         if not isinstance(since, dict):
             raise BadRequest("'since' must be an object {offset, epoch}")
         position = StreamPosition(_offset(since), _epoch(since))
-    return c.History(channel, position, limit)
+    reverse = body.get("reverse", False)
+    if not isinstance(reverse, bool):
+        raise BadRequest("'reverse' must be a boolean")
+    return c.History(channel, position, limit, reverse=reverse, stream_order=True)
 
 
 def _publish(body: dict[str, Any]) -> c.Publish:

@@ -98,3 +98,20 @@ def test_decoding_batches_pongs_send_and_unknown_methods() -> None:
         '{"id":4,"subscribe":{"channel":"a:b","recover":true,"offset":5,"epoch":"e"}}'
     )
     assert sub == c.Request(4, c.Subscribe("a:b", StreamPosition(5, "e")))
+
+
+def test_decoding_history_filters() -> None:
+    (plain,) = CODEC.decode('{"id":1,"history":{"channel":"a:b"}}')
+    assert plain == c.Request(1, c.History("a:b", None, 0, stream_order=True))
+    (full,) = CODEC.decode(
+        '{"id":2,"history":{"channel":"a:b","limit":-1,"reverse":true,'
+        '"since":{"offset":3,"epoch":"e"}}}'
+    )
+    assert full == c.Request(
+        2, c.History("a:b", StreamPosition(3, "e"), 1000, reverse=True, stream_order=True)
+    )
+    (bad,) = CODEC.decode('{"id":3,"history":{"channel":"a:b","reverse":"yes"}}')
+    assert isinstance(bad, c.Malformed)
+    assert CODEC.error(bad, bad.error) == (
+        b'{"id":3,"error":{"code":107,"message":"\'reverse\' must be a boolean"}}'
+    )
