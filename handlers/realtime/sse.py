@@ -11,29 +11,28 @@ recovery as a ``subscribe`` with ``since`` on ``/ws``.
 
 from __future__ import annotations
 
-from aiohttp import HttpVersion11, web
+from aiohttp import web
 
 from handlers import keys
 from handlers.errors import error_response
 from handlers.realtime.stream import (
     ChannelStream,
-    count_closed,
-    count_open,
     open_stream,
     run_stream,
+    stream_session,
 )
 from pubsub.broker import StreamPosition
 from pubsub.hub import SubscriptionCancelled
 from services.realtime import commands as c
 from services.realtime.codecs import sse
-from services.realtime.errors import CommandError, Disconnect
+from services.realtime.errors import CommandError
 from services.realtime.framing import sse_event_chunk, sse_event_raw
-from services.realtime.session import Session
 from services.realtime.wire import Wire, wire
 
 #: our SSE events, chunked (HTTP/1.1) or bare (HTTP/1.0, the body ends at the close)
 SSE_CHUNKED: Wire = wire(sse.CODEC, sse_event_chunk)
 SSE_RAW: Wire = wire(sse.CODEC, sse_event_raw)
+SSE_WIRES = {True: SSE_CHUNKED, False: SSE_RAW}
 
 #: error code of the session -> HTTP status of the refusal
 STATUS = {
@@ -82,51 +81,28 @@ async def channel_events(request: web.Request) -> web.StreamResponse:
         since = resume_position(request)
     except ValueError as exc:
         return error_response(400, f"Last-Event-ID / since: {exc}")
-    transport = request.transport
-    if transport is None:  # pragma: no cover - the client vanished already
-        return web.Response(status=400)
-    config = app[keys.config].ws
-    chunked = request.version >= HttpVersion11
-    stream_wire = SSE_CHUNKED if chunked else SSE_RAW
-    conn = ChannelStream(
-        transport,
-        app[keys.flusher],
-        stream_wire,
-        sse.CODEC,
-        chunked=chunked,
-        max_messages=config.max_queue_messages,
-        max_bytes=config.max_queue_bytes,
-    )
-    registry.add(conn)
-    count_open(request)
-    session = Session(app[keys.realtime], conn, stream_wire)
     try:
-        try:
-            await session.run(c.Authenticate(token))
-            result = await session.run(c.Subscribe(request.match_info["channel"], since))
-        except CommandError as exc:
-            return error_response(STATUS.get(exc.code, 500), exc.message)
-        except SubscriptionCancelled:
-            return error_response(503, "server shutting down")
-        assert isinstance(result, c.SubscribeResult)
-        response = await open_stream(
-            request, conn, "text/event-stream", b"retry: %d\n\n" % sse.RECONNECT_DELAY_MS
-        )
-        head = [stream_wire.frame(sse.CODEC.subscribed(result))]
-        head.extend(stream_wire.publication(pub) for pub in result.publications)
-        head.extend(stream_wire.publication(pub) for pub in result.tail)
-        conn.start(head)
-        await session.joined(result)
-        await run_stream(session, conn, config.heartbeat)
-        return response
+        async with stream_session(request, ChannelStream, SSE_WIRES, sse.CODEC) as (conn, session):
+            try:
+                await session.run(c.Authenticate(token))
+                result = await session.run(c.Subscribe(request.match_info["channel"], since))
+            except CommandError as exc:
+                return error_response(STATUS.get(exc.code, 500), exc.message)
+            except SubscriptionCancelled:
+                return error_response(503, "server shutting down")
+            assert isinstance(result, c.SubscribeResult)
+            response = await open_stream(
+                request, conn, "text/event-stream", b"retry: %d\n\n" % sse.RECONNECT_DELAY_MS
+            )
+            head = [conn.wire.frame(sse.CODEC.subscribed(result))]
+            head.extend(conn.wire.publication(pub) for pub in result.publications)
+            head.extend(conn.wire.publication(pub) for pub in result.tail)
+            conn.start(head)
+            await session.joined(result)
+            await run_stream(session, conn, request.app[keys.config].ws.heartbeat)
+            return response
     except ConnectionError:
         return web.Response(status=400)  # gone while the headers were written; never sent
-    finally:
-        await session.close()
-        registry.remove(conn)
-        if not conn.closed:
-            conn.close(Disconnect.NORMAL, "bye", flush=True)
-        count_closed(request, conn)
 
 
 def setup_routes(app: web.Application) -> None:

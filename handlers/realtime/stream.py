@@ -17,15 +17,19 @@ noticed and ended.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
+from collections.abc import AsyncIterator, Mapping
+from typing import TypeVar
 
-from aiohttp import web
+from aiohttp import HttpVersion11, web
 
 from handlers import keys
 from handlers.middlewares import LONG_LIVED
 from handlers.realtime.transport import Connection, Flusher
 from pubsub.broker import StreamPosition
 from services.realtime.codecs import StreamCodec, centrifuge, sse
+from services.realtime.errors import Disconnect
 from services.realtime.framing import HTTP_LAST_CHUNK
 from services.realtime.session import Session
 from services.realtime.wire import Wire
@@ -171,6 +175,46 @@ async def run_stream(session: Session, conn: HeldConnection, interval: float) ->
             conn.send(ping)
 
 
+Held = TypeVar("Held", bound=HeldConnection)
+
+
+@contextlib.asynccontextmanager
+async def stream_session(
+    request: web.Request, kind: type[Held], wires: Mapping[bool, Wire], codec: StreamCodec
+) -> AsyncIterator[tuple[Held, Session]]:
+    """A ``kind`` stream for ``request`` (HTTP chunks on HTTP/1.1, raw bytes on 1.0, framed by
+    ``wires[chunked]``), registered and counted like a WebSocket, with its session; on exit the
+    session ends, the stream is closed if it is not yet, and the disconnect is counted. Raises
+    ConnectionError when the client has already gone."""
+    app = request.app
+    transport = request.transport
+    if transport is None:  # pragma: no cover - the client vanished already
+        raise ConnectionError("the client went away")
+    config = app[keys.config].ws
+    chunked = request.version >= HttpVersion11
+    conn = kind(
+        transport,
+        app[keys.flusher],
+        wires[chunked],
+        codec,
+        chunked=chunked,
+        max_messages=config.max_queue_messages,
+        max_bytes=config.max_queue_bytes,
+    )
+    registry = app[keys.connections]
+    registry.add(conn)
+    count_open(request)
+    session = Session(app[keys.realtime], conn, conn.wire)
+    try:
+        yield conn, session
+    finally:
+        await session.close()
+        registry.remove(conn)
+        if not conn.closed:
+            conn.close(Disconnect.NORMAL, "bye", flush=True)
+        count_closed(request, conn)
+
+
 def count_open(request: web.Request) -> None:
     request.app[keys.http_metrics].ws_connections.inc()
 
@@ -189,4 +233,5 @@ __all__ = [
     "cors_headers",
     "open_stream",
     "run_stream",
+    "stream_session",
 ]

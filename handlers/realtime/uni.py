@@ -14,17 +14,16 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
-from aiohttp import HttpVersion11, web
+from aiohttp import web
 
 from handlers import keys
 from handlers.errors import error_response
 from handlers.realtime.stream import (
     MultiplexStream,
     cors_headers,
-    count_closed,
-    count_open,
     open_stream,
     run_stream,
+    stream_session,
 )
 from pubsub.broker import StreamPosition
 from pubsub.hub import SubscriptionCancelled
@@ -103,41 +102,19 @@ async def _serve(
     except BadConnect as exc:
         status = 413 if len(raw) > MAX_CONNECT_BYTES else 400
         return error_response(status, str(exc))
-    transport = request.transport
-    if transport is None:  # pragma: no cover - the client vanished already
-        return web.Response(status=400)
-    config = app[keys.config].ws
-    chunked = request.version >= HttpVersion11
-    stream_wire = wires[chunked]
-    conn = MultiplexStream(
-        transport,
-        app[keys.flusher],
-        stream_wire,
-        CODEC,
-        chunked=chunked,
-        max_messages=config.max_queue_messages,
-        max_bytes=config.max_queue_bytes,
-    )
-    registry.add(conn)
-    count_open(request)
-    session = Session(app[keys.realtime], conn, stream_wire)
-    subscribed: dict[str, c.SubscribeResult] = {}
     try:
-        head = await _connect(session, conn, token, wanted, subscribed, int(config.heartbeat))
-        response = await open_stream(request, conn, content_type, b"")
-        conn.start(head)
-        for result in subscribed.values():
-            await session.joined(result)
-        await run_stream(session, conn, config.heartbeat)
-        return response
+        async with stream_session(request, MultiplexStream, wires, CODEC) as (conn, session):
+            subscribed: dict[str, c.SubscribeResult] = {}
+            ping = int(request.app[keys.config].ws.heartbeat)
+            head = await _connect(session, conn, token, wanted, subscribed, ping)
+            response = await open_stream(request, conn, content_type, b"")
+            conn.start(head)
+            for result in subscribed.values():
+                await session.joined(result)
+            await run_stream(session, conn, request.app[keys.config].ws.heartbeat)
+            return response
     except ConnectionError:
         return web.Response(status=400)  # gone while the headers were written; never sent
-    finally:
-        await session.close()
-        registry.remove(conn)
-        if not conn.closed:
-            conn.close(Disconnect.NORMAL, "bye", flush=True)
-        count_closed(request, conn)
 
 
 async def _connect(
