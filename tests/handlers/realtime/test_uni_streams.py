@@ -10,11 +10,15 @@ import orjson
 from aiohttp.test_utils import TestClient
 
 from handlers import keys
+from pubsub.redis_broker import RedisBroker
+from pubsub.redis_pubsub import ReconnectPolicy
+from server.app import create_app
 from services.channels.revocation import unsubscribe_user
 from services.realtime.errors import UNSUBSCRIBE_REVOKED
 from tests.handlers.realtime.sse_client import data_of, ended, next_data_event, next_json_line
 from tests.handlers.realtime.test_sse import publish
 from tests.helpers import make_user
+from tests.pubsub.support import kill_pubsub
 
 
 async def test_http_stream_connect_push_then_publications(client: TestClient) -> None:
@@ -184,3 +188,41 @@ async def test_cors_preflight_of_the_post_transports(client: TestClient) -> None
             assert refused.status == 403
             assert "Access-Control-Allow-Origin" not in refused.headers
             assert (await refused.json())["message"].startswith("CORS preflight refused")
+
+
+async def test_a_stream_that_history_cannot_refill_ends_with_insufficient_state(
+    aiohttp_client: Any, make_settings: Any, redis_url: str, redis_prefix: str
+) -> None:
+    """The node loses its Redis pub/sub connection while more is published than the channel's
+    history keeps: it cannot refill the stream, so a ``uni_*`` stream (which has no resync push
+    in Centrifugo's protocol) ends with ``disconnect`` 3010 (insufficient state: reconnect with
+    ``recover``), never with a silent hole."""
+    settings = make_settings(
+        REDIS_URL=redis_url,
+        REDIS_PREFIX=redis_prefix,
+        CHANNEL_NAMESPACES='{"alerts": {"history_size": 3}}',
+    )
+    client = await aiohttp_client(create_app(settings))
+    _, token = await make_user(client, "admin")
+    channel = "alerts:insufficient"
+    body = {"token": token, "subs": {channel: {}}}
+    resp = await client.post("/connection/uni_http_stream", json=body)
+    assert resp.status == 200
+    assert channel in (await next_json_line(resp))["connect"]["subs"]
+    await publish(client, channel, {"n": 1})
+    assert (await next_json_line(resp))["pub"]["offset"] == 1
+
+    broker = client.app[keys.hub].broker
+    assert isinstance(broker, RedisBroker)
+    # Reconnect only after 2.5-5 s, so that all of the publications below are missed live
+    # however slowly a busy machine publishes them (a quick reconnect could still refill).
+    broker.pubsub._policy = ReconnectPolicy(minimum=5.0)
+    await kill_pubsub(redis_url, broker)
+    for n in range(2, 10):  # offsets 2..9; history keeps 7, 8, 9
+        await publish(client, channel, {"n": n})
+    lines = []
+    while not lines or "disconnect" not in lines[-1]:
+        lines.append(await next_json_line(resp))
+    assert all("pub" not in line for line in lines[:-1]), lines  # nothing after the hole
+    assert lines[-1] == {"disconnect": {"code": 3010, "reason": "insufficient state"}}
+    assert await ended(resp)
