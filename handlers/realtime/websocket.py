@@ -22,6 +22,7 @@ from handlers import keys
 from handlers.client_ip import client_ip
 from handlers.errors import error_response
 from handlers.middlewares import RequestScope, error_envelope_for, owns_request
+from handlers.realtime.heartbeat import HeartbeatSweep, heartbeat_key, heartbeat_sweep
 from handlers.realtime.transport import Connection
 from services.realtime.admission import Ticket
 from services.realtime.codecs import arena, centrifuge
@@ -79,12 +80,14 @@ async def _serve(request: web.Request, *, wire: Wire) -> web.StreamResponse:
             return response
         try:
             ws = response = web.WebSocketResponse(
-                heartbeat=config.heartbeat,
+                # one shared heartbeat (handlers/realtime/heartbeat.py) instead of a timer per
+                # connection: it sees pongs, so they reach this loop
+                heartbeat=None,
+                autoping=False,
                 # aiohttp refuses a message whose size is >= max_msg_size; WS_MAX_FRAME_BYTES
                 # is the largest size accepted.
                 max_msg_size=config.max_frame_bytes + 1,
                 compress=False,
-                autoping=True,
             )
             await ws.prepare(request)
             transport = request.transport
@@ -102,6 +105,8 @@ async def _serve(request: web.Request, *, wire: Wire) -> web.StreamResponse:
             registry = app[keys.connections]
             metrics = app[keys.http_metrics]
             registry.add(conn)
+            heartbeat = app[heartbeat_key]
+            heartbeat.add(conn)
             metrics.ws_connections.inc()
             session = Session(app[keys.realtime], conn, wire)
             try:
@@ -122,8 +127,13 @@ async def _serve(request: web.Request, *, wire: Wire) -> web.StreamResponse:
                     except TimeoutError:
                         conn.close(Disconnect.UNAUTHENTICATED, "authentication timeout")
                         break
+                    heartbeat.heard(conn)
                     if msg.type == WSMsgType.TEXT:
                         await session.receive(msg.data)
+                    elif msg.type == WSMsgType.PING:
+                        await ws.pong(msg.data)
+                    elif msg.type == WSMsgType.PONG:
+                        pass  # heard: that is all a pong is for
                     elif msg.type == WSMsgType.BINARY:
                         conn.close(Disconnect.UNSUPPORTED_DATA, "binary frames are not supported")
                     else:
@@ -137,6 +147,7 @@ async def _serve(request: web.Request, *, wire: Wire) -> web.StreamResponse:
                 pass
             finally:
                 await session.close()
+                heartbeat.discard(conn)
                 registry.remove(conn)
                 metrics.ws_connections.dec()
                 # Our own code when the server closed (4004 = slow consumer, 4001, ...), else
@@ -185,6 +196,8 @@ centrifuge_websocket = owns_request(functools.partial(_serve, wire=CENTRIFUGE_WE
 
 
 def setup_routes(app: web.Application) -> None:
+    app[heartbeat_key] = HeartbeatSweep(app[keys.config].ws.heartbeat)
+    app.cleanup_ctx.append(heartbeat_sweep)
     app.router.add_get("/ws", websocket)
     # the path the Arena marketplace client connects to (same protocol)
     app.router.add_get("/ws/updates/", websocket)
