@@ -6,6 +6,8 @@ import logging
 import re
 import time
 import uuid
+from collections.abc import Awaitable
+from typing import TypeVar
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
@@ -89,25 +91,49 @@ def _log_if_slow(request: web.Request, status: int, elapsed: float) -> None:
     )
 
 
-@web.middleware
-async def request_context(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Accept a sane ``X-Request-ID`` or make one; log one JSON line per request; count it."""
-    supplied = request.headers.get("X-Request-ID", "")
-    request_id = supplied if _REQUEST_ID_RE.match(supplied) else uuid.uuid4().hex
-    token = request_id_var.set(request_id)
-    started = time.perf_counter()
-    status = 500
-    try:
-        response = await handler(request)
-        status = response.status
-        if not response.prepared:
-            response.headers["X-Request-ID"] = request_id
-        return response
-    except web.HTTPException as exc:
-        status = exc.status
-        raise
-    finally:
-        elapsed = time.perf_counter() - started
+#: attribute set on a route handler by :func:`owns_request`
+_OWNS_REQUEST = "__arena_owns_request__"
+
+_H = TypeVar("_H")
+
+
+def owns_request(handler: _H) -> _H:
+    """Mark a route handler that does every middleware's job itself, so that
+    :func:`request_context` calls it directly and skips the chain.
+
+    For WebSocket endpoints: their handler runs for the whole life of the connection, and each
+    middleware it ran under would keep its coroutine frame alive that long (about 1.7 KB per
+    idle connection for our four, ``bench/conn_memory.py``). None of the others applies to an
+    upgrade (no JSON body to gzip or tag, no ``/api/v1/`` signature), so such a handler opens
+    and closes a :class:`RequestScope` (request id, access log line, metrics) and answers its
+    own errors with :func:`error_envelope_for`.
+    """
+    setattr(handler, _OWNS_REQUEST, True)
+    return handler
+
+
+class RequestScope:
+    """What :func:`request_context` does around a request, for a handler that
+    :func:`owns_request`: :meth:`open` sets the request id (log lines of the request, and of a
+    WebSocket connection's whole life, carry it); :meth:`close` counts the request, writes its
+    access log line and restores the previous request id."""
+
+    __slots__ = ("_token", "request_id", "started")
+
+    def __init__(self, request: web.Request) -> None:
+        supplied = request.headers.get("X-Request-ID", "")
+        self.request_id = supplied if _REQUEST_ID_RE.match(supplied) else uuid.uuid4().hex
+        self._token = request_id_var.set(self.request_id)
+        self.started = time.perf_counter()
+
+    def close(
+        self, request: web.Request, status: int, response: web.StreamResponse | None = None
+    ) -> None:
+        """Count and log the request answered with ``status`` (``response``, when there is
+        one not sent yet, gets the ``X-Request-ID`` header)."""
+        if response is not None and not response.prepared:
+            response.headers["X-Request-ID"] = self.request_id
+        elapsed = time.perf_counter() - self.started
         route = route_label(request)
         metrics = request.app.get(keys.http_metrics)
         if metrics is not None:
@@ -123,7 +149,35 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
             },
         )
         _log_if_slow(request, status, elapsed)
-        request_id_var.reset(token)
+        request_id_var.reset(self._token)
+
+
+@web.middleware
+def request_context(request: web.Request, handler: Handler) -> Awaitable[web.StreamResponse]:
+    """Accept a sane ``X-Request-ID`` or make one; log one JSON line per request; count it.
+
+    A plain function, not a coroutine: for a route handler that :func:`owns_request` it
+    returns the handler's own awaitable, so no middleware frame lives as long as the handler.
+    """
+    route_handler = request.match_info.handler
+    if getattr(route_handler, _OWNS_REQUEST, False):
+        return route_handler(request)
+    return _request_context(request, handler)
+
+
+async def _request_context(request: web.Request, handler: Handler) -> web.StreamResponse:
+    scope = RequestScope(request)
+    status = 500
+    response: web.StreamResponse | None = None
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    except web.HTTPException as exc:
+        status = exc.status
+        raise
+    finally:
+        scope.close(request, status, response)
 
 
 def _is_error(exc: web.HTTPException) -> bool:
@@ -147,49 +201,56 @@ async def error_envelope(request: web.Request, handler: Handler) -> web.StreamRe
     """Turn every failure into the JSON error envelope; never leak a traceback."""
     try:
         return await handler(request)
-    except ApiError as exc:
+    except Exception as exc:
+        return error_envelope_for(exc)
+
+
+def error_envelope_for(exc: Exception) -> web.StreamResponse:
+    """The JSON error envelope answering ``exc``; re-raises an ``HTTPException`` that is not
+    an error (a redirect). Call it in an ``except`` block: an unexpected error is logged with
+    its traceback."""
+    if isinstance(exc, ApiError):
         return error_response(exc.status, exc.message, exc.errors, exc.headers)
-    except web.HTTPException as exc:
+    if isinstance(exc, web.HTTPException):
         if not _is_error(exc):
-            raise
+            raise exc
         headers = {
             name: value
             for name, value in exc.headers.items()
             if name in {"Allow", "Retry-After", "WWW-Authenticate"}
         }
         return error_response(exc.status, _message(exc), headers=headers)
-    except Invalid as exc:
+    if isinstance(exc, Invalid):
         return error_response(400, exc.message, exc.errors)
-    except Unsupported as exc:
+    if isinstance(exc, Unsupported):
         return error_response(415, exc.message)
-    except Unauthenticated as exc:
+    if isinstance(exc, Unauthenticated):
         return error_response(401, exc.message)
-    except Forbidden as exc:
+    if isinstance(exc, Forbidden):
         return error_response(403, exc.message)
-    except InvalidState as exc:
+    if isinstance(exc, InvalidState):
         return error_response(409, exc.message)
-    except RateLimited as exc:
+    if isinstance(exc, RateLimited):
         return error_response(429, exc.message, headers={"Retry-After": str(exc.retry_after)})
-    except Unavailable as exc:
+    if isinstance(exc, Unavailable):
         log.warning("dependency unavailable", exc_info=True)
         return error_response(503, exc.message, headers={"Retry-After": "1"})
-    except NotFound:
+    if isinstance(exc, NotFound):
         return error_response(404, "not found")
-    except StaleVersion:
+    if isinstance(exc, StaleVersion):
         return error_response(412, "the resource changed since you read it")
-    except Conflict as exc:
+    if isinstance(exc, Conflict):
         return error_response(409, str(exc) or "conflict")
-    except InvalidChannel as exc:
+    if isinstance(exc, InvalidChannel):
         return error_response(400, str(exc))
-    except BrokerError:
+    if isinstance(exc, BrokerError):
         log.warning("broker unavailable", exc_info=True)
         return error_response(503, "message broker unavailable", headers={"Retry-After": "1"})
-    except UNAVAILABLE:
+    if isinstance(exc, UNAVAILABLE):
         log.warning("database unavailable", exc_info=True)
         return error_response(503, "database unavailable", headers={"Retry-After": "1"})
-    except Exception:
-        log.exception("unhandled error")
-        return error_response(500, "internal server error")
+    log.exception("unhandled error")
+    return error_response(500, "internal server error")
 
 
 async def security_headers(request: web.Request, response: web.StreamResponse) -> None:

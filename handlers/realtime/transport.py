@@ -277,6 +277,15 @@ class Connection:
         if self.on_close is not None:
             asyncio.get_running_loop().call_soon(self.on_close, self)
 
+    def drop(self, code: int) -> None:
+        """The peer stopped answering (``handlers/realtime/heartbeat.py``): stop delivering,
+        remember ``code`` and close the transport without a close frame, as for a peer that is
+        gone (aborted after :data:`CLOSE_TIMEOUT` seconds if its buffer does not drain)."""
+        if self.closed:
+            return
+        self.closed_by_websocket(code)
+        self._close_transport(b"")
+
     def _abort(self) -> None:
         with contextlib.suppress(Exception):
             self._transport.abort()  # no-op when the graceful close already finished
