@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from pubsub.broker import HistoryResult, StreamPosition
-from pubsub.hub import Hub, SubscribeResult
+from pubsub.hub import Hub
 from pubsub.memory import MemoryBroker
 from pubsub.namespaces import NamespaceOptions, default_namespaces
 from tests.pubsub.test_hub_single_flight import JsonEncoder, Recorder
