@@ -69,9 +69,11 @@ from bench.fanout import (
 )
 
 CHANNEL = "alerts:storm"
-#: reconnect backoff: first delay, cap (seconds); each delay is drawn in [d/2, d] ("equal jitter")
-BACKOFF_FIRST = 0.1
-BACKOFF_CAP = 5.0
+#: reconnect backoff: first delay, cap (seconds); each delay is drawn in [d/2, d] ("equal jitter"),
+#: as the bundled JS client does by default (handlers/static/arena-realtime.js: minDelay 500 ms,
+#: maxDelay 15 s)
+BACKOFF_FIRST = 0.5
+BACKOFF_CAP = 15.0
 DEBUG = bool(os.environ.get("STORM_DEBUG"))
 
 
@@ -95,6 +97,7 @@ class Client:
         self.reply_errors: dict[str, int] = {}  # subscribe/authenticate error code -> count
         self.close_codes: dict[int, int] = {}  # close code the server sent -> count
         self.statuses: dict[int, int] = {}  # HTTP status of a refused upgrade -> count
+        self.failures: dict[str, int] = {}  # exception of a failed connection -> count
         self.ws: aiohttp.ClientWebSocketResponse | None = None
         self.stop = False
 
@@ -132,8 +135,9 @@ class Client:
                         return
             except aiohttp.WSServerHandshakeError as exc:
                 self.statuses[exc.status] = self.statuses.get(exc.status, 0) + 1
-            except (TimeoutError, aiohttp.ClientError, OSError):
-                pass
+            except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+                kind = type(exc).__name__
+                self.failures[kind] = self.failures.get(kind, 0) + 1
             self.ws = None
             if self.stop:
                 return
@@ -210,6 +214,7 @@ async def _generate(
                         "reply_errors": _merge(c.reply_errors for c in clients),
                         "close_codes": _merge(c.close_codes for c in clients),
                         "statuses": _merge(c.statuses for c in clients),
+                        "failures": _merge(c.failures for c in clients),
                     }
                 )
             elif command == "drop":
@@ -256,7 +261,7 @@ class Generators:
         merged: dict[str, Any] = {"subscribes": [], "subscribed_at": [], "offsets": []}
         for key in ("errors", "duplicates", "out_of_order", "not_recovered"):
             merged[key] = sum(r[key] for r in replies)
-        for key in ("reply_errors", "close_codes", "statuses"):
+        for key in ("reply_errors", "close_codes", "statuses", "failures"):
             merged[key] = _merge(r[key] for r in replies)
         for r in replies:
             for key in ("subscribes", "subscribed_at", "offsets"):
@@ -459,6 +464,7 @@ async def storm(args: argparse.Namespace, database_url: str, workdir: Path) -> d
             "reply_errors",
             "close_codes",
             "statuses",
+            "failures",
         ):
             out[key] = status[key]
     finally:
