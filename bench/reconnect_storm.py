@@ -4,15 +4,26 @@ One command, loopback only, bounded in time::
 
     .venv/bin/python -m bench.reconnect_storm                 # 10,000 clients, Redis broker
     .venv/bin/python -m bench.reconnect_storm --clients 2000  # smaller
+    .venv/bin/python -m bench.reconnect_storm --mode drop     # the network drops everyone
 
 N clients (spread over ``--processes`` generator processes) connect, authenticate and subscribe to
 one channel; a publisher posts to it through the REST publish route at a fixed rate. Then the
-server is killed with SIGKILL and started again on the same port (the Redis broker keeps history,
-offsets and epoch), while publications go on. Every client retries with jittered exponential
-backoff and resubscribes with ``since`` (its last offset and epoch).
+storm, while publications go on:
 
-Reported: seconds from the kill until every client is subscribed again (and from the restarted
-server listening), connection errors (retries), clients told ``recovered: false``, and the
+* ``--mode restart``: the server is killed with SIGKILL and started again on the same port (the
+  Redis broker keeps history, offsets and epoch);
+* ``--mode drop``: the server stays up and every client's socket is shut down at once, without a
+  WebSocket close (a network drop, as the server sees it): the reconnect path alone, without the
+  process start.
+
+Every client retries with jittered exponential backoff and resubscribes with ``since`` (its last
+offset and epoch). ``--profile FILE`` records the (restarted) server with py-spy during the storm
+(collapsed stacks, for ``flamegraph.pl`` or speedscope).
+
+Reported: seconds from the kill (or drop) until every client is subscribed again (and from the
+restarted server listening), connection errors (retries), clients told ``recovered: false``,
+subscribe errors by code, the server's history reads (``broker``: sent to Redis, ``shared``:
+joined one in flight), and the
 correctness check: every client must have received every offset from its first subscribe up to
 the last acknowledged publication exactly once and in order (``missing``, ``duplicates`` and
 ``out_of_order`` must be 0; a ``recovered: false`` resets the client's expectation and is counted
@@ -33,6 +44,7 @@ import os
 import random
 import resource
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -53,12 +65,15 @@ from bench.fanout import (
     _wait_ready,
     bench_database,
     project_env,
+    server_metrics,
 )
 
 CHANNEL = "alerts:storm"
-#: reconnect backoff: first delay, cap (seconds); each delay is drawn in [d/2, d] ("equal jitter")
-BACKOFF_FIRST = 0.1
-BACKOFF_CAP = 5.0
+#: reconnect backoff: first delay, cap (seconds); each delay is drawn in [d/2, d] ("equal jitter"),
+#: as the bundled JS client does by default (handlers/static/arena-realtime.js: minDelay 500 ms,
+#: maxDelay 15 s)
+BACKOFF_FIRST = 0.5
+BACKOFF_CAP = 15.0
 DEBUG = bool(os.environ.get("STORM_DEBUG"))
 
 
@@ -79,13 +94,27 @@ class Client:
         self.duplicates = 0
         self.out_of_order = 0
         self.not_recovered = 0
+        self.reply_errors: dict[str, int] = {}  # subscribe/authenticate error code -> count
+        self.close_codes: dict[int, int] = {}  # close code the server sent -> count
+        self.statuses: dict[int, int] = {}  # HTTP status of a refused upgrade -> count
+        self.failures: dict[str, int] = {}  # exception of a failed connection -> count
+        self.ws: aiohttp.ClientWebSocketResponse | None = None
         self.stop = False
+
+    def drop(self) -> None:
+        """Shut the socket down without a WebSocket close (the server sees the TCP end)."""
+        ws = self.ws
+        sock = None if ws is None else ws.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
 
     async def run(self, session: aiohttp.ClientSession) -> None:
         attempt = 0
         while not self.stop:
             try:
                 async with session.ws_connect(self.url, heartbeat=None, autoping=True) as ws:
+                    self.ws = ws
                     # text frames: the JSON protocol (binary frames belong to other protocols)
                     hello = {"id": 1, "type": "authenticate", "token": self.token}
                     await ws.send_str(orjson.dumps(hello).decode())
@@ -100,10 +129,16 @@ class Client:
                             break
                         if self._frame(orjson.loads(msg.data)):
                             attempt = 0
+                    if ws.close_code is not None and ws.close_code >= 4000:
+                        self.close_codes[ws.close_code] = self.close_codes.get(ws.close_code, 0) + 1
                     if self.stop:
                         return
-            except (TimeoutError, aiohttp.ClientError, OSError):
-                pass
+            except aiohttp.WSServerHandshakeError as exc:
+                self.statuses[exc.status] = self.statuses.get(exc.status, 0) + 1
+            except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+                kind = type(exc).__name__
+                self.failures[kind] = self.failures.get(kind, 0) + 1
+            self.ws = None
             if self.stop:
                 return
             self.errors += 1
@@ -117,9 +152,15 @@ class Client:
         if kind == "pub":
             self._publication(message["offset"], message["epoch"])
             return False
+        if kind == "reply" and message.get("id") == 1 and "error" in message:
+            code = str(message["error"].get("code"))
+            self.reply_errors[code] = self.reply_errors.get(code, 0) + 1
+            return False
         if kind == "reply" and message.get("id") == 2:
             if "error" in message:
-                raise aiohttp.ClientError(str(message["error"]))
+                code = str(message["error"].get("code"))
+                self.reply_errors[code] = self.reply_errors.get(code, 0) + 1
+                raise aiohttp.ClientError(code)
             result = message["result"]
             if result.get("recovered") is False:
                 self.not_recovered += 1
@@ -170,8 +211,16 @@ async def _generate(
                         "duplicates": sum(c.duplicates for c in clients),
                         "out_of_order": sum(c.out_of_order for c in clients),
                         "not_recovered": sum(c.not_recovered for c in clients),
+                        "reply_errors": _merge(c.reply_errors for c in clients),
+                        "close_codes": _merge(c.close_codes for c in clients),
+                        "statuses": _merge(c.statuses for c in clients),
+                        "failures": _merge(c.failures for c in clients),
                     }
                 )
+            elif command == "drop":
+                for c in clients:
+                    c.drop()
+                conn.send("dropped")
             elif command == "stop":
                 for c in clients:
                     c.stop = True
@@ -180,6 +229,14 @@ async def _generate(
                 await asyncio.gather(*tasks, return_exceptions=True)
                 conn.send("stopped")
                 return
+
+
+def _merge(counts: Any) -> dict[Any, int]:
+    merged: dict[Any, int] = {}
+    for one in counts:
+        for key, n in one.items():
+            merged[key] = merged.get(key, 0) + n
+    return merged
 
 
 class Generators:
@@ -204,10 +261,19 @@ class Generators:
         merged: dict[str, Any] = {"subscribes": [], "subscribed_at": [], "offsets": []}
         for key in ("errors", "duplicates", "out_of_order", "not_recovered"):
             merged[key] = sum(r[key] for r in replies)
+        for key in ("reply_errors", "close_codes", "statuses", "failures"):
+            merged[key] = _merge(r[key] for r in replies)
         for r in replies:
             for key in ("subscribes", "subscribed_at", "offsets"):
                 merged[key].extend(r[key])
         return merged
+
+    def drop(self) -> None:
+        """Every client shuts its socket down, all at once."""
+        for pipe in self.pipes:
+            pipe.send("drop")
+        for pipe in self.pipes:
+            pipe.recv()
 
     def close(self) -> None:
         for pipe in self.pipes:
@@ -294,7 +360,9 @@ async def storm(args: argparse.Namespace, database_url: str, workdir: Path) -> d
         log_path = workdir / f"server-{time.monotonic_ns()}.log"
         process = subprocess.Popen(
             [str(VENV_BIN / "arena-realtime"), "serve"],
-            env={**env, "PORT": str(port), "WS_HEARTBEAT": "25"},
+            # PYTHONPATH: the server runs the code of the tree this bench lives in (a baseline
+            # checkout runs its own code with the same virtualenv).
+            env={**env, "PORT": str(port), "WS_HEARTBEAT": "25", "PYTHONPATH": str(ROOT)},
             cwd=ROOT,
             stdout=log_path.open("wb"),
             stderr=subprocess.STDOUT,
@@ -307,7 +375,13 @@ async def storm(args: argparse.Namespace, database_url: str, workdir: Path) -> d
     rds = redis.Redis.from_url(args.redis_url)
     server = start()
     gens = Generators(f"ws://127.0.0.1:{port}/ws", token, args.clients, args.processes)
-    out: dict[str, Any] = {"clients": args.clients, "rate": args.rate, "processes": args.processes}
+    out: dict[str, Any] = {
+        "mode": args.mode,
+        "clients": args.clients,
+        "rate": args.rate,
+        "processes": args.processes,
+    }
+    profiler: subprocess.Popen[bytes] | None = None
     stop = asyncio.Event()
     publishing: asyncio.Task[None] | None = None
     try:
@@ -321,14 +395,30 @@ async def storm(args: argparse.Namespace, database_url: str, workdir: Path) -> d
         publisher = Publisher(f"http://127.0.0.1:{port}", service)
         publishing = asyncio.create_task(publisher.run(args.rate, stop))
         await asyncio.sleep(args.before)
-        # -- the storm: SIGKILL, restart on the same port, everyone reconnects -------------
+        # -- the storm: everyone loses the connection and reconnects with since ----------------
         killed_at = time.time()
-        server.process.send_signal(signal.SIGKILL)
-        server.process.wait()
         redis_cpu0 = _redis_cpu(rds)
-        server = start()
-        listening_at = time.time()
-        cpu0 = server.cpu()
+        if args.mode == "restart":
+            server.process.send_signal(signal.SIGKILL)
+            server.process.wait()
+            server = start()
+        else:
+            cpu0 = server.cpu()
+        if args.profile is not None:
+            profiler = subprocess.Popen(
+                [
+                    *(str(VENV_BIN / "py-spy"), "record", "--pid", str(server.process.pid)),
+                    *("--format", "raw", "--rate", "50", "--output", str(args.profile)),
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        if args.mode == "restart":
+            listening_at = time.time()
+            cpu0 = server.cpu()
+        else:
+            await asyncio.to_thread(gens.drop)
+            listening_at = killed_at
 
         def everyone_back() -> bool:
             return all(at > killed_at for at in gens.status()["subscribed_at"])
@@ -343,6 +433,12 @@ async def storm(args: argparse.Namespace, database_url: str, workdir: Path) -> d
         out["restart_s"] = listening_at - killed_at
         out["server_cpu_s"] = server.cpu() - cpu0
         out["redis_cpu_s"] = _redis_cpu(rds) - redis_cpu0
+        if profiler is not None:
+            profiler.send_signal(signal.SIGINT)  # py-spy writes its output and exits
+            profiler.wait(60)
+            profiler = None
+        out["server_history_reads"] = server_metrics(server, "arena_history_reads_total")
+        out["server_recoveries"] = server_metrics(server, "arena_recoveries_total")
         await asyncio.sleep(args.after)
         stop.set()
         await publishing
@@ -360,9 +456,20 @@ async def storm(args: argparse.Namespace, database_url: str, workdir: Path) -> d
         out["missing"] = sum(
             max(0, publisher.final - (o if o is not None else 0)) for o in status["offsets"]
         )
-        for key in ("errors", "duplicates", "out_of_order", "not_recovered"):
+        for key in (
+            "errors",
+            "duplicates",
+            "out_of_order",
+            "not_recovered",
+            "reply_errors",
+            "close_codes",
+            "statuses",
+            "failures",
+        ):
             out[key] = status[key]
     finally:
+        if profiler is not None:
+            profiler.kill()
         stop.set()
         if publishing is not None:
             with contextlib.suppress(Exception):
@@ -375,6 +482,13 @@ async def storm(args: argparse.Namespace, database_url: str, workdir: Path) -> d
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clients", type=int, default=10_000)
+    parser.add_argument(
+        "--mode",
+        choices=("restart", "drop"),
+        default="restart",
+        help="restart: SIGKILL and restart the server; drop: cut every client's socket",
+    )
+    parser.add_argument("--profile", type=Path, help="py-spy the server during the storm here")
     parser.add_argument("--processes", type=int, default=4, help="generator processes")
     parser.add_argument("--rate", type=float, default=20.0, help="publications per second")
     parser.add_argument("--before", type=float, default=3.0, help="seconds publishing before")

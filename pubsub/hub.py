@@ -118,6 +118,9 @@ class Hub:
         self._reads: dict[tuple[str, int | None, int | None], asyncio.Future[HistoryResult]] = {}
         #: position reads, shared by the subscribes that asked before one was sent
         self._positions: Coalescer[str, StreamPosition] = Coalescer()
+        #: the unlimited ``since`` reads among them, by channel and ``since``: a read from an
+        #: older offset also answers a newer one
+        self._since_reads: dict[str, dict[int, asyncio.Future[HistoryResult]]] = {}
         self._locks = _KeyedLocks()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._control_handlers: dict[str, list[ControlHandler]] = {}
@@ -187,25 +190,68 @@ class Hub:
     ) -> HistoryResult:
         """One broker history read (the streams' :class:`~pubsub.stream.StreamSource`).
 
-        Single-flight: concurrent reads of the same channel, ``since`` and ``limit`` (a burst of
-        clients recovering from the same offset after a reconnect storm) share one broker read.
-        Sharing is safe because the subscribe merges its buffered live stream afterwards (a read
-        that started a moment before a subscriber joined is completed from history). Each
-        caller gets its own list.
+        Single-flight: concurrent reads of a channel share one broker read (a burst of clients
+        recovering after a reconnect storm). A caller joins a read in flight with the same
+        ``since`` and ``limit``, or, for an unlimited read after ``since``, one after an older
+        offset, keeping the publications newer than its own ``since`` (clients that went away
+        at different moments are a few offsets apart). Sharing is safe because the subscribe
+        merges its buffered live stream afterwards: a read that started a moment before a
+        subscriber joined is completed from history. Each caller gets its own list.
         """
         key = (channel, since, limit)
         flight = self._reads.get(key)
-        if flight is None:
-            flight = asyncio.ensure_future(
-                self.broker.history(channel, options, since=since, limit=limit)
-            )
-            self._reads[key] = flight
-            flight.add_done_callback(
-                lambda done: self._reads.pop(key) if self._reads.get(key) is done else None
-            )
-        # shield: one caller being cancelled must not cancel the read the others wait for
+        covering = False
+        if flight is None and since is not None and limit is None:
+            flight = self._covering_read(channel, since)
+            covering = flight is not None
+        if flight is not None:
+            self._metrics.history_reads.labels("shared").inc()
+            # shield: one caller being cancelled must not cancel the read the others wait for
+            hist = await asyncio.shield(flight)
+            if not covering:
+                return HistoryResult(list(hist.publications), hist.position)
+            if since is not None and since <= hist.position.offset:
+                pubs = [p for p in hist.publications if p.offset > since]
+                return HistoryResult(pubs, hist.position)
+            # The read ended before our offset (we saw a newer publication): read our own.
+            flight = None
+        self._metrics.history_reads.labels("broker").inc()
+        flight = asyncio.ensure_future(
+            self.broker.history(channel, options, since=since, limit=limit)
+        )
+        self._track(key, flight)
         hist = await asyncio.shield(flight)
         return HistoryResult(list(hist.publications), hist.position)
+
+    def _covering_read(self, channel: str, since: int) -> asyncio.Future[HistoryResult] | None:
+        """The unlimited read of ``channel`` in flight from the newest offset at or below
+        ``since`` (its answer holds everything after ``since``), if any."""
+        reads = self._since_reads.get(channel)
+        if not reads:
+            return None
+        best = max((start for start in reads if start <= since), default=None)
+        return None if best is None else reads[best]
+
+    def _track(
+        self, key: tuple[str, int | None, int | None], flight: asyncio.Future[HistoryResult]
+    ) -> None:
+        """Make ``flight`` joinable until it is done."""
+        channel, since, limit = key
+        self._reads[key] = flight
+        by_since = None
+        if since is not None and limit is None:
+            by_since = self._since_reads.setdefault(channel, {})
+            by_since[since] = flight
+
+        def done(finished: asyncio.Future[HistoryResult]) -> None:
+            if self._reads.get(key) is finished:
+                del self._reads[key]
+            if by_since is not None and since is not None and by_since.get(since) is finished:
+                del by_since[since]
+                if not by_since and self._since_reads.get(channel) is by_since:
+                    del self._since_reads[channel]
+
+        flight.add_done_callback(done)
 
     async def read_position(self, channel: str, options: NamespaceOptions) -> StreamPosition:
         """A broker position read sent after this call (the streams'

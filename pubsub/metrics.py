@@ -18,6 +18,7 @@ class HubMetrics:
     drops: Counter
     recoveries: Counter
     gaps: Counter
+    history_reads: Counter
     latency: Histogram
 
     @classmethod
@@ -58,6 +59,13 @@ class HubMetrics:
                 "arena_gaps",
                 "Offset gaps seen on the live stream, by outcome (filled or lost)",
                 ["outcome"],
+                registry=registry,
+            ),
+            history_reads=Counter(
+                "arena_history_reads",
+                "History reads wanted by subscribes and refills: 'broker' went to the broker, "
+                "'shared' waited for a read already in flight (single-flight)",
+                ["source"],
                 registry=registry,
             ),
             latency=Histogram(

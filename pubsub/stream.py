@@ -85,7 +85,9 @@ class SubscribeResult:
 
     ``publications`` are the recovered ones (send them in the reply); ``tail`` are live
     publications that arrived during the subscribe and must be sent right after the reply.
-    ``recovered`` is None when no recovery was asked for.
+    ``recovered`` is None when no recovery was asked for. ``position`` is where the subscriber
+    stands once it has the reply (after ``publications``): the tail, and then the live stream,
+    continue at ``position.offset + 1``.
     """
 
     position: StreamPosition
@@ -259,11 +261,12 @@ class ChannelStream:
         else:
             self._go_live(sub, pending.encoder)
         self._metrics.subscriptions.inc()
-        if tail:
-            position = StreamPosition(tail[-1].offset, position.epoch)
-        elif publications:
-            position = StreamPosition(max(position.offset, publications[-1].offset), position.epoch)
-        return SubscribeResult(position, recovered, publications, tail)
+        # The position the reply reports: the tail follows it (the next publication the client
+        # receives has offset ``cursor + 1``), so a client that starts from the reply's offset
+        # and drops offsets at or below it as duplicates keeps the tail.
+        return SubscribeResult(
+            StreamPosition(cursor, position.epoch), recovered, publications, tail
+        )
 
     # -- live feed -------------------------------------------------------------------------
 

@@ -16,6 +16,7 @@ import argparse
 import asyncio
 import logging
 import os
+import resource
 import sys
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -75,8 +76,24 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def raise_open_files_limit() -> int:
+    """Raise this process's soft limit on open files to the hard limit; returns the new limit.
+
+    Every WebSocket is a file descriptor: the usual soft limit (1,024) would refuse connections
+    long before the memory or CPU runs out. The hard limit is the operator's to set.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError):  # e.g. macOS refuses RLIM_INFINITY
+            return soft
+    return hard
+
+
 def serve(settings: Settings) -> None:
     """Run until SIGTERM/SIGINT; shuts down gracefully."""
+    open_files = raise_open_files_limit()
     if settings.uvloop:
         try:
             import uvloop
@@ -101,6 +118,7 @@ def serve(settings: Settings) -> None:
                 "url": f"http://{settings.host}:{settings.port}",
                 "database": backends.get("database"),
                 "broker": backends.get("broker"),
+                "open_files_limit": open_files,
             },
         )
 
@@ -110,6 +128,7 @@ def serve(settings: Settings) -> None:
         host=settings.host,
         port=settings.port,
         shutdown_timeout=settings.shutdown_timeout,
+        backlog=settings.listen_backlog,
         access_log=None,
         print=lambda _: None,
         # Under the --workers supervisor every worker binds the same port.

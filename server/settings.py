@@ -73,6 +73,8 @@ class Settings:
     #: Seconds a PostgreSQL statement may run before it is cancelled.
     db_command_timeout: float = 30.0
     shutdown_timeout: float = 10.0
+    #: pending TCP connections the kernel queues for the listening socket (capped by somaxconn)
+    listen_backlog: int = 2048
     uvloop: bool = True
     #: worker processes sharing the port (``serve --workers``); more than one needs REDIS_URL
     workers: int = 1
@@ -437,6 +439,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         db_connect_timeout=_float(env, "DB_CONNECT_TIMEOUT", 10.0, minimum=0.1),
         db_command_timeout=_float(env, "DB_COMMAND_TIMEOUT", 30.0, minimum=0.1),
         shutdown_timeout=_float(env, "SHUTDOWN_TIMEOUT", 10.0),
+        listen_backlog=_int(env, "LISTEN_BACKLOG", 2048, minimum=1),
         uvloop=_bool(env, "UVLOOP", True),
         workers=_int(env, "WORKERS", 1, minimum=1),
         prometheus_multiproc_dir=_path(env, "PROMETHEUS_MULTIPROC_DIR"),
