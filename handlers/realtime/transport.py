@@ -11,11 +11,16 @@ complete frame bytes and
   a fan-out do not wait for the loop over every other subscriber nor for the next iteration;
   any further frame in the same iteration is queued;
 * **load** (a flush found a connection with queued frames): every delivery only appends to the
-  connection's queue and each dirty connection gets a single ``transport.writelines`` in the
-  next iteration, so many frames share one write; the flusher goes back to light load as soon
-  as a flush finds no connection with more than one frame.
+  connection's queue and each dirty connection gets a single ``transport.write`` of its joined
+  frames in the next iteration, so many frames share one write (connections with the same
+  frames queued, a channel's subscribers, share one join); the flusher goes back to light load
+  as soon as a flush finds no connection with more than one frame.
 
 Frames are never reordered: a frame is written at once only when nothing is queued before it.
+
+The hub hands a publication to all of a channel's connections with one call,
+:meth:`Connection.deliver_all` (the wires' ``fanout``), which does what ``deliver`` does for each
+with the flusher's state read once and no method call per connection.
 
 A client that stops reading makes its transport's buffer grow. When queue plus transport buffer
 exceed ``max_queue_bytes`` (or the queue exceeds ``max_queue_messages``) the connection is closed
