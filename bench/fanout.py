@@ -91,18 +91,24 @@ _CLK_TCK = os.sysconf("SC_CLK_TCK")
 def cpu_seconds(pid: int) -> float:
     """User+system CPU seconds of process ``pid`` and its live descendants (``--workers``),
     from ``/proc/<pid>/stat``: the server's own CPU, whatever else runs on the machine."""
-    total = 0.0
+    return sum(cpu_times(pid))
+
+
+def cpu_times(pid: int) -> tuple[float, float]:
+    """User and system CPU seconds of process ``pid`` and its live descendants."""
+    user = system = 0.0
     todo = [pid]
     while todo:
         current = todo.pop()
         with contextlib.suppress(OSError, ValueError, IndexError):
             fields = Path(f"/proc/{current}/stat").read_text().rpartition(")")[2].split()
             # fields[11], fields[12] are utime, stime (stat fields 14 and 15)
-            total += (int(fields[11]) + int(fields[12])) / _CLK_TCK
+            user += int(fields[11]) / _CLK_TCK
+            system += int(fields[12]) / _CLK_TCK
             for task in Path(f"/proc/{current}/task").iterdir():
                 children = (task / "children").read_text().split()
                 todo.extend(int(child) for child in children)
-    return total
+    return user, system
 
 
 def _raise_nofile() -> None:
@@ -153,6 +159,9 @@ class Server:
 
     def cpu(self) -> float:
         return cpu_seconds(self.process.pid)
+
+    def cpu_times(self) -> tuple[float, float]:
+        return cpu_times(self.process.pid)
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -394,9 +403,9 @@ async def throughput_case(
     flood = asyncio.create_task(publisher.flood(channel, stop, concurrency))
     await asyncio.sleep(warmup)
     before = await asyncio.to_thread(workers.stats, None, False)
-    cpu_before = (time.monotonic(), server.cpu())
+    cpu_before = (time.monotonic(), server.cpu(), server.cpu_times())
     await asyncio.sleep(seconds)
-    cpu_after = (time.monotonic(), server.cpu())
+    cpu_after = (time.monotonic(), server.cpu(), server.cpu_times())
     after = await asyncio.to_thread(workers.stats, None, False)
     stop.set()
     await flood
@@ -413,6 +422,11 @@ async def throughput_case(
     cpu_wall = cpu_after[0] - cpu_before[0]
     cpu_per_s = (cpu_after[1] - cpu_before[1]) / cpu_wall if cpu_wall > 0 else 0.0
     publications_per_s = acked / (window[1] - window[0])
+    # The kernel's share (system time: socket writes, loopback TCP) against the interpreter's.
+    user_per_s, system_per_s = (
+        (after_s - before_s) / cpu_wall if cpu_wall > 0 else 0.0
+        for before_s, after_s in zip(cpu_before[2], cpu_after[2], strict=True)
+    )
     finished = await drain(workers, publisher.final, 15.0)
     stats = await asyncio.to_thread(workers.stats, publisher.final, True)
     await publisher.close()
@@ -422,6 +436,12 @@ async def throughput_case(
         "window_s": window[1] - window[0],
         "server_cpu_per_s": cpu_per_s,
         "cpu_us_per_delivery": cpu_per_s / delivered_per_s * 1e6 if delivered_per_s else None,
+        "cpu_user_us_per_delivery": (
+            user_per_s / delivered_per_s * 1e6 if delivered_per_s else None
+        ),
+        "cpu_system_us_per_delivery": (
+            system_per_s / delivered_per_s * 1e6 if delivered_per_s else None
+        ),
         "cpu_us_per_publication": (
             cpu_per_s / publications_per_s * 1e6 if publications_per_s else None
         ),

@@ -39,6 +39,10 @@ class Encoder(Protocol):
     The hub groups a channel's subscribers by encoder and calls each method at most once per
     publication or event per encoder, so encoders are long-lived objects (one per protocol and
     framing in the process) compared by identity.
+
+    An encoder may also have a ``fanout(subscribers, frame)`` attribute, a function that must
+    behave exactly like ``sub.deliver(frame)`` for each subscriber in order; the hub then hands
+    each publication to a live group with one call (the transport's own, faster loop).
     """
 
     def publication(self, pub: Publication) -> bytes:
@@ -322,8 +326,12 @@ class ChannelStream:
             frame = encoder.publication(pub)
             if frames is not None:
                 frames[encoder] = frame
-            for sub in group:
-                sub.deliver(frame)
+            fanout = getattr(encoder, "fanout", None)
+            if fanout is not None:
+                fanout(group, frame)
+            else:
+                for sub in group:
+                    sub.deliver(frame)
             delivered += len(group)
         if frames is not None:
             delivered += self._dispatch_skipped(pub, frames)

@@ -11,11 +11,16 @@ complete frame bytes and
   a fan-out do not wait for the loop over every other subscriber nor for the next iteration;
   any further frame in the same iteration is queued;
 * **load** (a flush found a connection with queued frames): every delivery only appends to the
-  connection's queue and each dirty connection gets a single ``transport.writelines`` in the
-  next iteration, so many frames share one write; the flusher goes back to light load as soon
-  as a flush finds no connection with more than one frame.
+  connection's queue and each dirty connection gets a single ``transport.write`` of its joined
+  frames in the next iteration, so many frames share one write (connections with the same
+  frames queued, a channel's subscribers, share one join); the flusher goes back to light load
+  as soon as a flush finds no connection with more than one frame.
 
 Frames are never reordered: a frame is written at once only when nothing is queued before it.
+
+The hub hands a publication to all of a channel's connections with one call,
+:meth:`Connection.deliver_all` (the wires' ``fanout``), which does what ``deliver`` does for each
+with the flusher's state read once and no method call per connection.
 
 A client that stops reading makes its transport's buffer grow. When queue plus transport buffer
 exceed ``max_queue_bytes`` (or the queue exceeds ``max_queue_messages``) the connection is closed
@@ -27,7 +32,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 
 from pubsub.broker import StreamPosition
 from services.realtime.client import Client, Identity
@@ -46,10 +51,14 @@ class Flusher:
     decides whether a connection with an empty queue may write its first frame of an iteration
     at once (``direct``, light load) or must queue it (load)."""
 
-    __slots__ = ("_dirty", "_scheduled", "direct", "tick", "ticking", "writes")
+    __slots__ = ("_dirty", "_scheduled", "batch", "direct", "joined", "tick", "ticking", "writes")
 
     def __init__(self) -> None:
         self._dirty: list[Connection] = []
+        #: the frames of the last multi-frame flush and their join (shared by the connections
+        #: that have the same frames queued; emptied after every flush)
+        self.batch: list[bytes] = []
+        self.joined = b""
         self._scheduled = False
         #: light load: a connection's first frame in an iteration is written at once
         self.direct = True
@@ -83,6 +92,8 @@ class Flusher:
             if written > most:
                 most = written
         self.writes += len(dirty)
+        self.batch = []
+        self.joined = b""
         if self.direct:
             # Something was queued behind a direct write: a connection got two frames in one
             # iteration. Coalesce from now on.
@@ -144,23 +155,87 @@ class Connection:
     # -- Subscriber ------------------------------------------------------------------------
 
     def deliver(self, frame: bytes) -> None:
+        # The hot path of every fan-out (once per subscriber per publication): kept to a few
+        # attribute reads, with the direct write inlined rather than a call to _write.
         if self.closed:
             return
         queue = self._queue
         if not queue:
             flusher = self._flusher
-            if flusher.direct and self._tick != flusher.tick:
+            tick = flusher.tick
+            if flusher.direct and self._tick != tick:
                 # Light load and nothing queued: write now (see the module docstring).
-                self._tick = flusher.tick
+                self._tick = tick
                 if not flusher.ticking:
                     flusher.start_tick()
-                self._write(frame)
+                transport = self._transport
+                if transport.is_closing():
+                    return
+                try:
+                    transport.write(frame)
+                    backlog = transport.get_write_buffer_size()
+                except Exception:
+                    self._write_failed()
+                    return
+                if backlog > self.max_bytes:
+                    self.close(Disconnect.SLOW_CONSUMER, "slow consumer")
                 return
             flusher.mark(self)
         queue.append(frame)
-        self._bytes += len(frame)
-        if len(queue) > self.max_messages or self._bytes > self.max_bytes:
+        size = self._bytes = self._bytes + len(frame)
+        if size > self.max_bytes or len(queue) > self.max_messages:
             self.close(Disconnect.SLOW_CONSUMER, "slow consumer")
+
+    @staticmethod
+    def deliver_all(conns: Collection[Connection], frame: bytes) -> None:
+        """``conn.deliver(frame)`` for each of ``conns`` in order: the fan-out loop of one
+        publication (``Wire.fanout``). Same behaviour, less work per subscriber: the flusher's
+        state is read once (nothing changes it inside the loop: ticks advance and regimes switch
+        only in loop callbacks) and the direct write needs no method call per connection. A
+        connection with another flusher, a queue, or a direct write in this iteration already
+        goes through :meth:`deliver`."""
+        flusher: Flusher | None = None
+        tick = -1
+        for conn in conns:
+            if flusher is None:
+                flusher = conn._flusher
+                if not flusher.direct:
+                    Connection._queue_all(conns, flusher, frame)
+                    return
+                tick = flusher.tick
+                if not flusher.ticking:
+                    flusher.start_tick()
+            if conn._queue or conn._tick == tick or conn.closed or conn._flusher is not flusher:
+                conn.deliver(frame)
+                continue
+            conn._tick = tick
+            transport = conn._transport
+            if transport.is_closing():
+                continue
+            try:
+                transport.write(frame)
+                backlog = transport.get_write_buffer_size()
+            except Exception:
+                conn._write_failed()
+                continue
+            if backlog > conn.max_bytes:
+                conn.close(Disconnect.SLOW_CONSUMER, "slow consumer")
+
+    @staticmethod
+    def _queue_all(conns: Collection[Connection], flusher: Flusher, frame: bytes) -> None:
+        """The load regime of :meth:`deliver_all`: queue ``frame`` on each connection."""
+        size = len(frame)
+        for conn in conns:
+            if conn.closed or conn._flusher is not flusher:
+                conn.deliver(frame)
+                continue
+            queue = conn._queue
+            if not queue:
+                flusher.mark(conn)
+            queue.append(frame)
+            queued = conn._bytes = conn._bytes + size
+            if queued > conn.max_bytes or len(queue) > conn.max_messages:
+                conn.close(Disconnect.SLOW_CONSUMER, "slow consumer")
 
     def lost(self, channel: str, position: StreamPosition) -> None:
         self.deliver(self.wire.resync(channel, position))
@@ -175,38 +250,51 @@ class Connection:
         self.deliver(frame)
 
     def flush(self) -> int:
-        """Write what is queued in one call; returns the number of frames written."""
+        """Write what is queued in one call; returns the number of frames written.
+
+        The same checks as the direct write in :meth:`deliver`: a transport that raises is
+        closed with 1001 without stopping the flush of every other connection, and one whose
+        unsent buffer passes ``max_bytes`` is closed as a slow consumer.
+        """
         queue = self._queue
         if not queue or self.closed:
             return 0
-        self._queue = []
+        count = len(queue)
+        if count == 1:
+            data = queue[0]
+            queue.clear()  # reused: nothing else holds the list
+        else:
+            # Several frames go out as one bytes object. The subscribers of a channel usually
+            # have the very same frames queued, so the flusher keeps the last join: comparing
+            # the lists costs a pointer comparison per frame (same objects), far less than a
+            # join per connection.
+            flusher = self._flusher
+            if queue == flusher.batch:
+                data = flusher.joined
+                queue.clear()
+            else:
+                data = flusher.joined = b"".join(queue)
+                flusher.batch = queue
+                self._queue = []
         self._bytes = 0
-        return len(queue) if self._write(queue[0] if len(queue) == 1 else queue) else 0
-
-    def _write(self, data: bytes | list[bytes]) -> bool:
-        """Write one frame, or a list of frames in one call; whether anything was written.
-
-        The one place that writes frames (direct writes and flushes): a transport that raises is
-        closed with 1001 without stopping anyone else's writes (the hub's fan-out loop or the
-        flush of every other connection), and one whose unsent buffer passes ``max_bytes`` is
-        closed as a slow consumer.
-        """
         transport = self._transport
         if transport.is_closing():
-            return False
+            return 0
         try:
-            if isinstance(data, bytes):
-                transport.write(data)
-            else:
-                transport.writelines(data)
+            transport.write(data)
             backlog = transport.get_write_buffer_size()
         except Exception:
-            log.exception("write failed", extra={"conn_id": self.conn_id})
-            self.close(Disconnect.WRITE_FAILED, "internal error")
-            return False
+            self._write_failed()
+            return 0
         if backlog > self.max_bytes:
             self.close(Disconnect.SLOW_CONSUMER, "slow consumer")
-        return True
+        return count
+
+    def _write_failed(self) -> None:
+        """A write raised: close with 1001, without stopping anyone else's writes (the hub's
+        fan-out loop or the flush of every other connection)."""
+        log.exception("write failed", extra={"conn_id": self.conn_id})
+        self.close(Disconnect.WRITE_FAILED, "internal error")
 
     def buffered_bytes(self) -> int:
         """Bytes queued here plus bytes the transport has not sent yet."""

@@ -32,9 +32,9 @@ from services.realtime.session import Session
 from services.realtime.wire import Wire, wire
 
 #: our JSON protocol in WebSocket text frames
-ARENA_WEBSOCKET: Wire = wire(arena.CODEC, websocket_text_frame)
+ARENA_WEBSOCKET: Wire = wire(arena.CODEC, websocket_text_frame, Connection.deliver_all)
 #: Centrifugo's client protocol v2 (JSON) in WebSocket text frames
-CENTRIFUGE_WEBSOCKET: Wire = wire(centrifuge.CODEC, websocket_text_frame)
+CENTRIFUGE_WEBSOCKET: Wire = wire(centrifuge.CODEC, websocket_text_frame, Connection.deliver_all)
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,8 @@ channel. Wires are made once per process (:func:`wire`) so that identity compari
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Collection
+from typing import Any
 
 from pubsub.broker import Publication, StreamPosition
 from pubsub.presence import PresenceEntry
@@ -17,16 +18,30 @@ from services.realtime.commands import Malformed, Request, Result
 from services.realtime.errors import CommandError
 
 Framing = Callable[[bytes], bytes]
+#: hands one frame to each subscriber of a collection, in order (see :attr:`Wire.fanout`)
+Fanout = Callable[[Collection[Any], bytes], None]
+
+
+def deliver_each(subscribers: Collection[Any], frame: bytes) -> None:
+    """The plain fan-out: ``deliver(frame)`` on each subscriber."""
+    for sub in subscribers:
+        sub.deliver(frame)
 
 
 class Wire:
-    """``codec`` messages wrapped by ``frame`` (e.g. into WebSocket text frames)."""
+    """``codec`` messages wrapped by ``frame`` (e.g. into WebSocket text frames).
 
-    __slots__ = ("codec", "frame")
+    ``fanout(subscribers, frame)`` is how the hub hands one publication's frame to a channel's
+    subscribers of this wire; it must behave exactly like ``deliver(frame)`` on each in order.
+    The transport that owns the subscribers may supply a faster loop than :func:`deliver_each`.
+    """
 
-    def __init__(self, codec: Codec, frame: Framing) -> None:
+    __slots__ = ("codec", "fanout", "frame")
+
+    def __init__(self, codec: Codec, frame: Framing, fanout: Fanout = deliver_each) -> None:
         self.codec = codec
         self.frame = frame
+        self.fanout = fanout
 
     def __repr__(self) -> str:
         return f"Wire({self.codec.name}, {getattr(self.frame, '__name__', self.frame)})"
@@ -52,6 +67,6 @@ class Wire:
 
 
 @functools.cache
-def wire(codec: Codec, frame: Framing) -> Wire:
-    """The process-wide Wire of ``codec`` over ``frame``."""
-    return Wire(codec, frame)
+def wire(codec: Codec, frame: Framing, fanout: Fanout = deliver_each) -> Wire:
+    """The process-wide Wire of ``codec`` over ``frame`` (delivered with ``fanout``)."""
+    return Wire(codec, frame, fanout)
