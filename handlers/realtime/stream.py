@@ -20,7 +20,7 @@ import asyncio
 import contextlib
 import uuid
 from collections.abc import AsyncIterator, Mapping
-from typing import TypeVar
+from typing import TypeVar, cast
 
 from aiohttp import HttpVersion11, web
 
@@ -45,10 +45,40 @@ STREAM_HEADERS = {
 GONE = 1006
 
 
-class HeldConnection(Connection):
-    """A Connection writing HTTP chunks of ``wire`` that starts held (module docstring)."""
+class _Holding:
+    """Stands in for a held stream's transport: keeps what the connection writes (its direct
+    writes and flushes alike) until :meth:`HeldConnection.start` writes it after the head."""
 
-    __slots__ = ("_end", "_final", "_held", "_last", "codec", "done")
+    __slots__ = ("frames", "real")
+
+    def __init__(self, real: asyncio.Transport) -> None:
+        self.real = real
+        self.frames: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.frames.append(data)
+
+    def get_write_buffer_size(self) -> int:
+        return sum(map(len, self.frames))
+
+    def is_closing(self) -> bool:
+        return self.real.is_closing()
+
+    def close(self) -> None:
+        self.real.close()
+
+    def abort(self) -> None:
+        self.real.abort()
+
+
+class HeldConnection(Connection):
+    """A Connection writing HTTP chunks of ``wire`` that starts held (module docstring).
+
+    Holding swaps the transport for a :class:`_Holding` that keeps the frames, so the
+    delivery path (``deliver``, ``deliver_all``, ``flush``, which write to the transport
+    directly) needs no check of its own."""
+
+    __slots__ = ("_end", "_final", "_hold", "_last", "codec", "done")
 
     def __init__(
         self,
@@ -61,44 +91,46 @@ class HeldConnection(Connection):
         max_messages: int,
         max_bytes: int,
     ) -> None:
+        hold = _Holding(transport)
         super().__init__(
             uuid.uuid4().hex,
-            transport,
+            cast(asyncio.Transport, hold),
             flusher,
             wire,
             max_messages=max_messages,
             max_bytes=max_bytes,
         )
+        self._hold: _Holding | None = hold
         self.codec = codec
-        self._held: list[bytes] | None = []
         self._end: tuple[int, str] | None = None  # a close while held
         self._last = HTTP_LAST_CHUNK if chunked else b""
         self._final: bytes | None = None  # instead of the codec's disconnect message
         #: set when the stream ends (either side)
         self.done = asyncio.Event()
 
-    def _write(self, data: bytes | list[bytes]) -> bool:
-        held = self._held
-        if held is None:
-            return super()._write(data)
-        if isinstance(data, bytes):
-            held.append(data)
-        else:
-            held.extend(data)
-        return True
-
     def start(self, head: list[bytes]) -> None:
         """Write ``head`` (the stream's first messages) and what arrived meanwhile, then go
-        on writing directly; a close that happened while held is written after them."""
-        held, self._held = self._held or [], None
-        frames = [*head, *held]
-        if frames:
-            super()._write(frames)
+        on writing directly; a close that happened while held is written after them. (Frames
+        still queued for the flusher arrived after the held ones and follow at its tick.)"""
+        hold, self._hold = self._hold, None
+        if hold is None:
+            return
+        transport = self._transport = hold.real
+        frames = [*head, *hold.frames]
+        if frames and not self.closed and not transport.is_closing():
+            try:
+                transport.write(b"".join(frames))
+                backlog = transport.get_write_buffer_size()
+            except Exception:
+                self._write_failed()
+                return
+            if backlog > self.max_bytes:
+                self.close(Disconnect.SLOW_CONSUMER, "slow consumer")
         if self._end is not None:
             self._finish(*self._end)
 
     def _finish(self, code: int, reason: str) -> None:
-        if self._held is not None:
+        if self._hold is not None:
             self._end = (code, reason)  # the handler answers with an HTTP error, or starts
             self.done.set()
             return
