@@ -26,6 +26,7 @@ from pubsub.broker import BrokerError
 from pubsub.hub import Hub
 from pubsub.namespaces import InvalidChannel
 from storage import outbox
+from storage.connections import mark_session_state
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +69,8 @@ class OutboxRelay:
         while True:
             try:
                 async with self._pool.acquire() as conn:
+                    # A session lock and a LISTEN: the pool must reset them on release.
+                    mark_session_state(conn)
                     if await conn.fetchval("SELECT pg_try_advisory_lock($1)", outbox.RELAY_LOCK_ID):
                         try:
                             await self._lead(conn)
