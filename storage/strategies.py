@@ -39,6 +39,14 @@ class SecretGeneration:
 
 
 @dataclass(frozen=True, slots=True)
+class SealedSecret:
+    """An encrypted signing secret and the end of its generation's validity (None: open)."""
+
+    sealed: bytes
+    expires_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
 class UrlMatch:
     """The feed that a URL secret hash belongs to, with the stored hash to compare."""
 
@@ -246,15 +254,15 @@ async def find_by_url_secret(conn: asyncpg.Connection, url_secret_sha256: bytes)
     return UrlMatch(row["strategy_id"], bytes(row["url_secret_sha256"]))
 
 
-async def signing_secrets(conn: asyncpg.Connection, strategy_id: UUID | str) -> list[bytes]:
-    """The encrypted signing keys of every valid generation, newest first.
+async def signing_secrets(conn: asyncpg.Connection, strategy_id: UUID | str) -> list[SealedSecret]:
+    """The encrypted signing keys of every valid generation, newest first, with their expiry.
 
     Raises :class:`NotFound` when the strategy has none (unknown strategy)."""
     rows = await conn.fetch(
-        "SELECT signing_secret_enc FROM strategy_secrets WHERE strategy_id = $1::uuid "
+        "SELECT signing_secret_enc, expires_at FROM strategy_secrets WHERE strategy_id = $1::uuid "
         "AND (expires_at IS NULL OR expires_at > now()) ORDER BY id DESC",
         str(strategy_id),
     )
     if not rows:
         raise NotFound("strategy")
-    return [bytes(row["signing_secret_enc"]) for row in rows]
+    return [SealedSecret(bytes(row["signing_secret_enc"]), row["expires_at"]) for row in rows]

@@ -35,6 +35,7 @@ import asyncpg
 
 from services.alerts.body import ParsedBody, parse
 from services.alerts.feed import created_event
+from services.alerts.key_cache import ValidKey
 from services.alerts.signatures import (
     InvalidSignature,
     SecretBox,
@@ -225,17 +226,41 @@ async def signed(
     tolerance: int,
 ) -> Ingested:
     """A Standard Webhooks signed alert for ``strategy_id``, verified against every valid
-    signing key of the strategy (idempotent by ``webhook-id``)."""
+    signing key of the strategy (idempotent by ``webhook-id``).
+
+    The keys come from ``box.keys`` when a cached one verifies; otherwise (not cached, or a
+    key made since on another instance) they are read and decrypted again before deciding.
+    """
     async with pool.acquire() as conn:
-        sealed = await strategies.signing_secrets(conn, strategy_id)
-        secrets = [box.open(strategy_id, item) for item in sealed]
-        verify(
-            headers,
-            body.raw,
-            [secret_key(secret) for secret in secrets if secret is not None],
-            now=time.time(),
-            tolerance=tolerance,
-        )
+        cached = box.keys.get(strategy_id)
+        if cached is None or not _verifies(headers, body.raw, cached, tolerance):
+            verify(
+                headers,
+                body.raw,
+                await _read_keys(conn, box, strategy_id),
+                now=time.time(),
+                tolerance=tolerance,
+            )
         parsed = parse(body.raw, body.mimetype, body.charset)
         new = new_alert(strategy_id, "signed", body.raw, parsed, headers.msg_id)
         return await store(conn, relay, new, 0)
+
+
+def _verifies(headers: SignedHeaders, raw: bytes, keys: list[bytes], tolerance: int) -> bool:
+    try:
+        verify(headers, raw, keys, now=time.time(), tolerance=tolerance)
+    except InvalidSignature:
+        return False
+    return True
+
+
+async def _read_keys(conn: asyncpg.Connection, box: SecretBox, strategy_id: UUID) -> list[bytes]:
+    """The strategy's valid keys from the database (remembered in ``box.keys``); raises
+    :class:`NotFound` for an unknown strategy."""
+    valid: list[ValidKey] = []
+    for item in await strategies.signing_secrets(conn, strategy_id):
+        secret = box.open(strategy_id, item.sealed)
+        if secret is not None:
+            valid.append(ValidKey(secret_key(secret), item.expires_at))
+    box.keys.put(strategy_id, valid)
+    return [item.key for item in valid]
