@@ -125,6 +125,7 @@ async def tradingview(request: web.Request) -> web.Response:
         secret,
         body,
         dedup_seconds=config.dedup_window,
+        cache=request.app[keys.secret_box].urls,
     )
     return _ack(result)
 

@@ -52,6 +52,7 @@ class UrlMatch:
 
     strategy_id: UUID
     url_secret_sha256: bytes
+    expires_at: datetime | None = None
 
 
 _SELECT = """
@@ -245,13 +246,13 @@ async def find_by_url_secret(conn: asyncpg.Connection, url_secret_sha256: bytes)
     """The strategy of a valid URL secret hash; raises :class:`NotFound` for unknown or
     expired secrets alike."""
     row = await conn.fetchrow(
-        "SELECT strategy_id, url_secret_sha256 FROM strategy_secrets "
+        "SELECT strategy_id, url_secret_sha256, expires_at FROM strategy_secrets "
         "WHERE url_secret_sha256 = $1 AND (expires_at IS NULL OR expires_at > now())",
         url_secret_sha256,
     )
     if row is None:
         raise NotFound("webhook")
-    return UrlMatch(row["strategy_id"], bytes(row["url_secret_sha256"]))
+    return UrlMatch(row["strategy_id"], bytes(row["url_secret_sha256"]), row["expires_at"])
 
 
 async def signing_secrets(conn: asyncpg.Connection, strategy_id: UUID | str) -> list[SealedSecret]:

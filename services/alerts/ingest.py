@@ -35,7 +35,8 @@ import asyncpg
 
 from services.alerts.body import ParsedBody, parse
 from services.alerts.feed import created_event
-from services.alerts.key_cache import ValidKey
+from services.alerts.key_cache import UrlMatch as CachedUrl
+from services.alerts.key_cache import UrlSecretCache, ValidKey
 from services.alerts.signatures import (
     InvalidSignature,
     SecretBox,
@@ -77,16 +78,27 @@ def well_formed_url_secret(secret: str) -> bool:
     return bool(_URL_SECRET_RE.match(secret))
 
 
-async def strategy_of_url_secret(conn: asyncpg.Connection, secret: str) -> UUID:
+async def strategy_of_url_secret(
+    conn: asyncpg.Connection, secret: str, cache: UrlSecretCache | None = None
+) -> UUID:
     """The strategy a valid URL secret belongs to; :class:`NotFound` for malformed, unknown,
-    expired and revoked secrets alike."""
+    expired and revoked secrets alike. With ``cache``, a recent match is used without a
+    lookup (see :mod:`services.alerts.key_cache`) and a new one is remembered."""
     if not well_formed_url_secret(secret):
         raise NotFound("webhook")
     digest = url_secret_hash(secret)
+    if cache is not None:
+        # A hit compares the digest in full (not in constant time: like the index lookup,
+        # timing could tell at most a prefix of a SHA-256, not of the secret).
+        cached = cache.get(digest)
+        if cached is not None:
+            return cached
     match = await strategies.find_by_url_secret(conn, digest)
     # The index lookup compares bytes with memcmp; compare once more in constant time.
     if not hmac.compare_digest(match.url_secret_sha256, digest):
         raise NotFound("webhook")
+    if cache is not None:
+        cache.put(digest, CachedUrl(match.strategy_id, match.expires_at))
     return match.strategy_id
 
 
@@ -192,13 +204,20 @@ async def store(
 
 
 async def tradingview(
-    pool: asyncpg.Pool, relay: OutboxRelay, secret: str, body: Body, *, dedup_seconds: int
+    pool: asyncpg.Pool,
+    relay: OutboxRelay,
+    secret: str,
+    body: Body,
+    *,
+    dedup_seconds: int,
+    cache: UrlSecretCache | None = None,
 ) -> Ingested:
-    """A TradingView alert for the feed whose URL secret is ``secret``."""
+    """A TradingView alert for the feed whose URL secret is ``secret`` (looked up through
+    ``cache`` when given)."""
     if not well_formed_url_secret(secret):
         raise NotFound("webhook")
     async with pool.acquire() as conn:
-        strategy_id = await strategy_of_url_secret(conn, secret)
+        strategy_id = await strategy_of_url_secret(conn, secret, cache)
         parsed = parse(body.raw, body.mimetype, body.charset)
         new = new_alert(strategy_id, "tradingview", body.raw, parsed, None)
         return await store(conn, relay, new, dedup_seconds)

@@ -35,7 +35,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from services.alerts.key_cache import SigningKeyCache
+from services.alerts.key_cache import SigningKeyCache, UrlSecretCache
 from services.errors import DomainError, Invalid, Unauthenticated
 
 SECRET_PREFIX = "whsec_"  # noqa: S105 (a format prefix, not a secret)
@@ -152,7 +152,8 @@ def url_secret_hash(secret: str) -> bytes:
 
 class SecretBox:
     """AES-256-GCM encryption of signing secrets, bound to their strategy id; :attr:`keys`
-    keeps recently opened keys (see :mod:`services.alerts.key_cache`)."""
+    keeps recently opened keys and :attr:`urls` recently matched URL secrets (see
+    :mod:`services.alerts.key_cache`)."""
 
     def __init__(self, service_secret: str) -> None:
         key = HKDF(
@@ -164,6 +165,8 @@ class SecretBox:
         self._aead = AESGCM(key)
         #: keys opened for recent webhooks, per strategy (forget a strategy on rotation)
         self.keys = SigningKeyCache()
+        #: strategies of URL secrets used by recent webhooks (forget a strategy on rotation)
+        self.urls = UrlSecretCache()
 
     def seal(self, strategy_id: UUID, secret: str) -> bytes:
         """``nonce || ciphertext`` of ``secret``."""

@@ -290,6 +290,7 @@ async def rotate(
         )
     # Committed: the next signed webhook reads the keys again (a revoked one fails at once).
     box.keys.forget(strategy.id)
+    box.urls.forget(strategy.id)
     return strategy, made, valid
 
 

@@ -10,8 +10,8 @@ from typing import Any
 
 from handlers import keys
 from server.app import create_app
-from services.alerts.key_cache import KEY_TTL, SigningKeyCache, ValidKey
-from tests.alerts.util import auth, create_strategy, post_signed
+from services.alerts.key_cache import KEY_TTL, SigningKeyCache, UrlMatch, UrlSecretCache, ValidKey
+from tests.alerts.util import auth, create_strategy, post_signed, tv_path
 from tests.helpers import eventually, make_user
 
 
@@ -86,3 +86,42 @@ def test_the_cache_is_bounded() -> None:
     for strategy in ids:
         cache.put(strategy, [ValidKey(b"k", None)])
     assert sum(cache.get(strategy) is not None for strategy in ids) == 2
+
+
+async def test_url_secrets_a_rotation_here_revokes_at_once_and_elsewhere_within_the_ttl(
+    aiohttp_client: Any, settings: Any
+) -> None:
+    here = await aiohttp_client(create_app(settings))
+    there = await aiohttp_client(create_app(settings))
+    _, token = await make_user(here)
+    strategy = await create_strategy(here, token)
+    old_path = tv_path(strategy)
+    url = f"/api/v1/strategies/{strategy['id']}/rotate"
+    # Both instances have used (cached) the first URL secret.
+    for instance in (here, there):
+        assert (await instance.post(old_path, data=f"buy {uuid.uuid4()}")).status == 201
+    rotated = await here.post(url, json={"grace_seconds": 0}, headers=auth(token))
+    assert rotated.status == 200
+    new_path = tv_path({"secrets": (await rotated.json())["secrets"]})
+    # The instance that rotated refuses the old URL at once; both accept the new one at once.
+    assert (await here.post(old_path, data="buy late")).status == 404
+    for instance in (here, there):
+        assert (await instance.post(new_path, data=f"buy {uuid.uuid4()}")).status == 201
+
+    async def old_url_refused_there() -> bool:
+        response = await there.post(old_path, data=f"buy {uuid.uuid4()}")
+        await response.read()
+        return bool(response.status == 404)
+
+    await eventually(old_url_refused_there, timeout=KEY_TTL * 4, what="the revoked URL refused")
+
+
+def test_url_secret_expiry_is_honoured_while_cached() -> None:
+    cache = UrlSecretCache()
+    strategy = uuid.uuid4()
+    now = datetime.now(UTC)
+    cache.put(b"d" * 32, UrlMatch(strategy, now + timedelta(seconds=30)))
+    assert cache.get(b"d" * 32, now) == strategy
+    assert cache.get(b"d" * 32, now + timedelta(seconds=31)) is None
+    cache.forget(strategy)
+    assert cache.get(b"d" * 32, now) is None
