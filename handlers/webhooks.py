@@ -164,6 +164,7 @@ async def signed(request: web.Request) -> web.Response:
         headers,
         body,
         tolerance=config.timestamp_tolerance,
+        group=request.app[keys.group_commit],
     )
     return _ack(result)
 

@@ -28,7 +28,7 @@ import re
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from uuid import UUID, uuid4
 
 import asyncpg
@@ -50,6 +50,9 @@ from services.channels import names
 from services.outbox.relay import OutboxRelay
 from storage import alerts, strategies
 from storage.errors import NotFound
+
+if TYPE_CHECKING:
+    from services.alerts.group_commit import GroupCommit
 
 log = logging.getLogger(__name__)
 
@@ -193,6 +196,11 @@ async def store(
         await conn.execute("COMMIT")
     else:
         result = await insert_with_created_event(conn, new)
+    return _ingested(new, result, relay)
+
+
+def _ingested(new: alerts.NewAlert, result: alerts.InsertResult, relay: OutboxRelay) -> Ingested:
+    """Log a duplicate, or wake the relay for a new alert."""
     if result.duplicate:
         log.info(
             "duplicate webhook ignored",
@@ -243,26 +251,26 @@ async def signed(
     body: Body,
     *,
     tolerance: int,
+    group: GroupCommit | None = None,
 ) -> Ingested:
     """A Standard Webhooks signed alert for ``strategy_id``, verified against every valid
-    signing key of the strategy (idempotent by ``webhook-id``).
+    signing key of the strategy (idempotent by ``webhook-id``); committed through ``group``
+    (together with concurrent ones) when given.
 
     The keys come from ``box.keys`` when a cached one verifies; otherwise (not cached, or a
     key made since on another instance) they are read and decrypted again before deciding.
     """
-    async with pool.acquire() as conn:
-        cached = box.keys.get(strategy_id)
-        if cached is None or not _verifies(headers, body.raw, cached, tolerance):
-            verify(
-                headers,
-                body.raw,
-                await _read_keys(conn, box, strategy_id),
-                now=time.time(),
-                tolerance=tolerance,
-            )
-        parsed = parse(body.raw, body.mimetype, body.charset)
-        new = new_alert(strategy_id, "signed", body.raw, parsed, headers.msg_id)
-        return await store(conn, relay, new, 0)
+    cached = box.keys.get(strategy_id)
+    if cached is None or not _verifies(headers, body.raw, cached, tolerance):
+        async with pool.acquire() as conn:
+            keys = await _read_keys(conn, box, strategy_id)
+        verify(headers, body.raw, keys, now=time.time(), tolerance=tolerance)
+    parsed = parse(body.raw, body.mimetype, body.charset)
+    new = new_alert(strategy_id, "signed", body.raw, parsed, headers.msg_id)
+    if group is None:
+        async with pool.acquire() as conn:
+            return await store(conn, relay, new, 0)
+    return _ingested(new, await group.insert(new), relay)
 
 
 def _verifies(headers: SignedHeaders, raw: bytes, keys: list[bytes], tolerance: int) -> bool:
