@@ -10,9 +10,11 @@ Guarantees, per webhook, as without grouping:
 
 * :meth:`GroupCommit.insert` returns only after the transaction holding the alert and its
   outbox event committed (a 2xx still means durable).
-* If the transaction fails to commit, or the database is unreachable, every alert of it gets
-  the exception (the handler answers 503) and nothing of it was committed, so nothing of it
-  is published.
+* If the transaction fails, or the database is unreachable, every alert of it gets the
+  exception (the handler answers 503) and nothing of it was committed, so nothing of it is
+  published. (A connection lost while ``COMMIT`` is under way leaves the outcome unknown, as
+  for a single statement; the sender's retry with the same ``webhook-id`` then finds the
+  alert and gets 200.)
 * If one alert's statement fails (a deleted strategy, a deadlock between two batches that
   replay the same webhook ids), the transaction is rolled back and each of its alerts is
   committed again alone, so only that alert gets its error.
