@@ -15,6 +15,7 @@ from handlers.metrics import HttpMetrics
 from handlers.realtime.transport import Connection, Flusher
 from pubsub.hub import Hub
 from pubsub.presence import Presence
+from services.alerts.group_commit import GroupCommit
 from services.alerts.signatures import SecretBox
 from services.analysis.runner import AnalysisRunner
 from services.auth.ratelimit import RateLimiter
@@ -41,6 +42,8 @@ realtime = web.AppKey("realtime", RealtimeService)
 #: writes the queued frames of every WebSocket connection once per loop iteration
 flusher = web.AppKey("flusher", Flusher)
 relay = web.AppKey("relay", OutboxRelay)
+#: commits concurrent signed webhooks' alerts together (services.alerts.group_commit)
+group_commit = web.AppKey("group_commit", GroupCommit)
 tokens = web.AppKey("tokens", TokenService)
 #: the shared Redis client (a cluster client for a redis+cluster:// URL), only with REDIS_URL
 redis: web.AppKey[Redis | RedisCluster] = web.AppKey("redis")

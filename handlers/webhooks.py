@@ -125,6 +125,7 @@ async def tradingview(request: web.Request) -> web.Response:
         secret,
         body,
         dedup_seconds=config.dedup_window,
+        cache=request.app[keys.secret_box].urls,
     )
     return _ack(result)
 
@@ -163,6 +164,7 @@ async def signed(request: web.Request) -> web.Response:
         headers,
         body,
         tolerance=config.timestamp_tolerance,
+        group=request.app[keys.group_commit],
     )
     return _ack(result)
 

@@ -25,6 +25,7 @@ from pubsub.redis_keys import KeySpace, PartitionedKeySpace, Partitioning
 from pubsub.redis_url import cluster_client
 from pubsub.redis_url import redis_client as make_redis_client
 from server.settings import Settings
+from services.alerts.group_commit import GroupCommit
 from services.analysis.factory import build_provider
 from services.analysis.runner import AnalysisRunner
 from services.auth.ratelimit import MemoryRateLimiter, RedisRateLimiter
@@ -171,13 +172,17 @@ async def channels(app: web.Application) -> AsyncIterator[None]:
 
 
 async def outbox_relay(app: web.Application) -> AsyncIterator[None]:
-    """The background task that publishes outbox events."""
+    """The background task that publishes outbox events, and the group commit of signed
+    webhooks that wakes it."""
     relay = OutboxRelay(app[keys.pool], app[keys.hub])
     app[keys.relay] = relay
+    group = GroupCommit(app[keys.pool], relay)
+    app[keys.group_commit] = group
     task = asyncio.create_task(relay.run(), name="outbox-relay")
     try:
         yield
     finally:
+        await group.close()
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task

@@ -1,5 +1,6 @@
-"""Opening the database: the asyncpg pool (JSON through orjson), the embedded PostgreSQL
-fallback and migrations, in :func:`open_database`."""
+"""Opening the database: the asyncpg pool (JSON through orjson, a cheap release: see
+:mod:`storage.connections`), the embedded PostgreSQL fallback and migrations, in
+:func:`open_database`."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from urllib.parse import urlsplit
 import asyncpg
 import orjson
 
+from storage.connections import ArenaConnection, reset_on_release
 from storage.embedded import start_embedded
 from storage.migrate import migrate
 
@@ -50,7 +52,8 @@ async def create_pool(
     connect_timeout: float = 10.0,
     command_timeout: float = 30.0,
 ) -> asyncpg.Pool:
-    """Open a pool whose connections encode and decode JSON columns with orjson.
+    """Open a pool whose connections encode and decode JSON columns with orjson and are
+    released without a reset round trip unless marked (:mod:`storage.connections`).
 
     ``connect_timeout`` bounds opening each connection, ``command_timeout`` each statement.
     Raises :class:`DatabaseUnreachable` (a ``ConnectionError``, so one of
@@ -62,6 +65,8 @@ async def create_pool(
             min_size=min_size,
             max_size=max_size,
             init=_init_connection,
+            connection_class=ArenaConnection,
+            reset=reset_on_release,
             timeout=connect_timeout,
             command_timeout=command_timeout,
             max_inactive_connection_lifetime=300,

@@ -16,6 +16,8 @@ from importlib import resources
 
 import asyncpg
 
+from storage.connections import mark_session_state
+
 log = logging.getLogger(__name__)
 
 #: Arbitrary constant identifying "arena-realtime migrations" among advisory locks.
@@ -83,6 +85,7 @@ async def migration_status(
 async def migrate(conn: asyncpg.Connection, migrations: list[Migration] | None = None) -> list[str]:
     """Apply pending migrations; returns the names applied (empty when up to date)."""
     migrations = load_migrations() if migrations is None else migrations
+    mark_session_state(conn)  # a session lock: a pooled connection must be reset after
     await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK_ID)
     try:
         await conn.execute(

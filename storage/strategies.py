@@ -39,11 +39,20 @@ class SecretGeneration:
 
 
 @dataclass(frozen=True, slots=True)
+class SealedSecret:
+    """An encrypted signing secret and the end of its generation's validity (None: open)."""
+
+    sealed: bytes
+    expires_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
 class UrlMatch:
     """The feed that a URL secret hash belongs to, with the stored hash to compare."""
 
     strategy_id: UUID
     url_secret_sha256: bytes
+    expires_at: datetime | None = None
 
 
 _SELECT = """
@@ -237,24 +246,24 @@ async def find_by_url_secret(conn: asyncpg.Connection, url_secret_sha256: bytes)
     """The strategy of a valid URL secret hash; raises :class:`NotFound` for unknown or
     expired secrets alike."""
     row = await conn.fetchrow(
-        "SELECT strategy_id, url_secret_sha256 FROM strategy_secrets "
+        "SELECT strategy_id, url_secret_sha256, expires_at FROM strategy_secrets "
         "WHERE url_secret_sha256 = $1 AND (expires_at IS NULL OR expires_at > now())",
         url_secret_sha256,
     )
     if row is None:
         raise NotFound("webhook")
-    return UrlMatch(row["strategy_id"], bytes(row["url_secret_sha256"]))
+    return UrlMatch(row["strategy_id"], bytes(row["url_secret_sha256"]), row["expires_at"])
 
 
-async def signing_secrets(conn: asyncpg.Connection, strategy_id: UUID | str) -> list[bytes]:
-    """The encrypted signing keys of every valid generation, newest first.
+async def signing_secrets(conn: asyncpg.Connection, strategy_id: UUID | str) -> list[SealedSecret]:
+    """The encrypted signing keys of every valid generation, newest first, with their expiry.
 
     Raises :class:`NotFound` when the strategy has none (unknown strategy)."""
     rows = await conn.fetch(
-        "SELECT signing_secret_enc FROM strategy_secrets WHERE strategy_id = $1::uuid "
+        "SELECT signing_secret_enc, expires_at FROM strategy_secrets WHERE strategy_id = $1::uuid "
         "AND (expires_at IS NULL OR expires_at > now()) ORDER BY id DESC",
         str(strategy_id),
     )
     if not rows:
         raise NotFound("strategy")
-    return [bytes(row["signing_secret_enc"]) for row in rows]
+    return [SealedSecret(bytes(row["signing_secret_enc"]), row["expires_at"]) for row in rows]

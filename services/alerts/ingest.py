@@ -28,13 +28,15 @@ import re
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from uuid import UUID, uuid4
 
 import asyncpg
 
 from services.alerts.body import ParsedBody, parse
 from services.alerts.feed import created_event
+from services.alerts.key_cache import UrlMatch as CachedUrl
+from services.alerts.key_cache import UrlSecretCache, ValidKey
 from services.alerts.signatures import (
     InvalidSignature,
     SecretBox,
@@ -48,6 +50,9 @@ from services.channels import names
 from services.outbox.relay import OutboxRelay
 from storage import alerts, strategies
 from storage.errors import NotFound
+
+if TYPE_CHECKING:
+    from services.alerts.group_commit import GroupCommit
 
 log = logging.getLogger(__name__)
 
@@ -76,16 +81,27 @@ def well_formed_url_secret(secret: str) -> bool:
     return bool(_URL_SECRET_RE.match(secret))
 
 
-async def strategy_of_url_secret(conn: asyncpg.Connection, secret: str) -> UUID:
+async def strategy_of_url_secret(
+    conn: asyncpg.Connection, secret: str, cache: UrlSecretCache | None = None
+) -> UUID:
     """The strategy a valid URL secret belongs to; :class:`NotFound` for malformed, unknown,
-    expired and revoked secrets alike."""
+    expired and revoked secrets alike. With ``cache``, a recent match is used without a
+    lookup (see :mod:`services.alerts.key_cache`) and a new one is remembered."""
     if not well_formed_url_secret(secret):
         raise NotFound("webhook")
     digest = url_secret_hash(secret)
+    if cache is not None:
+        # A hit compares the digest in full (not in constant time: like the index lookup,
+        # timing could tell at most a prefix of a SHA-256, not of the secret).
+        cached = cache.get(digest)
+        if cached is not None:
+            return cached
     match = await strategies.find_by_url_secret(conn, digest)
     # The index lookup compares bytes with memcmp; compare once more in constant time.
     if not hmac.compare_digest(match.url_secret_sha256, digest):
         raise NotFound("webhook")
+    if cache is not None:
+        cache.put(digest, CachedUrl(match.strategy_id, match.expires_at))
     return match.strategy_id
 
 
@@ -180,6 +196,11 @@ async def store(
         await conn.execute("COMMIT")
     else:
         result = await insert_with_created_event(conn, new)
+    return _ingested(new, result, relay)
+
+
+def _ingested(new: alerts.NewAlert, result: alerts.InsertResult, relay: OutboxRelay) -> Ingested:
+    """Log a duplicate, or wake the relay for a new alert."""
     if result.duplicate:
         log.info(
             "duplicate webhook ignored",
@@ -191,13 +212,20 @@ async def store(
 
 
 async def tradingview(
-    pool: asyncpg.Pool, relay: OutboxRelay, secret: str, body: Body, *, dedup_seconds: int
+    pool: asyncpg.Pool,
+    relay: OutboxRelay,
+    secret: str,
+    body: Body,
+    *,
+    dedup_seconds: int,
+    cache: UrlSecretCache | None = None,
 ) -> Ingested:
-    """A TradingView alert for the feed whose URL secret is ``secret``."""
+    """A TradingView alert for the feed whose URL secret is ``secret`` (looked up through
+    ``cache`` when given)."""
     if not well_formed_url_secret(secret):
         raise NotFound("webhook")
     async with pool.acquire() as conn:
-        strategy_id = await strategy_of_url_secret(conn, secret)
+        strategy_id = await strategy_of_url_secret(conn, secret, cache)
         parsed = parse(body.raw, body.mimetype, body.charset)
         new = new_alert(strategy_id, "tradingview", body.raw, parsed, None)
         return await store(conn, relay, new, dedup_seconds)
@@ -223,19 +251,43 @@ async def signed(
     body: Body,
     *,
     tolerance: int,
+    group: GroupCommit | None = None,
 ) -> Ingested:
     """A Standard Webhooks signed alert for ``strategy_id``, verified against every valid
-    signing key of the strategy (idempotent by ``webhook-id``)."""
-    async with pool.acquire() as conn:
-        sealed = await strategies.signing_secrets(conn, strategy_id)
-        secrets = [box.open(strategy_id, item) for item in sealed]
-        verify(
-            headers,
-            body.raw,
-            [secret_key(secret) for secret in secrets if secret is not None],
-            now=time.time(),
-            tolerance=tolerance,
-        )
-        parsed = parse(body.raw, body.mimetype, body.charset)
-        new = new_alert(strategy_id, "signed", body.raw, parsed, headers.msg_id)
-        return await store(conn, relay, new, 0)
+    signing key of the strategy (idempotent by ``webhook-id``); committed through ``group``
+    (together with concurrent ones) when given.
+
+    The keys come from ``box.keys`` when a cached one verifies; otherwise (not cached, or a
+    key made since on another instance) they are read and decrypted again before deciding.
+    """
+    cached = box.keys.get(strategy_id)
+    if cached is None or not _verifies(headers, body.raw, cached, tolerance):
+        async with pool.acquire() as conn:
+            keys = await _read_keys(conn, box, strategy_id)
+        verify(headers, body.raw, keys, now=time.time(), tolerance=tolerance)
+    parsed = parse(body.raw, body.mimetype, body.charset)
+    new = new_alert(strategy_id, "signed", body.raw, parsed, headers.msg_id)
+    if group is None:
+        async with pool.acquire() as conn:
+            return await store(conn, relay, new, 0)
+    return _ingested(new, await group.insert(new), relay)
+
+
+def _verifies(headers: SignedHeaders, raw: bytes, keys: list[bytes], tolerance: int) -> bool:
+    try:
+        verify(headers, raw, keys, now=time.time(), tolerance=tolerance)
+    except InvalidSignature:
+        return False
+    return True
+
+
+async def _read_keys(conn: asyncpg.Connection, box: SecretBox, strategy_id: UUID) -> list[bytes]:
+    """The strategy's valid keys from the database (remembered in ``box.keys``); raises
+    :class:`NotFound` for an unknown strategy."""
+    valid: list[ValidKey] = []
+    for item in await strategies.signing_secrets(conn, strategy_id):
+        secret = box.open(strategy_id, item.sealed)
+        if secret is not None:
+            valid.append(ValidKey(secret_key(secret), item.expires_at))
+    box.keys.put(strategy_id, valid)
+    return [item.key for item in valid]

@@ -35,6 +35,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from services.alerts.key_cache import SigningKeyCache, UrlSecretCache
 from services.errors import DomainError, Invalid, Unauthenticated
 
 SECRET_PREFIX = "whsec_"  # noqa: S105 (a format prefix, not a secret)
@@ -150,7 +151,9 @@ def url_secret_hash(secret: str) -> bytes:
 
 
 class SecretBox:
-    """AES-256-GCM encryption of signing secrets, bound to their strategy id."""
+    """AES-256-GCM encryption of signing secrets, bound to their strategy id; :attr:`keys`
+    keeps recently opened keys and :attr:`urls` recently matched URL secrets (see
+    :mod:`services.alerts.key_cache`)."""
 
     def __init__(self, service_secret: str) -> None:
         key = HKDF(
@@ -160,6 +163,10 @@ class SecretBox:
             info=b"alert signing secrets v1",
         ).derive(service_secret.encode())
         self._aead = AESGCM(key)
+        #: keys opened for recent webhooks, per strategy (forget a strategy on rotation)
+        self.keys = SigningKeyCache()
+        #: strategies of URL secrets used by recent webhooks (forget a strategy on rotation)
+        self.urls = UrlSecretCache()
 
     def seal(self, strategy_id: UUID, secret: str) -> bytes:
         """``nonce || ciphertext`` of ``secret``."""

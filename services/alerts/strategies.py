@@ -288,6 +288,9 @@ async def rotate(
         valid = await strategies.rotate(
             conn, strategy.id, url_secret_hash(made.url_secret), sealed, grace
         )
+    # Committed: the next signed webhook reads the keys again (a revoked one fails at once).
+    box.keys.forget(strategy.id)
+    box.urls.forget(strategy.id)
     return strategy, made, valid
 
 

@@ -26,6 +26,7 @@ from pubsub.broker import BrokerError
 from pubsub.hub import Hub
 from pubsub.namespaces import InvalidChannel
 from storage import outbox
+from storage.connections import mark_session_state
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +53,8 @@ class OutboxRelay:
         #: failed attempts of events that failed with something other than a broker outage
         self._attempts: dict[int, int] = {}
         self._wakeup = asyncio.Event()
+        #: the next batch, fetched with the last mark (None: fetch before the next round)
+        self._prefetched: list[outbox.OutboxEvent] | None = None
         self.published = 0
         #: events set aside after ``max_attempts`` failures
         self.set_aside = 0
@@ -68,6 +71,8 @@ class OutboxRelay:
         while True:
             try:
                 async with self._pool.acquire() as conn:
+                    # A session lock and a LISTEN: the pool must reset them on release.
+                    mark_session_state(conn)
                     if await conn.fetchval("SELECT pg_try_advisory_lock($1)", outbox.RELAY_LOCK_ID):
                         try:
                             await self._lead(conn)
@@ -86,11 +91,12 @@ class OutboxRelay:
 
     async def _lead(self, conn: asyncpg.Connection) -> None:
         await conn.add_listener(outbox.NOTIFY_CHANNEL, self._on_notify)
+        self._prefetched = None
         try:
             while True:
                 self._wakeup.clear()
-                count, complete = await self.relay_once(conn)
-                if complete and count == self._batch_size:
+                _, complete = await self.relay_once(conn)
+                if complete and self._prefetched:
                     continue
                 await self._wait(self._poll_interval if complete else self._retry_delay)
         finally:
@@ -107,14 +113,18 @@ class OutboxRelay:
     async def relay_once(self, conn: asyncpg.Connection) -> tuple[int, bool]:
         """Publish one batch; returns (events marked published, whether nothing stopped it).
 
-        One statement fetches up to ``batch_size`` events and one marks the done ones. Each
+        One statement fetches up to ``batch_size`` events and one marks the done ones and
+        fetches the next batch (used by the next round, so a busy relay makes one database
+        round trip per batch; an empty prefetch is fetched again, nothing is missed). Each
         channel of the batch is a lane that publishes its events in id order; lanes run
         concurrently (broker round trips overlap), so a batch costs about as many broker round
         trips as its busiest channel has events, not as many as the batch has. A failing event
         stops only its lane: later events of that channel wait (order), others go on. An event
         is done once every channel of it has published it (or it was set aside).
         """
-        events = await outbox.fetch_unpublished(conn, self._batch_size)
+        events, self._prefetched = self._prefetched, None
+        if not events:
+            events = await outbox.fetch_unpublished(conn, self._batch_size)
         if not events:
             return 0, True
         lanes: dict[str, list[outbox.OutboxEvent]] = {}
@@ -131,7 +141,7 @@ class OutboxRelay:
         for event_id in done:
             self._attempts.pop(event_id, None)
         if done:
-            await outbox.mark_published(conn, done)
+            self._prefetched = await outbox.mark_published_and_fetch(conn, done, self._batch_size)
             self.published += len(done)
         self.set_aside += len(round_.set_aside)
         return len(done), round_.complete

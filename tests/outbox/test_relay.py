@@ -213,7 +213,8 @@ async def test_a_batch_of_500_events_goes_out_once_in_order_per_channel_in_one_r
         assert await relay.relay_once(conn) == (0, True)
         conn.remove_query_logger(logger)
         assert await outbox.pending_count(conn) == 0
-    # One statement fetches the batch and one marks it (the second round: one fetch only);
+    # One statement fetches the batch and one marks it and fetches the next (empty: the second
+    # round fetches once more);
     # asyncpg's own type introspection on a fresh connection is not counted.
     relay_statements = [query for query in statements if "outbox" in query]
     assert len(relay_statements) == 3, statements
@@ -228,3 +229,37 @@ async def test_a_batch_of_500_events_goes_out_once_in_order_per_channel_in_one_r
         assert seen[channel] == expected  # each once, in id order
         position = await hub.broker.position(channel, hub.options(channel))
         assert position.offset == len(expected)
+
+
+async def test_a_busy_relay_makes_one_database_round_trip_per_batch(client: Any) -> None:
+    app = client.server.app
+    pool, hub = app[keys.pool], app[keys.hub]
+    for task in asyncio.all_tasks():
+        if task.get_name() == "outbox-relay":
+            await _stop(task)
+    channel = "alerts:busy-relay"
+    async with pool.acquire() as conn, conn.transaction():
+        for i in range(6):
+            await outbox.add_event(conn, [channel], {"type": "t", "i": i})
+    relay = OutboxRelay(pool, hub, batch_size=2)
+    statements: list[str] = []
+    async with pool.acquire() as conn:
+
+        def logger(record: Any) -> None:
+            statements.append(record.query)
+
+        conn.add_query_logger(logger)
+        rounds = [await relay.relay_once(conn) for _ in range(4)]
+        conn.remove_query_logger(logger)
+        assert await outbox.pending_count(conn) == 0
+        published = await conn.fetchval(
+            "SELECT count(*) FROM outbox WHERE $1 = ANY(channels) AND published_at IS NOT NULL",
+            channel,
+        )
+    assert rounds == [(2, True), (2, True), (2, True), (0, True)]
+    assert published == 6
+    # fetch, then mark + fetch next three times (the last finds nothing), then the fourth
+    # round's fetch: 5 statements for 3 batches, not 7 (fetch + mark each, then a fetch).
+    assert len([query for query in statements if "outbox" in query]) == 5, statements
+    position = await hub.broker.position(channel, hub.options(channel))
+    assert position.offset == 6

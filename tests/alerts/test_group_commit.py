@@ -1,0 +1,166 @@
+"""Group commit of signed webhooks: concurrent alerts share transactions, each request is
+answered only after its alert committed, a database failure fails every waiting request with
+503 and publishes nothing, and one bad alert does not fail the others of its batch."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import orjson
+import pytest
+
+from handlers import keys
+from server.app import create_app
+from services.alerts import ingest
+from services.alerts.body import parse
+from services.alerts.group_commit import GroupCommit
+from storage.errors import NotFound
+from tests.alerts.util import TcpProxy, count_rows, create_strategy, post_signed, signed_headers
+from tests.helpers import connect, eventually, make_user, receive, request
+
+
+async def _lock_waiters(conn: asyncpg.Connection) -> bool:
+    """Whether some backend of this database waits for a lock."""
+    # Inside a transaction the statistics views are a snapshot from the first read: drop it.
+    await conn.execute("SELECT pg_stat_clear_snapshot()")
+    count: int = await conn.fetchval(
+        "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+        "AND datname = current_database()"
+    )
+    return count > 0
+
+
+async def test_concurrent_webhooks_share_transactions_and_each_is_published_once(
+    client: Any,
+) -> None:
+    _, token = await make_user(client)
+    strategy = await create_strategy(client, token)
+    ws = await connect(client, token)
+    assert "result" in await request(ws, "subscribe", channel=f"alerts:{strategy['id']}")
+    group = client.server.app[keys.group_commit]
+    before = group.transactions
+    # Hold the strategy row so the first transactions wait and later webhooks queue up.
+    async with client.server.app[keys.pool].acquire() as locker, locker.transaction():
+        await locker.execute("SELECT 1 FROM strategies WHERE id = $1 FOR UPDATE", strategy["id"])
+        posts = [
+            asyncio.create_task(post_signed(client, strategy, {"ticker": "T", "message": str(n)}))
+            for n in range(40)
+        ]
+        await eventually(lambda: group.waiting == 40, what="40 webhooks waiting to commit")
+        assert not any(task.done() for task in posts)  # no answer before the commit
+    responses = await asyncio.gather(*posts)
+    replies = [await response.json() for response in responses]
+    assert [response.status for response in responses] == [201] * 40
+    assert len({reply["id"] for reply in replies}) == 40
+    assert group.transactions - before < 40
+    assert await count_rows(client, "alerts", strategy["id"]) == 40
+    seen: list[str] = []
+    while len(seen) < 40:
+        frame = await receive(ws)
+        seen.append(frame["data"]["alert"]["message"])
+    assert sorted(seen, key=int) == [str(n) for n in range(40)]
+
+
+async def test_a_database_failure_fails_every_waiting_webhook_and_publishes_nothing(
+    aiohttp_client: Any, make_settings: Any, database_url: str
+) -> None:
+    target = urlsplit(database_url)
+    proxy = TcpProxy(target.hostname or "127.0.0.1", target.port or 5432)
+    await proxy.start()
+    proxied = urlunsplit(target._replace(netloc=f"{target.username}@127.0.0.1:{proxy.port}"))
+    client = await aiohttp_client(create_app(make_settings(DATABASE_URL=proxied)))
+    _, token = await make_user(client)
+    strategy = await create_strategy(client, token)
+    group = client.server.app[keys.group_commit]
+    direct = await asyncpg.connect(database_url)
+    try:
+        async with direct.transaction():
+            await direct.execute(
+                "SELECT 1 FROM strategies WHERE id = $1 FOR UPDATE", uuid.UUID(strategy["id"])
+            )
+            posts = [
+                asyncio.create_task(post_signed(client, strategy, {"message": str(n)}))
+                for n in range(12)
+            ]
+            await eventually(lambda: group.waiting == 12, what="12 webhooks waiting to commit")
+            await eventually(lambda: _lock_waiters(direct), what="a transaction waiting")
+            # The database goes away: connections drop and the server ends the transactions
+            # (a backend waiting on a lock would otherwise go on and commit once it is free).
+            await proxy.cut()
+            await direct.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+            responses = await asyncio.gather(*posts)
+        assert [response.status for response in responses] == [503] * 12
+        assert await direct.fetchval("SELECT count(*) FROM alerts") == 0
+        assert (
+            await direct.fetchval(
+                "SELECT count(*) FROM outbox WHERE $1 = ANY(channels)", f"alerts:{strategy['id']}"
+            )
+            == 0
+        )
+    finally:
+        await direct.close()
+
+
+async def test_one_failing_alert_does_not_fail_the_others_of_its_transaction(
+    client: Any,
+) -> None:
+    app = client.server.app
+    _, token = await make_user(client)
+    strategy = await create_strategy(client, token)
+    known = uuid.UUID(strategy["id"])
+    group = GroupCommit(app[keys.pool], app[keys.relay], max_flushes=1)
+    body = orjson.dumps({"ticker": "T"})
+    parsed = parse(body, "application/json", None)
+
+    def alert(strategy_id: uuid.UUID, n: int) -> Any:
+        return ingest.new_alert(strategy_id, "signed", body, parsed, f"msg_{n}")
+
+    async with app[keys.pool].acquire() as locker, locker.transaction():
+        await locker.execute("SELECT 1 FROM strategies WHERE id = $1 FOR UPDATE", known)
+        first = asyncio.create_task(group.insert(alert(known, 0)))
+        await eventually(lambda: _lock_waiters(locker), what="the first transaction waiting")
+        # These wait for the one slot and then share a transaction; one names no strategy.
+        batch = [
+            asyncio.create_task(group.insert(alert(known, 1))),
+            asyncio.create_task(group.insert(alert(uuid.uuid4(), 2))),
+            asyncio.create_task(group.insert(alert(known, 3))),
+        ]
+        await eventually(lambda: group.waiting == 4, what="4 alerts waiting")
+    assert not (await first).duplicate
+    outcomes = await asyncio.gather(*batch, return_exceptions=True)
+    assert isinstance(outcomes[1], NotFound)
+    assert group.transactions == 2  # the first alone, then the three together (rolled back, redone)
+    assert [o.duplicate for o in (outcomes[0], outcomes[2])] == [False, False]  # type: ignore[union-attr]
+    assert await count_rows(client, "alerts", strategy["id"]) == 3
+    assert await count_rows(client, "outbox", strategy["id"]) == 3
+
+
+@pytest.mark.parametrize("replays", [30])
+async def test_replays_inside_one_transaction_store_one_alert(client: Any, replays: int) -> None:
+    _, token = await make_user(client)
+    strategy = await create_strategy(client, token)
+    body = orjson.dumps({"ticker": "R"})
+    headers = signed_headers(strategy["secrets"]["signing_secret"], body, msg_id="msg_same")
+    url = f"/webhooks/alerts/{strategy['id']}"
+    group = client.server.app[keys.group_commit]
+    async with client.server.app[keys.pool].acquire() as locker, locker.transaction():
+        await locker.execute("SELECT 1 FROM strategies WHERE id = $1 FOR UPDATE", strategy["id"])
+        posts = [
+            asyncio.create_task(client.post(url, data=body, headers=headers))
+            for _ in range(replays)
+        ]
+        await eventually(lambda: group.waiting == replays, what="the replays waiting")
+    responses = await asyncio.gather(*posts)
+    statuses = sorted(response.status for response in responses)
+    assert statuses == [200] * (replays - 1) + [201]
+    ids = {(await response.json())["id"] for response in responses}
+    assert len(ids) == 1
+    assert await count_rows(client, "alerts", strategy["id"]) == 1
+    assert await count_rows(client, "outbox", strategy["id"]) == 1
