@@ -6,6 +6,7 @@ about 1)::
     .venv/bin/python -m bench.fanout                # memory + Redis brokers and the raw ceiling
     .venv/bin/python -m bench.fanout --quick        # shorter phases, to check the tooling
     .venv/bin/python -m bench.fanout --soak         # also 10,000 connections held for 60 s
+    .venv/bin/python -m bench.fanout --rounds 6     # targets interleaved 6 times: medians, ranges
 
 For every target (``arena-memory``, ``arena-redis``, ``raw-aiohttp``; also ``arena-redis-2w``, the
 Redis broker with ``serve --workers 2``, and ``arena-centrifuge`` / ``arena-redis-centrifuge``, the
