@@ -6,6 +6,7 @@ about 1)::
     .venv/bin/python -m bench.fanout                # memory + Redis brokers and the raw ceiling
     .venv/bin/python -m bench.fanout --quick        # shorter phases, to check the tooling
     .venv/bin/python -m bench.fanout --soak         # also 10,000 connections held for 60 s
+    .venv/bin/python -m bench.fanout --rounds 6     # targets interleaved 6 times: medians, ranges
 
 For every target (``arena-memory``, ``arena-redis``, ``raw-aiohttp``; also ``arena-redis-2w``, the
 Redis broker with ``serve --workers 2``, and ``arena-centrifuge`` / ``arena-redis-centrifuge``, the
@@ -43,6 +44,7 @@ import os
 import resource
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -109,6 +111,48 @@ def cpu_times(pid: int) -> tuple[float, float]:
                 children = (task / "children").read_text().split()
                 todo.extend(int(child) for child in children)
     return user, system
+
+
+def io_calls(pid: int) -> tuple[int, int]:
+    """``(syscr, syscw)`` of process ``pid`` from ``/proc/<pid>/io``: its read- and write-family
+    system calls (socket ``read``/``write``/``writev`` included)."""
+    fields = dict(line.split(": ") for line in Path(f"/proc/{pid}/io").read_text().splitlines())
+    return int(fields["syscr"]), int(fields["syscw"])
+
+
+def machine_busy() -> tuple[int, int]:
+    """``(busy, total)`` jiffies of all CPUs from ``/proc/stat`` (idle and iowait not busy)."""
+    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    total = sum(values[:8])
+    return total - values[3] - values[4], total
+
+
+@dataclass
+class Usage:
+    """Who used how much CPU (seconds) and how many socket calls, at one moment."""
+
+    at: float
+    server_cpu: float
+    server_times: tuple[float, float]
+    server_writes: int
+    generator_cpu: float
+    generator_reads: int
+    controller_cpu: float
+    machine: tuple[int, int]
+
+    @classmethod
+    def now(cls, server: Server, workers: Workers) -> Usage:
+        self_usage = resource.getrusage(resource.RUSAGE_SELF)
+        return cls(
+            at=time.monotonic(),
+            server_cpu=server.cpu(),
+            server_times=server.cpu_times(),
+            server_writes=io_calls(server.process.pid)[1],
+            generator_cpu=sum(cpu_seconds(pid) for pid in workers.pids),
+            generator_reads=sum(io_calls(pid)[0] for pid in workers.pids),
+            controller_cpu=self_usage.ru_utime + self_usage.ru_stime,
+            machine=machine_busy(),
+        )
 
 
 def _raise_nofile() -> None:
@@ -403,9 +447,9 @@ async def throughput_case(
     flood = asyncio.create_task(publisher.flood(channel, stop, concurrency))
     await asyncio.sleep(warmup)
     before = await asyncio.to_thread(workers.stats, None, False)
-    cpu_before = (time.monotonic(), server.cpu(), server.cpu_times())
+    usage_before = Usage.now(server, workers)
     await asyncio.sleep(seconds)
-    cpu_after = (time.monotonic(), server.cpu(), server.cpu_times())
+    usage_after = Usage.now(server, workers)
     after = await asyncio.to_thread(workers.stats, None, False)
     stop.set()
     await flood
@@ -419,14 +463,24 @@ async def throughput_case(
     acked = bisect.bisect(publisher.acked, window[1]) - bisect.bisect(publisher.acked, window[0])
     # Server CPU over the controller's own window (CPU seconds are rates over wall time, so
     # the same-window rates divide: CPU s per s / deliveries per s).
-    cpu_wall = cpu_after[0] - cpu_before[0]
-    cpu_per_s = (cpu_after[1] - cpu_before[1]) / cpu_wall if cpu_wall > 0 else 0.0
+    cpu_wall = usage_after.at - usage_before.at
+    cpu_per_s = (usage_after.server_cpu - usage_before.server_cpu) / cpu_wall if cpu_wall else 0.0
     publications_per_s = acked / (window[1] - window[0])
     # The kernel's share (system time: socket writes, loopback TCP) against the interpreter's.
     user_per_s, system_per_s = (
         (after_s - before_s) / cpu_wall if cpu_wall > 0 else 0.0
-        for before_s, after_s in zip(cpu_before[2], cpu_after[2], strict=True)
+        for before_s, after_s in zip(
+            usage_before.server_times, usage_after.server_times, strict=True
+        )
     )
+    # The same window for the generator, the controller (publishers) and the whole machine:
+    # who is saturated, and how many socket writes / reads a delivery costs.
+    delivered_in_window = delivered_per_s * cpu_wall
+    generator_cpu_per_s = (usage_after.generator_cpu - usage_before.generator_cpu) / cpu_wall
+    busy = usage_after.machine[0] - usage_before.machine[0]
+    jiffies = usage_after.machine[1] - usage_before.machine[1]
+    frames_bytes = after["bytes"] - before["bytes"]
+    frames_count = after["frames"] - before["frames"]
     finished = await drain(workers, publisher.final, 15.0)
     stats = await asyncio.to_thread(workers.stats, publisher.final, True)
     await publisher.close()
@@ -444,6 +498,27 @@ async def throughput_case(
         ),
         "cpu_us_per_publication": (
             cpu_per_s / publications_per_s * 1e6 if publications_per_s else None
+        ),
+        "generator_cpu_per_s": generator_cpu_per_s,
+        "generator_cpu_us_per_message": (
+            generator_cpu_per_s / delivered_per_s * 1e6 if delivered_per_s else None
+        ),
+        "controller_cpu_per_s": (usage_after.controller_cpu - usage_before.controller_cpu)
+        / cpu_wall,
+        "machine_busy": busy / jiffies if jiffies else None,
+        "deliveries_per_publication": (
+            delivered_per_s / publications_per_s if publications_per_s else None
+        ),
+        "bytes_per_delivery": frames_bytes / frames_count if frames_count else None,
+        "server_writes_per_delivery": (
+            (usage_after.server_writes - usage_before.server_writes) / delivered_in_window
+            if delivered_in_window
+            else None
+        ),
+        "generator_reads_per_delivery": (
+            (usage_after.generator_reads - usage_before.generator_reads) / delivered_in_window
+            if delivered_in_window
+            else None
         ),
         "publish_errors": publisher.errors,
         "lost": finished["lost"],
@@ -779,6 +854,70 @@ def table(results: dict[str, Any], sizes: list[int]) -> str:
     return "\n".join(lines)
 
 
+#: per-round throughput numbers shown by :func:`rounds_table`
+ROUND_METRICS = (
+    ("delivered_per_s", "delivered msg/s", 0),
+    ("cpu_us_per_delivery", "server CPU µs/delivery", 2),
+    ("generator_cpu_us_per_message", "generator CPU µs/msg", 2),
+    ("server_cpu_per_s", "server CPU s/s", 2),
+    ("generator_cpu_per_s", "generator CPU s/s", 2),
+    ("machine_busy", "machine busy", 2),
+    ("server_writes_per_delivery", "server writes/delivery", 3),
+    ("bytes_per_delivery", "bytes/delivery", 0),
+    ("deliveries_per_publication", "deliveries/publication", 0),
+)
+
+
+def rounds_table(rounds: list[dict[str, Any]], sizes: list[int]) -> str:
+    """The throughput phase of every round: per target the median and the range of each
+    metric, then each Centrifugo-protocol target's ratio to its ``/ws`` twin of the same round
+    (median and range over the rounds)."""
+    lines = [
+        "| target | N | metric | median | min | max | per round |",
+        "|---|---|---|---|---|---|---|",
+    ]
+
+    def values(name: str, key: str, metric: str) -> list[float]:
+        found = []
+        for done in rounds:
+            tput = done.get(name, {}).get(key, {}).get("throughput", {})
+            if tput.get(metric) is not None:
+                found.append(float(tput[metric]))
+        return found
+
+    def line(name: str, key: str, label: str, found: list[float], digits: int) -> None:
+        if not found:
+            return
+        each = " ".join(_fmt(v, digits) for v in found)
+        lines.append(
+            f"| {name} | {key} | {label} | {_fmt(statistics.median(found), digits)} "
+            f"| {_fmt(min(found), digits)} | {_fmt(max(found), digits)} | {each} |"
+        )
+
+    names = list(rounds[0])
+    for key in [str(n) for n in sizes]:
+        for name in names:
+            for metric, label, digits in ROUND_METRICS:
+                line(name, key, label, values(name, key, metric), digits)
+        for name, baseline in CENTRIFUGE_BASELINES.items():
+            if name not in names or baseline not in names:
+                continue
+            for metric, label, _digits in ROUND_METRICS[:3]:
+                ratios = [
+                    r
+                    for done in rounds
+                    if (
+                        r := _ratio(
+                            done[name].get(key, {}).get("throughput", {}).get(metric),
+                            done[baseline].get(key, {}).get("throughput", {}).get(metric),
+                        )
+                    )
+                    is not None
+                ]
+                line(f"{name} ÷ {baseline}", key, label, ratios, 2)
+    return "\n".join(lines)
+
+
 def plot(results: dict[str, Any], sizes: list[int], path: Path) -> None:
     """Throughput and p99 latency against N, one line per target."""
     import matplotlib
@@ -827,6 +966,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--workers", type=int, default=2, help="load generator processes")
     parser.add_argument(
         "--targets", nargs="+", default=["arena-memory", "arena-redis", "raw-aiohttp"]
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="run the targets this many times, interleaved (every other round in reverse"
+        " order); the tables show round 1, the rounds table medians and spread",
     )
     parser.add_argument("--soak", action="store_true", help="also hold 10,000 connections 60 s")
     parser.add_argument("--soak-connections", type=int, default=10_000)
@@ -911,15 +1057,25 @@ def main(argv: list[str] | None = None) -> int:
                         protocol="centrifuge",
                     ),
                 }
-                for name in args.targets:
-                    print(name, flush=True)
-                    try:
-                        results["targets"][name] = run_target(available[name](), workers, args)
-                    except Exception as exc:
-                        print(f"  {name} failed: {exc}", flush=True)
-                        results["targets"][name] = {"error": str(exc)}
-                        with contextlib.suppress(Exception):
-                            workers.call("close")
+                targets = {name: available[name]() for name in args.targets}
+                rounds: list[dict[str, Any]] = []
+                for round_index in range(args.rounds):
+                    # Interleaved rounds: A B A B ..., every other round in reverse order.
+                    order = args.targets if round_index % 2 == 0 else args.targets[::-1]
+                    done: dict[str, Any] = {}
+                    for name in order:
+                        print(f"{name} (round {round_index + 1}/{args.rounds})", flush=True)
+                        try:
+                            done[name] = run_target(targets[name], workers, args)
+                        except Exception as exc:
+                            print(f"  {name} failed: {exc}", flush=True)
+                            done[name] = {"error": str(exc)}
+                            with contextlib.suppress(Exception):
+                                workers.call("close")
+                    rounds.append({name: done[name] for name in args.targets})
+                results["targets"] = rounds[0]
+                if args.rounds > 1:
+                    results["rounds"] = rounds
         finally:
             workers.shutdown()
     results["elapsed_s"] = time.monotonic() - started
@@ -932,6 +1088,9 @@ def main(argv: list[str] | None = None) -> int:
     plot(results, args.sizes, png_path)
     print()
     print(table(results, args.sizes))
+    if "rounds" in results:
+        print()
+        print(rounds_table(results["rounds"], args.sizes))
     print(f"\nwrote {json_path} and {png_path}")
     print(f"elapsed {results['elapsed_s']:.0f}s; load average {os.getloadavg()}")
     return 0

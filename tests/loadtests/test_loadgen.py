@@ -132,3 +132,34 @@ def test_centrifuge_frames_with_several_messages_and_a_ping() -> None:
     assert (ws.stats.frames, ws.stats.gaps, ws.last[b"c:x"]) == (3, 1, 4)
     assert len(ws.stats.latencies) == 3
     assert sent == [b"\x81\x82\x00\x00\x00\x00{}"]  # the pong, masked with the zero key
+
+
+def test_centrifuge_one_message_frames_gaps_duplicates_and_other_pushes() -> None:
+    """The one-message-a-frame path: offsets checked per channel (gap, duplicate), latencies
+    taken, a join push and a reply are not publications."""
+
+    async def make() -> WsClient:
+        return WsClient(Stats(), "h", 1, "/", "t", ["c:x"], "centrifuge")
+
+    ws = asyncio.run(make())
+    ws.upgraded = True
+    ws.pending = 1
+    now = int(time.time() * 1e6)
+
+    def frame(payload: bytes) -> bytes:
+        return bytes((0x81, 126)) + len(payload).to_bytes(2, "big") + payload
+
+    pub = b'{"push":{"channel":"c:x","pub":{"data":{"t":%d,"p":"a:b,c"},"offset":%d}}}'
+    frames = [frame(pub % (now, offset)) for offset in (1, 2, 2, 5, 6)]
+    frames.insert(2, frame(b'{"push":{"channel":"c:x","join":{"info":{"client":"a","user":"u"}}}}'))
+    frames.append(frame(b'{"id":2,"subscribe":{"offset":6,"epoch":"e"}}'))
+    data = b"".join(frames)
+    ws.data_received(data[:100])  # split mid-frame: the rest waits in the buffer
+    ws.data_received(data[100:])
+    stats = ws.stats
+    assert (stats.frames, stats.gaps, stats.duplicates) == (4, 1, 1)
+    assert ws.last[b"c:x"] == 6
+    assert ws.received[b"c:x"] == 0
+    assert len(stats.latencies) == 4
+    assert all(0 <= us < 60_000_000 for us in stats.latencies)
+    assert ws.ready.done()
