@@ -14,7 +14,6 @@ import asyncio
 import functools
 import logging
 import math
-import uuid
 
 from aiohttp import WebSocketError, WSMsgType, web
 
@@ -24,6 +23,7 @@ from handlers.errors import error_response
 from handlers.middlewares import RequestScope, error_envelope_for, owns_request
 from handlers.realtime.heartbeat import HeartbeatSweep, heartbeat_key, heartbeat_sweep
 from handlers.realtime.transport import Connection
+from services.ids import unique_id
 from services.realtime.admission import Ticket
 from services.realtime.codecs import arena, centrifuge
 from services.realtime.errors import Disconnect
@@ -94,7 +94,7 @@ async def _serve(request: web.Request, *, wire: Wire) -> web.StreamResponse:
             if transport is None:  # pragma: no cover - the client vanished during the handshake
                 return ws
             conn = Connection(
-                uuid.uuid4().hex,
+                unique_id(),
                 transport,
                 app[keys.flusher],
                 wire,
