@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import re
 import time
-import uuid
 from collections.abc import Awaitable
 from typing import TypeVar
 
@@ -26,6 +25,7 @@ from services.errors import (
     Unavailable,
     Unsupported,
 )
+from services.ids import unique_id
 from storage.errors import UNAVAILABLE, Conflict, NotFound, StaleVersion
 
 log = logging.getLogger("arena.http")
@@ -122,7 +122,7 @@ class RequestScope:
 
     def __init__(self, request: web.Request) -> None:
         supplied = request.headers.get("X-Request-ID", "")
-        self.request_id = supplied if _REQUEST_ID_RE.match(supplied) else uuid.uuid4().hex
+        self.request_id = supplied if _REQUEST_ID_RE.match(supplied) else unique_id()
         self._token = request_id_var.set(self.request_id)
         self.started = time.perf_counter()
 

@@ -101,6 +101,10 @@ class Broker(abc.ABC):
 
     #: ``memory``, ``redis`` or ``redis-cluster``, reported in logs and ``/ready``.
     name: str
+    #: :meth:`position` is answered in this process without awaiting anything (the value is
+    #: read when it is called), so there is nothing to share between concurrent callers: the
+    #: hub calls it directly instead of coalescing network reads (``pubsub/coalesce.py``).
+    instant_reads: bool = False
 
     @abc.abstractmethod
     async def start(self, handler: BrokerEventHandler) -> None:

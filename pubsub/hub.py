@@ -260,8 +260,13 @@ class Hub:
         Coalesced (:class:`~pubsub.coalesce.Coalescer`): a burst of subscribes to one channel
         shares one read among the callers that asked before it was sent, so each caller's
         answer is still read after it registered for live publications (gap-free subscribe).
+        A broker with :attr:`~pubsub.broker.Broker.instant_reads` (in-process) is read directly:
+        its read finishes when called, so coalescing would only cost a task per read.
         """
-        return await self._positions(channel, lambda: self.broker.position(channel, options))
+        broker = self.broker
+        if broker.instant_reads:
+            return await broker.position(channel, options)
+        return await self._positions(channel, lambda: broker.position(channel, options))
 
     # -- publishing ------------------------------------------------------------------------
 

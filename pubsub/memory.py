@@ -41,6 +41,7 @@ class MemoryBroker(Broker):
     """Single-process broker. Delivery happens synchronously inside :meth:`publish`."""
 
     name = "memory"
+    instant_reads = True
 
     def __init__(self) -> None:
         self._streams: dict[str, _Stream] = {}

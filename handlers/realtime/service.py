@@ -5,6 +5,7 @@ startup): every transport and protocol uses the same :class:`RealtimeService`
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 from aiohttp import web
 
@@ -52,8 +53,15 @@ def realtime_service(app: web.Application) -> RealtimeService:
         assert isinstance(principal, Principal)  # what ``verify`` returns
         return await rules.can_subscribe(principal, channel)
 
+    # The label children, looked up once: ``labels()`` validates and locks on every call, and
+    # every command of every connection is counted.
+    counters: dict[tuple[str, str], Any] = {}
+
     def count_command(command: str, outcome: str) -> None:
-        metrics.ws_commands.labels(command, outcome).inc()
+        counter = counters.get((command, outcome))
+        if counter is None:
+            counter = counters[command, outcome] = metrics.ws_commands.labels(command, outcome)
+        counter.inc()
 
     def with_role(principal: Identity, role: str) -> Identity:
         assert isinstance(principal, Principal)

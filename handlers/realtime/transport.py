@@ -148,7 +148,7 @@ class Connection:
         #: the code this side closed with (None while open or when the client closed first)
         self.close_code: int | None = None
         self.principal: Identity | None = None
-        self.subscriptions: set[str] = set()
+        self.subscriptions: tuple[str, ...] = ()  # see services.realtime.client.Client
         #: called once when the connection starts closing (the registry detaches it from the hub)
         self.on_close: Callable[[Client], None] | None = None
 

@@ -14,7 +14,6 @@ import asyncio
 import functools
 import logging
 import math
-import uuid
 
 from aiohttp import WebSocketError, WSMsgType, web
 
@@ -24,6 +23,7 @@ from handlers.errors import error_response
 from handlers.middlewares import RequestScope, error_envelope_for, owns_request
 from handlers.realtime.heartbeat import HeartbeatSweep, heartbeat_key, heartbeat_sweep
 from handlers.realtime.transport import Connection
+from services.ids import unique_id
 from services.realtime.admission import Ticket
 from services.realtime.codecs import arena, centrifuge
 from services.realtime.errors import Disconnect
@@ -94,7 +94,7 @@ async def _serve(request: web.Request, *, wire: Wire) -> web.StreamResponse:
             if transport is None:  # pragma: no cover - the client vanished during the handshake
                 return ws
             conn = Connection(
-                uuid.uuid4().hex,
+                unique_id(),
                 transport,
                 app[keys.flusher],
                 wire,
@@ -109,24 +109,22 @@ async def _serve(request: web.Request, *, wire: Wire) -> web.StreamResponse:
             heartbeat.add(conn)
             metrics.ws_connections.inc()
             session = Session(app[keys.realtime], conn, wire)
+            # One timer for the whole unauthenticated phase (cheaper than a timeout around
+            # every receive): closing the connection ends the receive below.
+            auth_timer: asyncio.TimerHandle | None = asyncio.get_running_loop().call_later(
+                session.service.limits.auth_timeout, _authentication_timeout, conn
+            )
             try:
                 # Feed text frames to the session until either side closes.
-                loop = asyncio.get_running_loop()
-                deadline = loop.time() + session.service.limits.auth_timeout
                 while not conn.closed:
-                    if conn.principal is not None:
+                    if auth_timer is not None and conn.principal is not None:
+                        # authenticated: no longer counts against its address
+                        auth_timer.cancel()
+                        auth_timer = None
                         if ticket is not None:
-                            # authenticated: no longer counts against its address
                             ticket.release()
                             ticket = None
-                        timeout = None
-                    else:
-                        timeout = max(0.0, deadline - loop.time())
-                    try:
-                        msg = await ws.receive(timeout=timeout)
-                    except TimeoutError:
-                        conn.close(Disconnect.UNAUTHENTICATED, "authentication timeout")
-                        break
+                    msg = await ws.receive()
                     heartbeat.heard(conn)
                     if msg.type == WSMsgType.TEXT:
                         await session.receive(msg.data)
@@ -146,6 +144,8 @@ async def _serve(request: web.Request, *, wire: Wire) -> web.StreamResponse:
             except ConnectionError:
                 pass
             finally:
+                if auth_timer is not None:
+                    auth_timer.cancel()
                 await session.close()
                 heartbeat.discard(conn)
                 registry.remove(conn)
@@ -178,6 +178,12 @@ async def _serve(request: web.Request, *, wire: Wire) -> web.StreamResponse:
         if response is not None:
             status = response.status
         scope.close(request, status, response)
+
+
+def _authentication_timeout(conn: Connection) -> None:
+    """``WS_AUTH_TIMEOUT`` passed: close the connection unless it authenticated."""
+    if conn.principal is None:
+        conn.close(Disconnect.UNAUTHENTICATED, "authentication timeout")
 
 
 def _refusal(request: web.Request) -> web.Response | None:

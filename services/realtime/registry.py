@@ -74,7 +74,7 @@ class ConnectionRegistry:
         """Stop delivering to a closing client right away (it may never read again)."""
         for channel in list(client.subscriptions):
             self.hub.unsubscribe(client, channel)
-        client.subscriptions.clear()
+        client.subscriptions = ()
 
     def bind_user(self, client: Client, user_id: str) -> int:
         """Attach an authenticated client to its user; returns that user's local count."""

@@ -92,6 +92,11 @@ async def _nobody(principal: Identity, channel: ChannelName) -> bool:
     return False
 
 
+def _forget(client: Client, channel: str) -> None:
+    """Drop ``channel`` from the client's subscriptions (kept in subscribe order)."""
+    client.subscriptions = tuple(name for name in client.subscriptions if name != channel)
+
+
 def _uncounted(command: str, outcome: str) -> None:
     return None
 
@@ -362,14 +367,14 @@ class Session:
         if len(client.subscriptions) >= service.limits.max_subscriptions:
             client.close(Disconnect.TOO_MANY_SUBSCRIPTIONS, "too many subscriptions", flush=True)
             raise LimitExceeded("too many subscriptions")
-        client.subscriptions.add(channel)
+        client.subscriptions = (*client.subscriptions, channel)
         try:
             started = await service.hub.subscribe(client, channel, since, encoder=self.wire)
         except BrokerError:
-            client.subscriptions.discard(channel)
+            _forget(client, channel)
             raise BrokerUnavailable() from None
         except BaseException:
-            client.subscriptions.discard(channel)
+            _forget(client, channel)
             raise
         recovering = since is not None
         return c.SubscribeResult(
@@ -386,7 +391,7 @@ class Session:
         channel = command.channel
         if channel not in self.client.subscriptions:
             raise NotSubscribed()
-        self.client.subscriptions.discard(channel)
+        _forget(self.client, channel)
         self.service.hub.unsubscribe(self.client, channel)
         await self._leave(channel)
         return c.UnsubscribeResult(channel)
@@ -481,7 +486,7 @@ class Session:
         client = self.client
         if channel not in client.subscriptions or client.closed:
             return False
-        client.subscriptions.discard(channel)
+        _forget(client, channel)
         # Off the hub first: nothing of the channel is delivered after the push.
         self.service.hub.unsubscribe(client, channel)
         client.unsubscribed(channel, code, reason)

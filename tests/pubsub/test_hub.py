@@ -58,6 +58,8 @@ class YieldingBroker(MemoryBroker):
     """The memory broker, but every read yields to the loop a random number of times, so
     publishers really interleave with subscribes (as they do over a network)."""
 
+    instant_reads = False  # its reads wait on the loop: the hub coalesces them
+
     def __init__(self, seed: int = 7) -> None:
         super().__init__()
         self.random = random.Random(seed)

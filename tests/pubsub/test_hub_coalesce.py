@@ -20,6 +20,8 @@ class SlowPositionBroker(MemoryBroker):
     """The memory broker counting position reads; each read is answered only when the test
     releases it, as a network read answers later."""
 
+    instant_reads = False
+
     def __init__(self) -> None:
         super().__init__()
         self.position_calls = 0
@@ -136,3 +138,77 @@ async def test_a_cancelled_caller_does_not_cancel_the_shared_read_and_errors_rea
         await third
     assert calls == 2  # the first read, then one shared by the second and third callers
     assert len(coalescer) == 0
+
+
+async def test_an_in_process_broker_is_read_directly_without_a_task_per_subscribe() -> None:
+    """The memory broker answers a position read when it is called: nothing to share, so a
+    subscribe reads it directly (a coalesced read would cost a task per subscribe)."""
+    broker = MemoryBroker()
+    assert broker.instant_reads
+    hub = Hub(broker, default_namespaces(), JsonEncoder())
+    await hub.start()
+    loop = asyncio.get_running_loop()
+    default_factory = loop.get_task_factory()
+    created = 0
+
+    def counting_factory(loop: asyncio.AbstractEventLoop, coro: Any, **kwargs: Any) -> Any:
+        nonlocal created
+        created += 1
+        return asyncio.Task(coro, loop=loop, **kwargs)
+
+    try:
+        first = Recorder()
+        first.take(await hub.subscribe(first, "alerts:a"))  # the channel's stream exists
+        await hub.publish("alerts:a", {"i": 0})
+        loop.set_task_factory(counting_factory)
+        try:
+            subs = [Recorder() for _ in range(50)]
+            for sub in subs:
+                sub.take(await hub.subscribe(sub, "alerts:a"))
+        finally:
+            loop.set_task_factory(default_factory)
+        assert created == 0
+        await hub.publish("alerts:a", {"i": 1})
+        assert first.offsets == [1, 2]
+        assert all(sub.offsets == [2] for sub in subs)
+    finally:
+        await hub.close()
+
+
+async def test_a_burst_over_a_network_broker_costs_a_task_per_read_not_per_subscriber() -> None:
+    broker = SlowPositionBroker()
+    hub = Hub(broker, default_namespaces(), JsonEncoder())
+    await hub.start()
+    loop = asyncio.get_running_loop()
+    default_factory = loop.get_task_factory()
+    reads = 0
+
+    def counting_factory(loop: asyncio.AbstractEventLoop, coro: Any, **kwargs: Any) -> Any:
+        nonlocal reads
+        if getattr(coro, "__qualname__", "") == "Coalescer._send":
+            reads += 1
+        return asyncio.Task(coro, loop=loop, **kwargs)
+
+    try:
+        await hub.publish("alerts:a", {"i": 0})
+        first = Recorder()
+        first.take(await hub.subscribe(first, "alerts:a"))  # the channel's stream exists
+        broker.position_calls = 0
+        broker.gate.clear()  # reads are answered only when the test says so
+        loop.set_task_factory(counting_factory)
+        try:
+            subs = [Recorder() for _ in range(200)]
+            burst = [asyncio.ensure_future(hub.subscribe(sub, "alerts:a")) for sub in subs]
+            while broker.position_calls < 1:
+                await asyncio.sleep(0)
+            broker.gate.set()
+            results = await asyncio.gather(*burst)
+        finally:
+            loop.set_task_factory(default_factory)
+        assert reads == broker.position_calls <= 2
+        for sub, result in zip(subs, results, strict=True):
+            sub.take(result)
+        await hub.publish("alerts:a", {"i": 1})
+        assert all(sub.offsets == [2] for sub in subs)
+    finally:
+        await hub.close()
