@@ -15,7 +15,6 @@ from redis.asyncio.cluster import RedisCluster
 from handlers import keys
 from handlers.realtime.service import realtime_service
 from handlers.realtime.transport import Flusher
-from handlers.realtime.websocket import ARENA_WEBSOCKET
 from pubsub.broker import Broker
 from pubsub.hub import Hub
 from pubsub.memory import MemoryBroker
@@ -33,7 +32,10 @@ from services.auth.service_signature import MemoryReplayCache, RedisReplayCache
 from services.channels.rules import channel_rules
 from services.mail.mailer import Mailer, make_backend
 from services.outbox.relay import OutboxRelay
+from services.realtime.codecs import arena
+from services.realtime.framing import websocket_text_frame
 from services.realtime.registry import ConnectionRegistry
+from services.realtime.wire import wire
 from storage.auth_tokens import purge_expired
 from storage.db import open_database
 
@@ -133,7 +135,9 @@ async def channels(app: web.Application) -> AsyncIterator[None]:
     hub = Hub(
         broker,
         settings.namespaces,
-        ARENA_WEBSOCKET,
+        # The encoder of subscribers that name none (sessions always name their wire): any
+        # Subscriber, so the plain one-by-one delivery, not Connection.deliver_all.
+        wire(arena.CODEC, websocket_text_frame),
         metrics=HubMetrics.create(app[keys.registry]),
     )
     await hub.start()
