@@ -11,6 +11,11 @@ receives (pongs included):
 * pinged and nothing received for another sweep interval → dropped: the transport is closed
   without a close frame and the connection is recorded with ``1006``, as aiohttp does.
 
+Protocols with their own keep-alive (Centrifugo's: the codec's ``server_ping``, an empty
+``{}``, announced in the connect reply as ``ping`` seconds) also get that message every
+``WS_HEARTBEAT`` seconds whatever the peer sends: their SDKs reconnect when it is late. The
+answer (``{}``) is a received message like any other.
+
 So a peer that goes silent is pinged after ``WS_HEARTBEAT / 2`` to ``WS_HEARTBEAT`` seconds and
 dropped ``WS_HEARTBEAT / 2`` seconds after the ping (at most 1.5 times ``WS_HEARTBEAT`` after the
 last thing it sent, as with aiohttp's timer); an idle healthy peer is pinged about every
@@ -40,18 +45,29 @@ class HeartbeatSweep:
     """Pings quiet WebSocket connections and drops those that do not answer (see the module
     docstring); ``interval`` is ``WS_HEARTBEAT``."""
 
-    __slots__ = ("_peers", "interval")
+    __slots__ = ("_app_pings", "_peers", "_round", "interval")
 
     def __init__(self, interval: float) -> None:
         self.interval = interval
         self._peers: dict[Connection, int] = {}
+        #: the connections whose protocol has its own ping, with that ping's frame
+        self._app_pings: dict[Connection, bytes] = {}
+        self._round = 0
 
     def __len__(self) -> int:
         return len(self._peers)
 
+    @property
+    def rounds(self) -> int:
+        """Sweeps so far (one every ``interval / 2`` seconds)."""
+        return self._round
+
     def add(self, conn: Connection) -> None:
         """Watch ``conn`` (just upgraded: counts as heard from)."""
         self._peers[conn] = _HEARD
+        ping = conn.wire.codec.server_ping
+        if ping is not None:
+            self._app_pings[conn] = conn.wire.frame(ping)
 
     def heard(self, conn: Connection) -> None:
         """``conn`` received a message (any frame, pongs included)."""
@@ -60,9 +76,14 @@ class HeartbeatSweep:
     def discard(self, conn: Connection) -> None:
         """Stop watching ``conn`` (its read loop ended)."""
         self._peers.pop(conn, None)
+        self._app_pings.pop(conn, None)
 
     def sweep(self) -> None:
         """One step of every connection's heartbeat (called every ``interval / 2`` seconds)."""
+        self._round += 1
+        if self._round % 2 == 0:  # every interval
+            for conn, frame in self._app_pings.items():
+                conn.send(frame)
         peers = self._peers
         for conn, state in peers.items():  # only values change while iterating
             if state == _HEARD:

@@ -75,6 +75,7 @@ def realtime_service(app: web.Application) -> RealtimeService:
         user_limiter=_SharedLimiter(app[keys.rate_limiter]),
         limits=SessionLimits(
             auth_timeout=config.auth_timeout,
+            heartbeat=config.heartbeat,
             max_subscriptions=config.max_subscriptions,
             max_connections_per_user=config.max_connections_per_user,
             command_rate=config.command_rate,

@@ -144,6 +144,8 @@ class AuthenticateResult:
     user_id: str
     role: str
     expires_at: int
+    #: seconds between the server's keep-alive messages (protocols with their own pings)
+    ping: int = 0
 
 
 @dataclass(frozen=True, slots=True)

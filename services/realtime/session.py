@@ -80,6 +80,8 @@ class SessionLimits:
     """Per-connection and per-user limits (``WS_*`` settings)."""
 
     auth_timeout: float = 10.0
+    #: ``WS_HEARTBEAT``: seconds between server pings
+    heartbeat: float = 25.0
     max_subscriptions: int = 256
     max_connections_per_user: int = 20
     command_rate: float = 50.0
@@ -331,7 +333,11 @@ class Session:
         client.principal = principal
         registry.bind_user(client, principal.user_id)
         return c.AuthenticateResult(
-            client.conn_id, principal.user_id, principal.role, int(principal.expires_at)
+            client.conn_id,
+            principal.user_id,
+            principal.role,
+            int(principal.expires_at),
+            ping=int(service.limits.heartbeat),
         )
 
     async def refresh(self, command: c.Refresh) -> c.RefreshResult:

@@ -24,10 +24,11 @@ from centrifuge import (
 from centrifuge.exceptions import ReplyError
 
 from handlers import keys
+from handlers.realtime.heartbeat import heartbeat_key
 from server.app import create_app
 from server.settings import Settings
 from services.realtime.errors import Disconnect
-from tests.helpers import make_user, service_token
+from tests.helpers import eventually, make_user, service_token
 
 
 class Events(ClientEventHandler, SubscriptionEventHandler):
@@ -257,5 +258,31 @@ async def test_history_follows_centrifugo_filter_semantics(
         with pytest.raises(ReplyError) as bad:
             await sdk.history(channel, limit=2, since=StreamPosition(0, epoch), reverse=True)
         assert bad.value.code == 107
+    finally:
+        await sdk.disconnect()
+
+
+async def test_the_sdk_stays_connected_across_server_pings(
+    aiohttp_client: Any, make_settings: Any
+) -> None:
+    """The connect reply announces ``ping`` = WS_HEARTBEAT: the SDK then expects a ``{}`` at
+    least every ``ping + max_server_ping_delay`` seconds and reconnects otherwise. With a 1 s
+    heartbeat and a 1 s allowed delay, the SDK stays on one connection while the server sweeps
+    through many ping intervals."""
+    client: TestClient = await aiohttp_client(create_app(make_settings(WS_HEARTBEAT="1")))
+    _, token = await make_user(client, "admin")
+    events = Events()
+    sdk = Client(_url(client), events=events, token=token, max_server_ping_delay=1.0)
+    sweep = client.server.app[heartbeat_key]
+    try:
+        await sdk.connect()
+        first = await events.next("connected")
+        start = sweep.rounds
+        await eventually(lambda: sweep.rounds >= start + 12, what="six ping intervals")
+        kinds = [kind for kind, _ in list(events.queue._queue)]  # type: ignore[attr-defined]
+        assert "connecting" not in kinds, kinds
+        assert "connected" not in kinds, kinds
+        assert sdk.state.value == "connected"
+        assert first.client
     finally:
         await sdk.disconnect()

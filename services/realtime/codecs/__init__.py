@@ -21,6 +21,9 @@ class Codec(Protocol):
     """One wire protocol. ``name`` labels it in logs and metrics."""
 
     name: str
+    #: the protocol's own keep-alive message the server sends every ``WS_HEARTBEAT`` seconds
+    #: (and the client answers), or None when WebSocket ping frames do the job
+    server_ping: bytes | None
 
     def decode(self, message: str) -> list[Decoded]:
         """The commands in one incoming message (protocols that batch give several)."""

@@ -217,6 +217,7 @@ class ArenaCodec:
     """The codec of ``docs/protocol.md``."""
 
     name = "arena"
+    server_ping: bytes | None = None  # WebSocket ping frames (handlers/realtime/heartbeat.py)
 
     def decode(self, message: str) -> list[c.Decoded]:
         try:

@@ -7,8 +7,9 @@ form, as ``centrifuge-js`` and ``centrifuge-python`` send and expect them:
 * a reply is ``{"id": N, "<method>": {...}}`` or ``{"id": N, "error": {"code", "message"}}``;
 * a push is ``{"push": {"channel": ..., "pub" | "join" | "leave" | "unsubscribe" | "disconnect":
   {...}}}``;
-* an empty object ``{}`` from the client is the pong to a server ping (we send no pings: the
-  connect reply carries no ``ping`` interval, WebSocket-level pings keep the connection alive).
+* the server sends an empty object ``{}`` every ``ping`` seconds (the connect reply's ``ping``,
+  ``WS_HEARTBEAT``; with ``pong: true``) and the client answers ``{}``: the SDKs reconnect when a
+  ping is late (``ping`` + their ``maxServerPingDelay``).
 
 What the commands *mean* is ours: channel names, namespaces, permissions and tokens are those
 of ``docs/protocol.md``; ``docs/clients.md`` lists what is supported and what a client gets
@@ -270,10 +271,12 @@ def _expiry(expires_at: int) -> dict[str, Any]:
 def _result_body(result: c.Result) -> dict[str, Any]:
     match result:
         case c.AuthenticateResult():
+            pings = {"ping": result.ping, "pong": True} if result.ping > 0 else {}
             return {
                 "client": result.client_id,
                 "version": SERVER_VERSION,
                 **_expiry(result.expires_at),
+                **pings,
             }
         case c.RefreshResult():
             return {"version": SERVER_VERSION, **_expiry(result.expires_at)}
@@ -307,6 +310,8 @@ class CentrifugeCodec:
     """Centrifugo client protocol v2 in JSON (``/connection/websocket``)."""
 
     name = "centrifuge"
+    #: the server ping: an empty push, answered by the SDK with an empty command (``pong``)
+    server_ping: bytes | None = b"{}"
 
     def decode(self, message: str) -> list[c.Decoded]:
         decoded = []

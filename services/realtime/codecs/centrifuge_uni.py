@@ -30,6 +30,7 @@ class CentrifugeUniCodec:
     """Pushes of Centrifugo's unidirectional protocol (see the module docstring)."""
 
     name = "centrifuge_uni"
+    server_ping: bytes | None = None  # streams ping with ping() (handlers/realtime/stream.py)
 
     def decode(self, message: str) -> list[c.Decoded]:
         return []  # the connect request is read by the transport; nothing comes after it

@@ -83,6 +83,7 @@ class SseCodec:
     """Events of one channel for ``EventSource`` (see the module docstring)."""
 
     name = "sse"
+    server_ping: bytes | None = None  # streams ping with ping() (handlers/realtime/stream.py)
 
     def decode(self, message: str) -> list[c.Decoded]:
         return []  # one-way: the client sends nothing after its request

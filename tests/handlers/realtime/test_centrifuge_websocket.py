@@ -3,12 +3,14 @@ JSON): newline-batched commands, replies keyed by method, pushes, error and clos
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import orjson
 from aiohttp import ClientWebSocketResponse, WSMsgType
 
 from handlers import keys
+from server.app import create_app
 from tests.helpers import make_user
 
 PATH = "/connection/websocket"
@@ -42,7 +44,8 @@ async def test_batched_connect_subscribe_and_a_publication(client: Any) -> None:
     assert connect["connect"]["version"]
     assert connect["connect"]["expires"] is True
     assert connect["connect"]["ttl"] > 0
-    assert "ping" not in connect["connect"]  # no app-level pings: the SDK runs no ping timer
+    # Server pings every WS_HEARTBEAT seconds, answered with {}: the SDK's ping timer.
+    assert (connect["connect"]["ping"], connect["connect"]["pong"]) == (25, True)
     assert subscribe == {
         "id": 2,
         "subscribe": {
@@ -126,3 +129,33 @@ async def test_binary_frames_close_with_3501(client: Any) -> None:
     await ws.send_bytes(b"\x00")
     await ws.receive(timeout=10)
     assert ws.close_code == 3501
+
+
+async def test_server_pings_come_every_heartbeat_even_to_a_busy_client(
+    aiohttp_client: Any, make_settings: Any
+) -> None:
+    """Centrifugo SDKs reconnect when a server ping ``{}`` is later than ``ping`` seconds (plus
+    their ``maxServerPingDelay``) after the last one, whatever else arrives: the pings come on
+    schedule even to a client that sends commands all the time, and its ``{}`` pongs keep it
+    connected."""
+    client = await aiohttp_client(create_app(make_settings(WS_HEARTBEAT="1")))
+    _user_id, token = await make_user(client, "admin")
+    ws = await client.ws_connect(PATH)
+    await ws.send_str(orjson.dumps({"id": 1, "connect": {"token": token}}).decode())
+    (connect,) = await _frames(ws, 1)
+    assert (connect["connect"]["ping"], connect["connect"]["pong"]) == (1, True)
+    pings = 0
+    command = 1
+    while pings < 3:
+        command += 1  # busy: a command before every read (paced under the command rate limit)
+        assert command < 600, f"{pings} server pings in {command} round trips"
+        await asyncio.sleep(0.05)
+        await ws.send_str(orjson.dumps({"id": command, "ping": {}}).decode())
+        (message,) = await _frames(ws, 1)
+        if message == {}:
+            pings += 1
+            await ws.send_str("{}")  # the pong
+        else:
+            assert message == {"id": message["id"], "ping": {}}, message
+    assert not ws.closed
+    await ws.close()
