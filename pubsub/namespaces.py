@@ -23,7 +23,8 @@ class NamespaceOptions:
     """Options shared by every channel of a namespace.
 
     ``history_size`` publications are kept for ``history_ttl`` seconds; ``recovery`` lets a
-    client resume with ``since``; ``presence`` and ``join_leave`` turn on who-is-here tracking.
+    client resume with ``since``; ``presence`` and ``join_leave`` turn on who-is-here tracking;
+    ``client_publish`` lets a connected client publish to a channel it may subscribe to.
     """
 
     history_size: int = 1000
@@ -31,6 +32,7 @@ class NamespaceOptions:
     recovery: bool = True
     presence: bool = False
     join_leave: bool = False
+    client_publish: bool = False
 
 
 def default_namespaces() -> dict[str, NamespaceOptions]:

@@ -267,6 +267,7 @@ _NAMESPACE_FIELDS: dict[str, type] = {
     "recovery": bool,
     "presence": bool,
     "join_leave": bool,
+    "client_publish": bool,
 }
 _NAMESPACE_NAME = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
 

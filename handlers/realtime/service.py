@@ -57,6 +57,13 @@ def realtime_service(app: web.Application) -> RealtimeService:
     # every command of every connection is counted.
     counters: dict[tuple[str, str], Any] = {}
 
+    async def can_publish(principal: Identity, channel: ChannelName) -> bool:
+        """Clients publish only in namespaces with ``client_publish``, to channels they may
+        read (``CHANNEL_NAMESPACES``); everything else is published by backends over HTTP."""
+        if not channel.options.client_publish:
+            return False
+        return await can_subscribe(principal, channel)
+
     def count_command(command: str, outcome: str) -> None:
         counter = counters.get((command, outcome))
         if counter is None:
@@ -72,6 +79,7 @@ def realtime_service(app: web.Application) -> RealtimeService:
         registry=app[keys.connections],
         verify_token=verify,
         can_subscribe=can_subscribe,
+        can_publish=can_publish,
         user_limiter=_SharedLimiter(app[keys.rate_limiter]),
         limits=SessionLimits(
             auth_timeout=config.auth_timeout,

@@ -286,3 +286,32 @@ async def test_the_sdk_stays_connected_across_server_pings(
         assert first.client
     finally:
         await sdk.disconnect()
+
+
+async def test_client_publications_where_the_namespace_allows_them(
+    aiohttp_client: Any, make_settings: Any
+) -> None:
+    """``client_publish`` in CHANNEL_NAMESPACES: the SDK publishes to a channel it may read
+    (here each user's own ``user:{id}``); the publication gets an offset and reaches the
+    subscribers; a channel it may not read, or a namespace without the option, is 103."""
+    settings = make_settings(CHANNEL_NAMESPACES='{"user": {"client_publish": true}}')
+    client: TestClient = await aiohttp_client(create_app(settings))
+    user_id, token = await make_user(client, "buyer")
+    other_id, _ = await make_user(client, "buyer")
+    events = Events()
+    sdk = Client(_url(client), events=events, token=token)
+    own = sdk.new_subscription(f"user:{user_id}", events=events)
+    try:
+        await sdk.connect()
+        await events.next("connected")
+        await own.subscribe()
+        await events.next("subscribed")
+        await own.publish({"note": "from the phone"})
+        pub = (await events.next("publication")).pub
+        assert (pub.data, pub.offset) == ({"note": "from the phone"}, 1)
+        for channel in (f"user:{other_id}", "alerts:x"):
+            with pytest.raises(ReplyError) as refused:
+                await sdk.publish(channel, {"x": 1})
+            assert refused.value.code == 103, channel
+    finally:
+        await sdk.disconnect()
