@@ -259,6 +259,141 @@ async def insert_with_event(
     return InsertResult(_alert(original) if original else None, True)
 
 
+@dataclass(frozen=True, slots=True)
+class NewAlertWithEvent:
+    """One alert of :func:`insert_many_with_events`: the row (with a ``webhook_id``), the id
+    it gets, and its ``alert.created`` event (one channel; ``received_at`` filled in)."""
+
+    new: NewAlert
+    alert_id: UUID
+    channel: str
+    payload: dict[str, Any]
+
+
+_ALIASED = ", ".join(f"a.{column.strip()}" for column in _COLUMNS.split(","))
+
+# The statement behind :func:`insert_many_with_events`: ``input`` unnests the arrays (in the
+# callers' order), ``ins`` inserts them in that order unless the webhook id is stored already,
+# ``ev`` writes one outbox event per inserted row in the same order (so the feed publishes them
+# in order), the last branch returns the stored originals of the replayed ids (as the
+# statement's snapshot sees them: one committed by a concurrent transaction while this one
+# waited for it is missing, and is read again by the caller).
+_INSERT_MANY_WITH_EVENTS = f"""
+WITH input AS (
+    SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[],
+                         $7::numeric[], $8::numeric[], $9::timestamptz[], $10::text[],
+                         $11::text[], $12::text[], $13::bytea[], $14::text[], $15::jsonb[])
+        WITH ORDINALITY AS i(id, strategy_id, source, webhook_id, ticker, action, quantity,
+                             price, alert_time, message, raw_body, content_type, body_sha256,
+                             channel, payload, ord)
+), ins AS (
+    INSERT INTO alerts (id, strategy_id, source, webhook_id, ticker, action, quantity, price,
+                        alert_time, message, raw_body, content_type, body_sha256)
+    SELECT id, strategy_id, source, webhook_id, ticker, action, quantity, price, alert_time,
+           message, raw_body, content_type, body_sha256
+    FROM input ORDER BY ord
+    ON CONFLICT (strategy_id, webhook_id) DO NOTHING
+    RETURNING {_COLUMNS}
+), ev AS (
+    INSERT INTO outbox (channels, payload)
+    SELECT ARRAY[input.channel], jsonb_set(input.payload, $16::text[], to_jsonb(
+        to_char(ins.received_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS')
+        || CASE WHEN date_part('microseconds', ins.received_at)::bigint % 1000000 = 0 THEN ''
+                ELSE to_char(ins.received_at AT TIME ZONE 'UTC', '.US') END
+        || '+00:00'))
+    FROM ins JOIN input ON input.id = ins.id
+    ORDER BY input.ord
+    RETURNING id
+)
+SELECT true AS inserted, {_COLUMNS} FROM ins
+UNION ALL
+SELECT false, {_ALIASED} FROM alerts a
+JOIN input ON a.strategy_id = input.strategy_id AND a.webhook_id = input.webhook_id
+WHERE NOT EXISTS (SELECT 1 FROM ins WHERE ins.id = input.id)
+"""
+
+
+async def insert_many_with_events(
+    conn: asyncpg.Connection, items: Sequence[NewAlertWithEvent], received_at_path: Sequence[str]
+) -> list[InsertResult]:
+    """:func:`insert_with_event` for several alerts with webhook ids in one statement (one
+    round trip, and outside a transaction one commit): each is inserted with its outbox event
+    unless its ``(strategy_id, webhook_id)`` is stored already. Returns one result per item,
+    in order. An id repeated inside ``items`` is inserted once, for its first item; the later
+    ones are duplicates of it.
+
+    The statement is all or nothing: it raises :class:`NotFound` when a strategy does not
+    exist, and the database's error for any other row it refuses (the caller can then insert
+    the items one by one to find the bad one).
+    """
+    keys: dict[tuple[UUID, str], int] = {}
+    first: list[int] = []  # for each item, the index of the item that is sent for it
+    sent: list[NewAlertWithEvent] = []
+    for index, item in enumerate(items):
+        if item.new.webhook_id is None:
+            raise ValueError("insert_many_with_events needs webhook ids")
+        key = (item.new.strategy_id, item.new.webhook_id)
+        if key not in keys:
+            keys[key] = index
+            sent.append(item)
+        first.append(keys[key])
+    columns: list[list[Any]] = [[] for _ in range(15)]
+    for item in sent:
+        new = item.new
+        for column, value in zip(
+            columns,
+            (
+                item.alert_id,
+                new.strategy_id,
+                new.source,
+                new.webhook_id,
+                new.ticker,
+                new.action,
+                new.quantity,
+                new.price,
+                new.alert_time,
+                new.message,
+                new.raw_body,
+                new.content_type,
+                new.body_sha256,
+                item.channel,
+                item.payload,
+            ),
+            strict=True,
+        ):
+            column.append(value)
+    try:
+        rows = await conn.fetch(_INSERT_MANY_WITH_EVENTS, *columns, list(received_at_path))
+    except asyncpg.ForeignKeyViolationError:
+        raise NotFound("strategy") from None
+    found: dict[tuple[UUID, str], InsertResult] = {}
+    for row in rows:
+        fields = dict(row.items())
+        inserted = fields.pop("inserted")
+        alert = Alert(**fields)
+        assert alert.webhook_id is not None
+        found[(alert.strategy_id, alert.webhook_id)] = InsertResult(alert, not inserted)
+    missing = [key for key in keys if key not in found]
+    if missing:
+        # Replays racing the first insert of their webhook id (see insert_with_event).
+        for row in await conn.fetch(
+            f"SELECT {_COLUMNS} FROM alerts a JOIN unnest($1::uuid[], $2::text[]) AS k(s, w) "
+            "ON a.strategy_id = k.s AND a.webhook_id = k.w",
+            [key[0] for key in missing],
+            [key[1] for key in missing],
+        ):
+            alert = _alert(row)
+            assert alert.webhook_id is not None
+            found[(alert.strategy_id, alert.webhook_id)] = InsertResult(alert, True)
+    results: list[InsertResult] = []
+    for index, item in enumerate(items):
+        assert item.new.webhook_id is not None
+        result = found.get((item.new.strategy_id, item.new.webhook_id), InsertResult(None, True))
+        # A repeat inside ``items`` of an alert inserted here is a duplicate of it.
+        results.append(result if first[index] == index else InsertResult(result.alert, True))
+    return results
+
+
 def lock_dedup_statement(strategy_id: UUID, body_sha256: bytes) -> str:
     """``SELECT pg_advisory_xact_lock(<key>)`` for the de-duplication of an identical body
     (the key is an integer, so the text is safe to send as a simple query, e.g. after

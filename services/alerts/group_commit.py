@@ -4,7 +4,9 @@ Each commit costs PostgreSQL a WAL flush (an fsync with the default ``synchronou
 which is most of its CPU per webhook. :class:`GroupCommit` lets up to ``max_flushes``
 transactions run at once; alerts that arrive while they are busy wait and go into the next
 transaction together (at most ``max_batch``). Nothing is delayed on purpose: a webhook that
-finds a free slot is committed at once, alone.
+finds a free slot is committed at once, alone. A group is one statement (one round trip, one
+commit: :func:`~services.alerts.ingest.insert_many_with_created_events`); a webhook id repeated
+inside it is stored once, and the repeats answer like any replay.
 
 Guarantees, per webhook, as without grouping:
 
@@ -15,9 +17,9 @@ Guarantees, per webhook, as without grouping:
   published. (A connection lost while ``COMMIT`` is under way leaves the outcome unknown, as
   for a single statement; the sender's retry with the same ``webhook-id`` then finds the
   alert and gets 200.)
-* If one alert's statement fails (a deleted strategy, a deadlock between two batches that
-  replay the same webhook ids), the transaction is rolled back and each of its alerts is
-  committed again alone, so only that alert gets its error.
+* If one alert's row fails (a deleted strategy, a deadlock between two groups that replay the
+  same webhook ids), the group's statement is rolled back and each of its alerts is committed
+  again alone, so only that alert gets its error.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import logging
 
 import asyncpg
 
-from services.alerts.ingest import insert_with_created_event
+from services.alerts.ingest import insert_many_with_created_events, insert_with_created_event
 from services.outbox.relay import OutboxRelay
 from storage import alerts
 from storage.errors import UNAVAILABLE
@@ -97,8 +99,9 @@ class GroupCommit:
                 outcomes = [await insert_with_created_event(conn, batch[0][0])]
             else:
                 try:
-                    async with conn.transaction():
-                        outcomes = [await insert_with_created_event(conn, new) for new, _ in batch]
+                    outcomes = list(
+                        await insert_many_with_created_events(conn, [new for new, _ in batch])
+                    )
                 except UNAVAILABLE:
                     raise
                 except Exception:

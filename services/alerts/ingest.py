@@ -172,6 +172,23 @@ async def insert_with_created_event(
     )
 
 
+async def insert_many_with_created_events(
+    conn: asyncpg.Connection, news: list[alerts.NewAlert]
+) -> list[alerts.InsertResult]:
+    """:func:`insert_with_created_event` for several alerts with webhook ids, in one statement
+    (see :func:`storage.alerts.insert_many_with_events`: all or nothing; a webhook id repeated
+    in ``news`` is stored once, for its first alert)."""
+    items = []
+    for new in news:
+        alert_id = uuid4()
+        items.append(
+            alerts.NewAlertWithEvent(
+                new, alert_id, names.alerts(new.strategy_id), _event_template(alert_id, new)
+            )
+        )
+    return await alerts.insert_many_with_events(conn, items, _RECEIVED_AT_PATH)
+
+
 async def store(
     conn: asyncpg.Connection, relay: OutboxRelay, new: alerts.NewAlert, dedup_seconds: int
 ) -> Ingested:

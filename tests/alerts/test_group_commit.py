@@ -164,3 +164,99 @@ async def test_replays_inside_one_transaction_store_one_alert(client: Any, repla
     assert len(ids) == 1
     assert await count_rows(client, "alerts", strategy["id"]) == 1
     assert await count_rows(client, "outbox", strategy["id"]) == 1
+
+
+async def test_a_group_with_replays_inside_it_and_of_stored_alerts(client: Any) -> None:
+    """One statement per group: replays of a stored webhook id and repeats inside the group
+    answer with the original's id; new ones are stored and published once, in order, with the
+    database's ``received_at`` in the event."""
+    app = client.server.app
+    _, token = await make_user(client)
+    strategy = await create_strategy(client, token)
+    known = uuid.UUID(strategy["id"])
+    ws = await connect(client, token)
+    assert "result" in await request(ws, "subscribe", channel=f"alerts:{strategy['id']}")
+    group = GroupCommit(app[keys.pool], app[keys.relay], max_flushes=1)
+
+    def alert(msg_id: str, message: str) -> Any:
+        body = orjson.dumps({"ticker": "T", "message": message})
+        return ingest.new_alert(
+            known, "signed", body, parse(body, "application/json", None), msg_id
+        )
+
+    stored = await group.insert(alert("msg_stored", "stored"))
+    assert stored.alert is not None
+    assert not stored.duplicate
+    async with app[keys.pool].acquire() as locker, locker.transaction():
+        await locker.execute("SELECT 1 FROM strategies WHERE id = $1 FOR UPDATE", known)
+        first = asyncio.create_task(group.insert(alert("msg_0", "0")))
+        await eventually(lambda: _lock_waiters(locker), what="the first transaction waiting")
+        before = group.transactions
+        batch = [
+            asyncio.create_task(group.insert(alert(msg_id, message)))
+            for msg_id, message in [
+                ("msg_stored", "replayed"),
+                ("msg_a", "a"),
+                ("msg_a", "a again"),
+                ("msg_b", "b"),
+                ("msg_0", "0 again"),
+            ]
+        ]
+        await eventually(lambda: group.waiting == 6, what="6 alerts waiting")
+    zero = await first
+    replay, a, a_again, b, zero_again = await asyncio.gather(*batch)
+    assert group.transactions - before == 2  # the first alone, then the five in one
+    assert replay.duplicate
+    assert replay.alert == stored.alert
+    assert not a.duplicate
+    assert a.alert is not None
+    assert a.alert.message == "a"
+    assert a_again.duplicate
+    assert a_again.alert == a.alert
+    assert not b.duplicate
+    assert b.alert is not None
+    assert zero_again.duplicate
+    assert zero_again.alert == zero.alert
+    assert await count_rows(client, "alerts", strategy["id"]) == 4
+    assert await count_rows(client, "outbox", strategy["id"]) == 4
+    frames = [(await receive(ws))["data"]["alert"] for _ in range(4)]
+    assert [frame["message"] for frame in frames] == ["stored", "0", "a", "b"]
+    assert frames[2]["id"] == str(a.alert.id)
+    assert frames[2]["received_at"] == a.alert.received_at.isoformat()
+    assert frames[3]["received_at"] == b.alert.received_at.isoformat()
+
+
+async def test_a_group_replaying_an_id_another_transaction_is_inserting(client: Any) -> None:
+    """The group's statement waits for the concurrent insert of the same webhook id; once that
+    commits, the replay answers with that alert and stores nothing."""
+    app = client.server.app
+    _, token = await make_user(client)
+    strategy = await create_strategy(client, token)
+    known = uuid.UUID(strategy["id"])
+    body = orjson.dumps({"ticker": "T"})
+    parsed = parse(body, "application/json", None)
+    group = GroupCommit(app[keys.pool], app[keys.relay], max_flushes=1)
+    async with app[keys.pool].acquire() as other:
+        tx = other.transaction()
+        await tx.start()
+        try:
+            theirs = await ingest.insert_with_created_event(
+                other, ingest.new_alert(known, "signed", body, parsed, "msg_race")
+            )
+            outcome = asyncio.create_task(
+                group.insert(ingest.new_alert(known, "signed", body, parsed, "msg_race"))
+            )
+            fresh = asyncio.create_task(
+                group.insert(ingest.new_alert(known, "signed", body, parsed, "msg_fresh"))
+            )
+            await eventually(lambda: _lock_waiters(other), what="the group waiting")
+        except BaseException:
+            await tx.rollback()
+            raise
+        await tx.commit()
+    result = await outcome
+    assert result.duplicate
+    assert result.alert == theirs.alert
+    assert not (await fresh).duplicate
+    assert await count_rows(client, "alerts", strategy["id"]) == 2
+    assert await count_rows(client, "outbox", strategy["id"]) == 2
