@@ -261,8 +261,8 @@ async def insert_with_event(
 
 @dataclass(frozen=True, slots=True)
 class NewAlertWithEvent:
-    """One alert of :func:`insert_many_with_events`: the row (with a ``webhook_id``), the id
-    it gets, and its ``alert.created`` event (one channel; ``received_at`` filled in)."""
+    """One alert of :func:`insert_many_with_events`: the row, the id it gets, and its
+    ``alert.created`` event (one channel; ``received_at`` filled in)."""
 
     new: NewAlert
     alert_id: UUID
@@ -270,14 +270,18 @@ class NewAlertWithEvent:
     payload: dict[str, Any]
 
 
-_ALIASED = ", ".join(f"a.{column.strip()}" for column in _COLUMNS.split(","))
+def _aliased(alias: str) -> str:
+    return ", ".join(f"{alias}.{column.strip()}" for column in _COLUMNS.split(","))
+
 
 # The statement behind :func:`insert_many_with_events`: ``input`` unnests the arrays (in the
-# callers' order), ``ins`` inserts them in that order unless the webhook id is stored already,
-# ``ev`` writes one outbox event per inserted row in the same order (so the feed publishes them
-# in order), the last branch returns the stored originals of the replayed ids (as the
-# statement's snapshot sees them: one committed by a concurrent transaction while this one
-# waited for it is missing, and is read again by the caller).
+# callers' order), ``dup`` finds for each row without a webhook id the newest identical body
+# inside the de-duplication window (only when $17 > 0; the caller holds the advisory locks),
+# ``ins`` inserts the others in order unless the webhook id is stored already, ``ev`` writes
+# one outbox event per inserted row in the same order (so the feed publishes them in order).
+# The result names each row by its position: inserted, a duplicate body, or the stored
+# original of a replayed webhook id as the statement's snapshot sees it (one committed by a
+# concurrent transaction while this one waited for it is missing: the caller reads it again).
 _INSERT_MANY_WITH_EVENTS = f"""
 WITH input AS (
     SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[],
@@ -286,12 +290,20 @@ WITH input AS (
         WITH ORDINALITY AS i(id, strategy_id, source, webhook_id, ticker, action, quantity,
                              price, alert_time, message, raw_body, content_type, body_sha256,
                              channel, payload, ord)
+), dup AS (
+    SELECT DISTINCT ON (input.ord) input.ord, {_aliased("a")}
+    FROM input JOIN alerts a
+      ON $17::float8 > 0 AND input.webhook_id IS NULL AND a.strategy_id = input.strategy_id
+     AND a.body_sha256 = input.body_sha256
+     AND a.received_at > clock_timestamp() - make_interval(secs => $17::float8)
+    ORDER BY input.ord, a.received_at DESC
 ), ins AS (
     INSERT INTO alerts (id, strategy_id, source, webhook_id, ticker, action, quantity, price,
                         alert_time, message, raw_body, content_type, body_sha256)
     SELECT id, strategy_id, source, webhook_id, ticker, action, quantity, price, alert_time,
            message, raw_body, content_type, body_sha256
-    FROM input ORDER BY ord
+    FROM input WHERE NOT EXISTS (SELECT 1 FROM dup WHERE dup.ord = input.ord)
+    ORDER BY ord
     ON CONFLICT (strategy_id, webhook_id) DO NOTHING
     RETURNING {_COLUMNS}
 ), ev AS (
@@ -305,40 +317,48 @@ WITH input AS (
     ORDER BY input.ord
     RETURNING id
 )
-SELECT true AS inserted, {_COLUMNS} FROM ins
+SELECT true AS inserted, input.ord, {_aliased("ins")} FROM ins JOIN input ON input.id = ins.id
 UNION ALL
-SELECT false, {_ALIASED} FROM alerts a
+SELECT false, dup.ord, {_aliased("dup")} FROM dup
+UNION ALL
+SELECT false, input.ord, {_aliased("a")} FROM alerts a
 JOIN input ON a.strategy_id = input.strategy_id AND a.webhook_id = input.webhook_id
 WHERE NOT EXISTS (SELECT 1 FROM ins WHERE ins.id = input.id)
 """
 
 
 async def insert_many_with_events(
-    conn: asyncpg.Connection, items: Sequence[NewAlertWithEvent], received_at_path: Sequence[str]
+    conn: asyncpg.Connection,
+    items: Sequence[NewAlertWithEvent],
+    received_at_path: Sequence[str],
+    dedup_seconds: int = 0,
 ) -> list[InsertResult]:
-    """:func:`insert_with_event` for several alerts with webhook ids in one statement (one
-    round trip, and outside a transaction one commit): each is inserted with its outbox event
-    unless its ``(strategy_id, webhook_id)`` is stored already. Returns one result per item,
-    in order. An id repeated inside ``items`` is inserted once, for its first item; the later
-    ones are duplicates of it.
+    """:func:`insert_with_event` for several alerts in one statement (one round trip, and
+    outside a transaction one commit). Returns one result per item, in order.
+
+    Each alert is inserted with its outbox event unless it repeats an earlier one: a stored
+    ``(strategy_id, webhook_id)``, or (no webhook id, ``dedup_seconds > 0``) an identical body
+    of the strategy inside the window — for those the caller's transaction must hold
+    :func:`lock_dedup_many_statement`'s locks first. A repeat inside ``items`` (the same
+    webhook id, or the same body when de-duplicating) is inserted once, for its first item;
+    the later ones are duplicates of it.
 
     The statement is all or nothing: it raises :class:`NotFound` when a strategy does not
     exist, and the database's error for any other row it refuses (the caller can then insert
     the items one by one to find the bad one).
     """
-    keys: dict[tuple[UUID, str], int] = {}
+    keys: dict[tuple[Any, ...], int] = {}
     first: list[int] = []  # for each item, the index of the item that is sent for it
-    sent: list[NewAlertWithEvent] = []
+    sent: list[int] = []  # indexes of the items sent
     for index, item in enumerate(items):
-        if item.new.webhook_id is None:
-            raise ValueError("insert_many_with_events needs webhook ids")
-        key = (item.new.strategy_id, item.new.webhook_id)
+        key = _repeat_key(item.new, index, dedup_seconds)
         if key not in keys:
             keys[key] = index
-            sent.append(item)
+            sent.append(index)
         first.append(keys[key])
     columns: list[list[Any]] = [[] for _ in range(15)]
-    for item in sent:
+    for index in sent:
+        item = items[index]
         new = item.new
         for column, value in zip(
             columns,
@@ -363,35 +383,61 @@ async def insert_many_with_events(
         ):
             column.append(value)
     try:
-        rows = await conn.fetch(_INSERT_MANY_WITH_EVENTS, *columns, list(received_at_path))
+        rows = await conn.fetch(
+            _INSERT_MANY_WITH_EVENTS, *columns, list(received_at_path), float(dedup_seconds)
+        )
     except asyncpg.ForeignKeyViolationError:
         raise NotFound("strategy") from None
-    found: dict[tuple[UUID, str], InsertResult] = {}
+    found: dict[int, InsertResult] = {}  # index of a sent item -> its result
     for row in rows:
         fields = dict(row.items())
         inserted = fields.pop("inserted")
-        alert = Alert(**fields)
-        assert alert.webhook_id is not None
-        found[(alert.strategy_id, alert.webhook_id)] = InsertResult(alert, not inserted)
-    missing = [key for key in keys if key not in found]
+        ordinal = fields.pop("ord")
+        found[sent[ordinal - 1]] = InsertResult(Alert(**fields), not inserted)
+    missing = [index for index in sent if index not in found]
     if missing:
         # Replays racing the first insert of their webhook id (see insert_with_event).
-        for row in await conn.fetch(
-            f"SELECT {_COLUMNS} FROM alerts a JOIN unnest($1::uuid[], $2::text[]) AS k(s, w) "
-            "ON a.strategy_id = k.s AND a.webhook_id = k.w",
-            [key[0] for key in missing],
-            [key[1] for key in missing],
-        ):
-            alert = _alert(row)
-            assert alert.webhook_id is not None
-            found[(alert.strategy_id, alert.webhook_id)] = InsertResult(alert, True)
+        stored = {
+            (alert.strategy_id, alert.webhook_id): alert
+            for alert in map(
+                _alert,
+                await conn.fetch(
+                    f"SELECT {_COLUMNS} FROM alerts a JOIN unnest($1::uuid[], $2::text[]) "
+                    "AS k(s, w) ON a.strategy_id = k.s AND a.webhook_id = k.w",
+                    [items[index].new.strategy_id for index in missing],
+                    [items[index].new.webhook_id for index in missing],
+                ),
+            )
+        }
+        for index in missing:
+            new = items[index].new
+            found[index] = InsertResult(stored.get((new.strategy_id, new.webhook_id)), True)
     results: list[InsertResult] = []
-    for index, item in enumerate(items):
-        assert item.new.webhook_id is not None
-        result = found.get((item.new.strategy_id, item.new.webhook_id), InsertResult(None, True))
+    for index in range(len(items)):
+        result = found[first[index]]
         # A repeat inside ``items`` of an alert inserted here is a duplicate of it.
         results.append(result if first[index] == index else InsertResult(result.alert, True))
     return results
+
+
+def _repeat_key(new: NewAlert, index: int, dedup_seconds: int) -> tuple[Any, ...]:
+    """What makes two alerts of one :func:`insert_many_with_events` call the same one."""
+    if new.webhook_id is not None:
+        return ("webhook", new.strategy_id, new.webhook_id)
+    if dedup_seconds > 0:
+        return ("body", new.strategy_id, new.body_sha256)
+    return ("row", index)
+
+
+def lock_dedup_many_statement(news: Sequence[NewAlert]) -> str:
+    """:func:`lock_dedup_statement` for the bodies of ``news`` (those without a webhook id),
+    one lock per distinct body, taken in key order so that two transactions locking
+    overlapping sets cannot deadlock (one statement per lock: a single statement would not
+    promise the order). Empty when there is nothing to lock."""
+    locks = sorted(
+        {_dedup_lock_key(new.strategy_id, new.body_sha256) for new in news if not new.webhook_id}
+    )
+    return "; ".join(f"SELECT pg_advisory_xact_lock({key})" for key in locks)
 
 
 def lock_dedup_statement(strategy_id: UUID, body_sha256: bytes) -> str:

@@ -19,7 +19,14 @@ from services.alerts import ingest
 from services.alerts.body import parse
 from services.alerts.group_commit import GroupCommit
 from storage.errors import NotFound
-from tests.alerts.util import TcpProxy, count_rows, create_strategy, post_signed, signed_headers
+from tests.alerts.util import (
+    TcpProxy,
+    count_rows,
+    create_strategy,
+    post_signed,
+    signed_headers,
+    tv_path,
+)
 from tests.helpers import connect, eventually, make_user, receive, request
 
 
@@ -258,5 +265,93 @@ async def test_a_group_replaying_an_id_another_transaction_is_inserting(client: 
     assert result.duplicate
     assert result.alert == theirs.alert
     assert not (await fresh).duplicate
+    assert await count_rows(client, "alerts", strategy["id"]) == 2
+    assert await count_rows(client, "outbox", strategy["id"]) == 2
+
+
+async def _post_tv(client: Any, strategy: dict[str, Any], body: bytes) -> Any:
+    return await client.post(
+        tv_path(strategy), data=body, headers={"Content-Type": "application/json"}
+    )
+
+
+async def test_concurrent_identical_tradingview_bodies_store_one_alert(client: Any) -> None:
+    """TradingView retries without an id: identical bodies waiting together (in one group and
+    across the concurrent groups, which lock their bodies in key order) store one alert; a
+    body stored before is a duplicate too; different bodies each get their own alert."""
+    _, token = await make_user(client)
+    strategy = await create_strategy(client, token)
+    ws = await connect(client, token)
+    assert "result" in await request(ws, "subscribe", channel=f"alerts:{strategy['id']}")
+    group = client.server.app[keys.group_commit]
+    earlier = orjson.dumps({"ticker": "E", "message": "earlier"})
+    first = await _post_tv(client, strategy, earlier)
+    assert first.status == 201
+    earlier_id = (await first.json())["id"]
+    assert (await receive(ws))["data"]["alert"]["id"] == earlier_id
+    same = orjson.dumps({"ticker": "S", "message": "same"})
+    others = [orjson.dumps({"ticker": "O", "message": str(n)}) for n in range(5)]
+    bodies = [same] * 20 + [earlier] * 5 + others + [same] * 10
+    before = group.transactions
+    async with client.server.app[keys.pool].acquire() as locker, locker.transaction():
+        await locker.execute("SELECT 1 FROM strategies WHERE id = $1 FOR UPDATE", strategy["id"])
+        posts = [asyncio.create_task(_post_tv(client, strategy, body)) for body in bodies]
+        await eventually(lambda: group.waiting == len(bodies), what="the webhooks waiting")
+        assert not any(task.done() for task in posts)
+    responses = await asyncio.gather(*posts)
+    replies = [await response.json() for response in responses]
+    assert group.transactions - before < len(bodies)
+    by_body: dict[bytes, list[tuple[int, str]]] = {}
+    for body, response, reply in zip(bodies, responses, replies, strict=True):
+        by_body.setdefault(body, []).append((response.status, reply["id"]))
+    same_statuses = sorted(status for status, _ in by_body[same])
+    assert same_statuses == [200] * 29 + [201]
+    assert len({alert_id for _, alert_id in by_body[same]}) == 1
+    assert by_body[earlier] == [(200, earlier_id)] * 5
+    for body in others:
+        assert [status for status, _ in by_body[body]] == [201]
+    assert await count_rows(client, "alerts", strategy["id"]) == 1 + 1 + 5
+    assert await count_rows(client, "outbox", strategy["id"]) == 1 + 1 + 5
+    published = [(await receive(ws))["data"]["alert"]["message"] for _ in range(6)]
+    assert sorted(published) == sorted(["same", *(str(n) for n in range(5))])
+
+
+async def test_a_tradingview_group_with_a_failing_row_commits_the_others(client: Any) -> None:
+    """One alert of a TradingView group names a deleted strategy: it alone fails (404), the
+    others are stored once each, an identical body of the group included once."""
+    app = client.server.app
+    _, token = await make_user(client)
+    strategy = await create_strategy(client, token)
+    known = uuid.UUID(strategy["id"])
+    group = GroupCommit(app[keys.pool], app[keys.relay], max_flushes=1)
+
+    def alert(strategy_id: uuid.UUID, message: str) -> Any:
+        body = orjson.dumps({"ticker": "T", "message": message})
+        return ingest.new_alert(
+            strategy_id, "tradingview", body, parse(body, "application/json", None), None
+        )
+
+    async with app[keys.pool].acquire() as locker, locker.transaction():
+        await locker.execute("SELECT 1 FROM strategies WHERE id = $1 FOR UPDATE", known)
+        first = asyncio.create_task(group.insert(alert(known, "0"), 60))
+        await eventually(lambda: _lock_waiters(locker), what="the first transaction waiting")
+        batch = [
+            asyncio.create_task(group.insert(new, 60))
+            for new in [
+                alert(known, "a"),
+                alert(uuid.uuid4(), "gone"),
+                alert(known, "a"),
+                alert(known, "0"),
+            ]
+        ]
+        await eventually(lambda: group.waiting == 5, what="5 alerts waiting")
+    zero = await first
+    a, gone, a_again, zero_again = await asyncio.gather(*batch, return_exceptions=True)
+    assert isinstance(gone, NotFound)
+    assert not a.duplicate  # type: ignore[union-attr]
+    assert a_again.duplicate  # type: ignore[union-attr]
+    assert a_again.alert == a.alert  # type: ignore[union-attr]
+    assert zero_again.duplicate  # type: ignore[union-attr]
+    assert zero_again.alert == zero.alert  # type: ignore[union-attr]
     assert await count_rows(client, "alerts", strategy["id"]) == 2
     assert await count_rows(client, "outbox", strategy["id"]) == 2
