@@ -5,7 +5,9 @@ answered only after its alert committed, a database failure fails every waiting 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
+from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -355,3 +357,61 @@ async def test_a_tradingview_group_with_a_failing_row_commits_the_others(client:
     assert zero_again.alert == zero.alert  # type: ignore[union-attr]
     assert await count_rows(client, "alerts", strategy["id"]) == 2
     assert await count_rows(client, "outbox", strategy["id"]) == 2
+
+
+class LoggingPool:
+    """The app's pool, recording the statements sent on the connections it hands out."""
+
+    def __init__(self, pool: Any) -> None:
+        self.pool = pool
+        self.statements: list[str] = []
+
+    @contextlib.asynccontextmanager
+    async def acquire(self) -> AsyncIterator[Any]:
+        def logger(record: Any) -> None:
+            self.statements.append(record.query)
+
+        async with self.pool.acquire() as conn:
+            conn.add_query_logger(logger)
+            try:
+                yield conn
+            finally:
+                conn.remove_query_logger(logger)
+
+
+@pytest.mark.parametrize(("source", "round_trips"), [("signed", 1), ("tradingview", 3)])
+async def test_a_group_is_one_statement(client: Any, source: str, round_trips: int) -> None:
+    """A group of signed webhooks is one statement (one round trip, one commit); a group of
+    TradingView bodies is ``BEGIN`` + its locks, the statement, ``COMMIT``."""
+    app = client.server.app
+    _, token = await make_user(client)
+    strategy = await create_strategy(client, token)
+    known = uuid.UUID(strategy["id"])
+    pool = LoggingPool(app[keys.pool])
+    group = GroupCommit(pool, app[keys.relay], max_flushes=1)  # type: ignore[arg-type]
+
+    def alert(n: int) -> Any:
+        body = orjson.dumps({"ticker": "T", "message": str(n)})
+        msg_id = f"msg_{n}" if source == "signed" else None
+        return ingest.new_alert(known, source, body, parse(body, "application/json", None), msg_id)
+
+    async with app[keys.pool].acquire() as locker, locker.transaction():
+        await locker.execute("SELECT 1 FROM strategies WHERE id = $1 FOR UPDATE", known)
+        first = asyncio.create_task(group.insert(alert(0), 60))
+        await eventually(lambda: _lock_waiters(locker), what="the first transaction waiting")
+        before = len(pool.statements)
+        batch = [asyncio.create_task(group.insert(alert(n), 60)) for n in range(1, 21)]
+        await eventually(lambda: group.waiting == 21, what="21 alerts waiting")
+    await first
+    after_first = len(pool.statements)
+    assert not any(result.duplicate for result in await asyncio.gather(*batch))
+    assert after_first >= before
+    # asyncpg's own type introspection on first use of a statement is not counted.
+    group_statements = [
+        query
+        for query in pool.statements[after_first:]
+        if "jit" not in query and "pg_catalog" not in query
+    ]
+    assert len(group_statements) == round_trips, group_statements
+    assert await count_rows(client, "alerts", strategy["id"]) == 21
+    assert await count_rows(client, "outbox", strategy["id"]) == 21
