@@ -388,7 +388,7 @@ async def test_a_group_is_one_statement(client: Any, source: str, round_trips: i
     strategy = await create_strategy(client, token)
     known = uuid.UUID(strategy["id"])
     pool = LoggingPool(app[keys.pool])
-    group = GroupCommit(pool, app[keys.relay], max_flushes=1)  # type: ignore[arg-type]
+    group = GroupCommit(pool, app[keys.relay], max_flushes=1)
 
     def alert(n: int) -> Any:
         body = orjson.dumps({"ticker": "T", "message": str(n)})
