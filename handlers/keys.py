@@ -42,7 +42,7 @@ realtime = web.AppKey("realtime", RealtimeService)
 #: writes the queued frames of every WebSocket connection once per loop iteration
 flusher = web.AppKey("flusher", Flusher)
 relay = web.AppKey("relay", OutboxRelay)
-#: commits concurrent signed webhooks' alerts together (services.alerts.group_commit)
+#: commits concurrent webhooks' alerts together (services.alerts.group_commit)
 group_commit = web.AppKey("group_commit", GroupCommit)
 tokens = web.AppKey("tokens", TokenService)
 #: the shared Redis client (a cluster client for a redis+cluster:// URL), only with REDIS_URL

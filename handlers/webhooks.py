@@ -126,6 +126,7 @@ async def tradingview(request: web.Request) -> web.Response:
         body,
         dedup_seconds=config.dedup_window,
         cache=request.app[keys.secret_box].urls,
+        group=request.app[keys.group_commit],
     )
     return _ack(result)
 

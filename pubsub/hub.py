@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -288,6 +288,17 @@ class Hub:
         return await self.broker.publish(
             channel, payload, self.options(channel), idempotency_key=idempotency_key
         )
+
+    async def publish_many(
+        self, channel: str, items: Sequence[tuple[Any, str | None]]
+    ) -> list[PublishResult]:
+        """:meth:`publish` each ``(data, idempotency_key)`` of ``items`` in order, in one
+        broker round trip (:meth:`~pubsub.broker.Broker.publish_many`). On ``BrokerError`` a
+        prefix of them may have been published."""
+        payloads = [
+            (data if isinstance(data, bytes) else orjson.dumps(data), key) for data, key in items
+        ]
+        return await self.broker.publish_many(channel, payloads, self.options(channel))
 
     async def publish_control(self, op: str, fields: dict[str, Any]) -> None:
         """Send control message ``op`` with ``fields`` (JSON-ready) to the handlers of ``op``

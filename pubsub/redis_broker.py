@@ -14,6 +14,7 @@ errors become broker results.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from typing import Any, ClassVar, Protocol
 
 from redis.asyncio import BlockingConnectionPool, Redis
@@ -39,7 +40,7 @@ from pubsub.memory import new_epoch
 from pubsub.namespaces import NamespaceOptions
 from pubsub.redis_keys import KeySpace, parse_wire
 from pubsub.redis_pubsub import PubSubConnection, ReconnectPolicy
-from pubsub.redis_scripts import PUBLISH, READ
+from pubsub.redis_scripts import PUBLISH, PUBLISH_MANY, READ
 
 #: The meta hash (epoch and offset counter) outlives history by at least this much, so offsets
 #: keep counting in one epoch across quiet periods; when it expires a new epoch starts.
@@ -72,11 +73,17 @@ class ScriptedBroker(Broker):
     )
 
     def __init__(
-        self, client: Redis | RedisCluster, keys: ChannelKeys, publish: str, read: str
+        self,
+        client: Redis | RedisCluster,
+        keys: ChannelKeys,
+        publish: str,
+        read: str,
+        publish_many: str,
     ) -> None:
         self._redis = client
         self._keys = keys
         self._publish = client.register_script(publish)
+        self._publish_many = client.register_script(publish_many)
         self._read = client.register_script(read)
         self._started = False
         self._closed = False
@@ -123,6 +130,42 @@ class ScriptedBroker(Broker):
         except self.errors as exc:
             raise self._failure("redis publish", exc) from exc
         return PublishResult(int(offset), epoch.decode(), duplicate=bool(duplicate))
+
+    async def publish_many(
+        self,
+        channel: str,
+        items: Sequence[tuple[bytes, str | None]],
+        options: NamespaceOptions,
+        *,
+        idempotency_ttl: int = 300,
+    ) -> list[PublishResult]:
+        """All of ``items`` in one script call (one round trip, atomic)."""
+        self._check()
+        if not items:
+            return []
+        keys = self._keys
+        script_keys = [keys.meta(channel), keys.stream(channel)]
+        args: list[Any] = [
+            options.history_size,
+            max(1, options.history_ttl),
+            max(options.history_ttl, META_MIN_TTL),
+            new_epoch(),
+            repr(time.time()),
+            max(1, idempotency_ttl),
+            keys.live(channel),
+        ]
+        for data, key in items:
+            if key is not None:
+                script_keys.append(keys.idempotency(channel, key))
+            args += (data, b"1" if key is not None else b"0")
+        try:
+            reply = await self._run(self._publish_many, script_keys, tuple(args))
+        except self.errors as exc:
+            raise self._failure("redis publish", exc) from exc
+        return [
+            PublishResult(int(reply[i]), reply[i + 1].decode(), duplicate=bool(reply[i + 2]))
+            for i in range(0, len(reply), 3)
+        ]
 
     async def history(
         self,
@@ -215,7 +258,7 @@ class RedisBroker(ScriptedBroker):
             protocol=2,
         )
         self._pool = pool
-        super().__init__(Redis(connection_pool=pool), self.keys, PUBLISH, READ)
+        super().__init__(Redis(connection_pool=pool), self.keys, PUBLISH, READ, PUBLISH_MANY)
         self._pubsub = PubSubConnection(
             self._pool.make_connection,
             self._on_message,

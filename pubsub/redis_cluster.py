@@ -45,7 +45,7 @@ from pubsub.broker import BrokerError, BrokerEventHandler, BrokerUnavailable
 from pubsub.redis_broker import ScriptedBroker
 from pubsub.redis_keys import PartitionedKeySpace, Partitioning, parse_wire
 from pubsub.redis_pubsub import SHARDED, PubSubConnection, ReconnectPolicy, Relocated
-from pubsub.redis_scripts import CLUSTER_PUBLISH, CLUSTER_READ
+from pubsub.redis_scripts import CLUSTER_PUBLISH, CLUSTER_PUBLISH_MANY, CLUSTER_READ
 from pubsub.redis_url import cluster_client
 
 log = logging.getLogger(__name__)
@@ -387,7 +387,7 @@ class RedisClusterBroker(ScriptedBroker):
             # RESP2: pub/sub messages arrive as plain replies (see RedisBroker)
             protocol=2,
         )
-        super().__init__(cluster, self.keys, CLUSTER_PUBLISH, CLUSTER_READ)
+        super().__init__(cluster, self.keys, CLUSTER_PUBLISH, CLUSTER_READ, CLUSTER_PUBLISH_MANY)
         self._cluster = cluster
         self._command_timeout = command_timeout
         self._in_flight = asyncio.Semaphore(max_connections)

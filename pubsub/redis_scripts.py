@@ -121,3 +121,72 @@ READ = _READ.replace("--EPOCH--", _EPOCH_SINGLE)
 
 #: :data:`READ` for Redis Cluster: a new epoch after a failover, as in :data:`CLUSTER_PUBLISH`.
 CLUSTER_READ = _READ.replace("--EPOCH--", _EPOCH_CLUSTER)
+
+_PUBLISH_MANY = """
+local meta, stream = KEYS[1], KEYS[2]
+local size, idem_ttl = tonumber(ARGV[1]), tonumber(ARGV[6])
+local function stored_epoch()
+--EPOCH--
+  return epoch
+end
+local epoch = nil
+local results = {}
+local next_key = 3
+for i = 8, #ARGV, 2 do
+  local data, idem = ARGV[i], nil
+  if ARGV[i + 1] == '1' then
+    idem = KEYS[next_key]
+    next_key = next_key + 1
+  end
+  local seen = idem and redis.call('GET', idem)
+  if seen then
+    local sep = string.find(seen, ' ', 1, true)
+    results[#results + 1] = string.sub(seen, 1, sep - 1)
+    results[#results + 1] = string.sub(seen, sep + 1)
+    results[#results + 1] = 1
+  else
+    if not epoch then
+      epoch = stored_epoch()
+      if not epoch then
+        -- New epoch (first use, or the meta hash expired): old history belongs to no one.
+        epoch = ARGV[4]
+        redis.call('DEL', stream)
+        redis.call('HSET', meta, 'e', epoch, 'o', 0)
+      end
+    end
+    local offset = redis.call('HINCRBY', meta, 'o', 1)
+    if size > 0 then
+      redis.call('XADD', stream, 'MAXLEN', size, offset .. '-0', 'd', data, 't', ARGV[5])
+    end
+    redis.call('--PUBLISH--', ARGV[7], offset .. ' ' .. epoch .. ' ' .. ARGV[5] .. ' ' .. data)
+    if idem then
+      redis.call('SET', idem, offset .. ' ' .. epoch, 'EX', idem_ttl)
+    end
+    results[#results + 1] = offset
+    results[#results + 1] = epoch
+    results[#results + 1] = 0
+  end
+end
+if epoch then
+  redis.call('EXPIRE', meta, ARGV[3])
+  if size > 0 then
+    redis.call('EXPIRE', stream, ARGV[2])
+  end
+end
+return results
+"""
+
+#: Publish several messages of one channel, in order, as :data:`PUBLISH` would one by one
+#: (one round trip; the script runs atomically).
+#:
+#: KEYS: meta, stream, then the idempotency records of the messages that have one, in order
+#: ARGV: history size, history TTL, meta TTL, candidate epoch, publish time, idempotency TTL,
+#:       pub/sub channel, then for each message: data, '1' if it has an idempotency record
+#:       else '0'
+#: Returns {offset, epoch, duplicate (0/1)} of each message, flattened.
+PUBLISH_MANY = _PUBLISH_MANY.replace("--EPOCH--", _EPOCH_SINGLE).replace("--PUBLISH--", "PUBLISH")
+
+#: :data:`PUBLISH_MANY` for Redis Cluster.
+CLUSTER_PUBLISH_MANY = _PUBLISH_MANY.replace("--EPOCH--", _EPOCH_CLUSTER).replace(
+    "--PUBLISH--", "SPUBLISH"
+)

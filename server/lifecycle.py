@@ -176,7 +176,7 @@ async def channels(app: web.Application) -> AsyncIterator[None]:
 
 
 async def outbox_relay(app: web.Application) -> AsyncIterator[None]:
-    """The background task that publishes outbox events, and the group commit of signed
+    """The background task that publishes outbox events, and the group commit of
     webhooks that wakes it."""
     relay = OutboxRelay(app[keys.pool], app[keys.hub])
     app[keys.relay] = relay

@@ -259,6 +259,187 @@ async def insert_with_event(
     return InsertResult(_alert(original) if original else None, True)
 
 
+@dataclass(frozen=True, slots=True)
+class NewAlertWithEvent:
+    """One alert of :func:`insert_many_with_events`: the row, the id it gets, and its
+    ``alert.created`` event (one channel; ``received_at`` filled in)."""
+
+    new: NewAlert
+    alert_id: UUID
+    channel: str
+    payload: dict[str, Any]
+
+
+def _aliased(alias: str) -> str:
+    return ", ".join(f"{alias}.{column.strip()}" for column in _COLUMNS.split(","))
+
+
+# The statement behind :func:`insert_many_with_events`: ``input`` unnests the arrays (in the
+# callers' order), ``dup`` finds for each row without a webhook id the newest identical body
+# inside the de-duplication window (only when $17 > 0; the caller holds the advisory locks),
+# ``ins`` inserts the others in order unless the webhook id is stored already, ``ev`` writes
+# one outbox event per inserted row in the same order (so the feed publishes them in order).
+# The result names each row by its position: inserted, a duplicate body, or the stored
+# original of a replayed webhook id as the statement's snapshot sees it (one committed by a
+# concurrent transaction while this one waited for it is missing: the caller reads it again).
+_INSERT_MANY_WITH_EVENTS = f"""
+WITH input AS (
+    SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[],
+                         $7::numeric[], $8::numeric[], $9::timestamptz[], $10::text[],
+                         $11::text[], $12::text[], $13::bytea[], $14::text[], $15::jsonb[])
+        WITH ORDINALITY AS i(id, strategy_id, source, webhook_id, ticker, action, quantity,
+                             price, alert_time, message, raw_body, content_type, body_sha256,
+                             channel, payload, ord)
+), dup AS (
+    SELECT DISTINCT ON (input.ord) input.ord, {_aliased("a")}
+    FROM input JOIN alerts a
+      ON $17::float8 > 0 AND input.webhook_id IS NULL AND a.strategy_id = input.strategy_id
+     AND a.body_sha256 = input.body_sha256
+     AND a.received_at > clock_timestamp() - make_interval(secs => $17::float8)
+    ORDER BY input.ord, a.received_at DESC
+), ins AS (
+    INSERT INTO alerts (id, strategy_id, source, webhook_id, ticker, action, quantity, price,
+                        alert_time, message, raw_body, content_type, body_sha256)
+    SELECT id, strategy_id, source, webhook_id, ticker, action, quantity, price, alert_time,
+           message, raw_body, content_type, body_sha256
+    FROM input WHERE NOT EXISTS (SELECT 1 FROM dup WHERE dup.ord = input.ord)
+    ORDER BY ord
+    ON CONFLICT (strategy_id, webhook_id) DO NOTHING
+    RETURNING {_COLUMNS}
+), ev AS (
+    INSERT INTO outbox (channels, payload)
+    SELECT ARRAY[input.channel], jsonb_set(input.payload, $16::text[], to_jsonb(
+        to_char(ins.received_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS')
+        || CASE WHEN date_part('microseconds', ins.received_at)::bigint % 1000000 = 0 THEN ''
+                ELSE to_char(ins.received_at AT TIME ZONE 'UTC', '.US') END
+        || '+00:00'))
+    FROM ins JOIN input ON input.id = ins.id
+    ORDER BY input.ord
+    RETURNING id
+)
+SELECT true AS inserted, input.ord, {_aliased("ins")} FROM ins JOIN input ON input.id = ins.id
+UNION ALL
+SELECT false, dup.ord, {_aliased("dup")} FROM dup
+UNION ALL
+SELECT false, input.ord, {_aliased("a")} FROM alerts a
+JOIN input ON a.strategy_id = input.strategy_id AND a.webhook_id = input.webhook_id
+WHERE NOT EXISTS (SELECT 1 FROM ins WHERE ins.id = input.id)
+"""
+
+
+async def insert_many_with_events(
+    conn: asyncpg.Connection,
+    items: Sequence[NewAlertWithEvent],
+    received_at_path: Sequence[str],
+    dedup_seconds: int = 0,
+) -> list[InsertResult]:
+    """:func:`insert_with_event` for several alerts in one statement (one round trip, and
+    outside a transaction one commit). Returns one result per item, in order.
+
+    Each alert is inserted with its outbox event unless it repeats an earlier one: a stored
+    ``(strategy_id, webhook_id)``, or (no webhook id, ``dedup_seconds > 0``) an identical body
+    of the strategy inside the window — for those the caller's transaction must hold
+    :func:`lock_dedup_many_statement`'s locks first. A repeat inside ``items`` (the same
+    webhook id, or the same body when de-duplicating) is inserted once, for its first item;
+    the later ones are duplicates of it.
+
+    The statement is all or nothing: it raises :class:`NotFound` when a strategy does not
+    exist, and the database's error for any other row it refuses (the caller can then insert
+    the items one by one to find the bad one).
+    """
+    keys: dict[tuple[Any, ...], int] = {}
+    first: list[int] = []  # for each item, the index of the item that is sent for it
+    sent: list[int] = []  # indexes of the items sent
+    for index, item in enumerate(items):
+        key = _repeat_key(item.new, index, dedup_seconds)
+        if key not in keys:
+            keys[key] = index
+            sent.append(index)
+        first.append(keys[key])
+    columns: list[list[Any]] = [[] for _ in range(15)]
+    for index in sent:
+        item = items[index]
+        new = item.new
+        for column, value in zip(
+            columns,
+            (
+                item.alert_id,
+                new.strategy_id,
+                new.source,
+                new.webhook_id,
+                new.ticker,
+                new.action,
+                new.quantity,
+                new.price,
+                new.alert_time,
+                new.message,
+                new.raw_body,
+                new.content_type,
+                new.body_sha256,
+                item.channel,
+                item.payload,
+            ),
+            strict=True,
+        ):
+            column.append(value)
+    try:
+        rows = await conn.fetch(
+            _INSERT_MANY_WITH_EVENTS, *columns, list(received_at_path), float(dedup_seconds)
+        )
+    except asyncpg.ForeignKeyViolationError:
+        raise NotFound("strategy") from None
+    found: dict[int, InsertResult] = {}  # index of a sent item -> its result
+    for row in rows:
+        fields = dict(row.items())
+        inserted = fields.pop("inserted")
+        ordinal = fields.pop("ord")
+        found[sent[ordinal - 1]] = InsertResult(Alert(**fields), not inserted)
+    missing = [index for index in sent if index not in found]
+    if missing:
+        # Replays racing the first insert of their webhook id (see insert_with_event).
+        stored = {
+            (alert.strategy_id, alert.webhook_id): alert
+            for alert in map(
+                _alert,
+                await conn.fetch(
+                    f"SELECT {_COLUMNS} FROM alerts a JOIN unnest($1::uuid[], $2::text[]) "
+                    "AS k(s, w) ON a.strategy_id = k.s AND a.webhook_id = k.w",
+                    [items[index].new.strategy_id for index in missing],
+                    [items[index].new.webhook_id for index in missing],
+                ),
+            )
+        }
+        for index in missing:
+            new = items[index].new
+            found[index] = InsertResult(stored.get((new.strategy_id, new.webhook_id)), True)
+    results: list[InsertResult] = []
+    for index in range(len(items)):
+        result = found[first[index]]
+        # A repeat inside ``items`` of an alert inserted here is a duplicate of it.
+        results.append(result if first[index] == index else InsertResult(result.alert, True))
+    return results
+
+
+def _repeat_key(new: NewAlert, index: int, dedup_seconds: int) -> tuple[Any, ...]:
+    """What makes two alerts of one :func:`insert_many_with_events` call the same one."""
+    if new.webhook_id is not None:
+        return ("webhook", new.strategy_id, new.webhook_id)
+    if dedup_seconds > 0:
+        return ("body", new.strategy_id, new.body_sha256)
+    return ("row", index)
+
+
+def lock_dedup_many_statement(news: Sequence[NewAlert]) -> str:
+    """:func:`lock_dedup_statement` for the bodies of ``news`` (those without a webhook id),
+    one lock per distinct body, taken in key order so that two transactions locking
+    overlapping sets cannot deadlock (one statement per lock: a single statement would not
+    promise the order). Empty when there is nothing to lock."""
+    locks = sorted(
+        {_dedup_lock_key(new.strategy_id, new.body_sha256) for new in news if not new.webhook_id}
+    )
+    return "; ".join(f"SELECT pg_advisory_xact_lock({key})" for key in locks)
+
+
 def lock_dedup_statement(strategy_id: UUID, body_sha256: bytes) -> str:
     """``SELECT pg_advisory_xact_lock(<key>)`` for the de-duplication of an identical body
     (the key is an integer, so the text is safe to send as a simple query, e.g. after

@@ -4,7 +4,9 @@ Each commit costs PostgreSQL a WAL flush (an fsync with the default ``synchronou
 which is most of its CPU per webhook. :class:`GroupCommit` lets up to ``max_flushes``
 transactions run at once; alerts that arrive while they are busy wait and go into the next
 transaction together (at most ``max_batch``). Nothing is delayed on purpose: a webhook that
-finds a free slot is committed at once, alone.
+finds a free slot is committed at once, alone. A group is one statement (one round trip, one
+commit: :func:`~services.alerts.ingest.insert_many_with_created_events`); a webhook id repeated
+inside it is stored once, and the repeats answer like any replay.
 
 Guarantees, per webhook, as without grouping:
 
@@ -15,9 +17,9 @@ Guarantees, per webhook, as without grouping:
   published. (A connection lost while ``COMMIT`` is under way leaves the outcome unknown, as
   for a single statement; the sender's retry with the same ``webhook-id`` then finds the
   alert and gets 200.)
-* If one alert's statement fails (a deleted strategy, a deadlock between two batches that
-  replay the same webhook ids), the transaction is rolled back and each of its alerts is
-  committed again alone, so only that alert gets its error.
+* If one alert's row fails (a deleted strategy, a deadlock between two groups that replay the
+  same webhook ids), the group's statement is rolled back and each of its alerts is committed
+  again alone, so only that alert gets its error.
 """
 
 from __future__ import annotations
@@ -28,12 +30,15 @@ import logging
 
 import asyncpg
 
-from services.alerts.ingest import insert_with_created_event
+from services.alerts.ingest import insert_many_with_created_events, store_alone
 from services.outbox.relay import OutboxRelay
 from storage import alerts
 from storage.errors import UNAVAILABLE
 
 log = logging.getLogger(__name__)
+
+
+_Waiter = tuple[alerts.NewAlert, "asyncio.Future[alerts.InsertResult]"]
 
 
 class GroupCommit:
@@ -52,19 +57,23 @@ class GroupCommit:
         self._relay = relay
         self._max_batch = max_batch
         self._max_flushes = max_flushes
-        self._queue: list[tuple[alerts.NewAlert, asyncio.Future[alerts.InsertResult]]] = []
+        #: waiting alerts by de-duplication window (0: by webhook id only); a group holds
+        #: alerts of one window
+        self._queues: dict[int, list[_Waiter]] = {}
         self._flushes: set[asyncio.Task[None]] = set()
         #: transactions committed (for tests and metrics)
         self.transactions = 0
         #: alerts handed to :meth:`insert` whose outcome is not known yet
         self.waiting = 0
 
-    async def insert(self, new: alerts.NewAlert) -> alerts.InsertResult:
-        """Insert ``new`` (idempotent by its webhook id) with its ``alert.created`` event;
-        returns once committed. Body de-duplication is not supported here (it needs its lock
-        first). Raises what the insert raises (``NotFound``, an ``UNAVAILABLE`` error...)."""
+    async def insert(self, new: alerts.NewAlert, dedup_seconds: int = 0) -> alerts.InsertResult:
+        """Insert ``new`` with its ``alert.created`` event unless it repeats an earlier alert
+        (the same webhook id; without one and with ``dedup_seconds > 0``, an identical body of
+        the strategy inside that window); returns once committed. Raises what the insert
+        raises (``NotFound``, an ``UNAVAILABLE`` error...)."""
         future: asyncio.Future[alerts.InsertResult] = asyncio.get_running_loop().create_future()
-        self._queue.append((new, future))
+        window = dedup_seconds if new.webhook_id is None and dedup_seconds > 0 else 0
+        self._queues.setdefault(window, []).append((new, future))
         if len(self._flushes) < self._max_flushes:
             task = asyncio.create_task(self._flush(), name="alerts-group-commit")
             self._flushes.add(task)
@@ -76,11 +85,14 @@ class GroupCommit:
             self.waiting -= 1
 
     async def _flush(self) -> None:
-        while self._queue:
-            batch = self._queue[: self._max_batch]
-            del self._queue[: self._max_batch]
+        while self._queues:
+            window, queue = next(iter(self._queues.items()))
+            batch = queue[: self._max_batch]
+            del queue[: self._max_batch]
+            if not queue:
+                del self._queues[window]
             try:
-                await self._commit(batch)
+                await self._commit(batch, window)
             except BaseException as exc:
                 for _, future in batch:
                     if not future.done():
@@ -88,26 +100,24 @@ class GroupCommit:
                 if isinstance(exc, asyncio.CancelledError):
                     raise
 
-    async def _commit(
-        self, batch: list[tuple[alerts.NewAlert, asyncio.Future[alerts.InsertResult]]]
-    ) -> None:
+    async def _commit(self, batch: list[_Waiter], window: int) -> None:
         outcomes: list[alerts.InsertResult | BaseException]
+        news = [new for new, _ in batch]
         async with self._pool.acquire() as conn:
             if len(batch) == 1:
-                outcomes = [await insert_with_created_event(conn, batch[0][0])]
+                outcomes = [await store_alone(conn, news[0], window)]
             else:
                 try:
-                    async with conn.transaction():
-                        outcomes = [await insert_with_created_event(conn, new) for new, _ in batch]
+                    outcomes = list(await _insert_group(conn, news, window))
                 except UNAVAILABLE:
                     raise
                 except Exception:
-                    # One statement failed and took the others' work with it: each alone.
+                    # One row failed and took the others' work with it: each alone.
                     log.info("group commit rolled back; committing alone", exc_info=True)
                     outcomes = []
-                    for new, _ in batch:
+                    for new in news:
                         try:
-                            outcomes.append(await insert_with_created_event(conn, new))
+                            outcomes.append(await store_alone(conn, new, window))
                         except UNAVAILABLE:
                             raise
                         except Exception as exc:
@@ -127,3 +137,23 @@ class GroupCommit:
         """Wait for the transactions in progress (at shutdown)."""
         with contextlib.suppress(Exception):
             await asyncio.gather(*self._flushes, return_exceptions=True)
+
+
+async def _insert_group(
+    conn: asyncpg.Connection, news: list[alerts.NewAlert], window: int
+) -> list[alerts.InsertResult]:
+    """One statement for the group (committed on its own); with body de-duplication, in a
+    transaction that first takes the bodies' locks in key order (``BEGIN`` and the locks in
+    one round trip, then the statement, then ``COMMIT``)."""
+    locks = alerts.lock_dedup_many_statement(news) if window > 0 else ""
+    if not locks:
+        return await insert_many_with_created_events(conn, news, window)
+    await conn.execute("BEGIN; " + locks)
+    try:
+        results = await insert_many_with_created_events(conn, news, window)
+    except BaseException:
+        with contextlib.suppress(Exception):
+            await conn.execute("ROLLBACK")
+        raise
+    await conn.execute("COMMIT")
+    return results

@@ -172,6 +172,25 @@ async def insert_with_created_event(
     )
 
 
+async def insert_many_with_created_events(
+    conn: asyncpg.Connection, news: list[alerts.NewAlert], dedup_seconds: int = 0
+) -> list[alerts.InsertResult]:
+    """:func:`insert_with_created_event` for several alerts, in one statement (see
+    :func:`storage.alerts.insert_many_with_events`: all or nothing; a webhook id, or with
+    ``dedup_seconds > 0`` a body, repeated in ``news`` is stored once, for its first alert).
+    Body de-duplication needs the caller's transaction to hold the locks of
+    :func:`storage.alerts.lock_dedup_many_statement` first."""
+    items = []
+    for new in news:
+        alert_id = uuid4()
+        items.append(
+            alerts.NewAlertWithEvent(
+                new, alert_id, names.alerts(new.strategy_id), _event_template(alert_id, new)
+            )
+        )
+    return await alerts.insert_many_with_events(conn, items, _RECEIVED_AT_PATH, dedup_seconds)
+
+
 async def store(
     conn: asyncpg.Connection, relay: OutboxRelay, new: alerts.NewAlert, dedup_seconds: int
 ) -> Ingested:
@@ -183,6 +202,13 @@ async def store(
     taken in an earlier statement of the same transaction, sent with ``BEGIN`` in one round
     trip: ``BEGIN; lock`` / insert / ``COMMIT``.
     """
+    return _ingested(new, await store_alone(conn, new, dedup_seconds), relay)
+
+
+async def store_alone(
+    conn: asyncpg.Connection, new: alerts.NewAlert, dedup_seconds: int
+) -> alerts.InsertResult:
+    """What :func:`store` commits, without waking the relay."""
     if new.webhook_id is None and dedup_seconds > 0:
         await conn.execute(
             "BEGIN; " + alerts.lock_dedup_statement(new.strategy_id, new.body_sha256)
@@ -194,9 +220,8 @@ async def store(
                 await conn.execute("ROLLBACK")
             raise
         await conn.execute("COMMIT")
-    else:
-        result = await insert_with_created_event(conn, new)
-    return _ingested(new, result, relay)
+        return result
+    return await insert_with_created_event(conn, new)
 
 
 def _ingested(new: alerts.NewAlert, result: alerts.InsertResult, relay: OutboxRelay) -> Ingested:
@@ -219,11 +244,23 @@ async def tradingview(
     *,
     dedup_seconds: int,
     cache: UrlSecretCache | None = None,
+    group: GroupCommit | None = None,
 ) -> Ingested:
     """A TradingView alert for the feed whose URL secret is ``secret`` (looked up through
-    ``cache`` when given)."""
+    ``cache`` when given); committed through ``group`` (together with concurrent ones) when
+    given."""
     if not well_formed_url_secret(secret):
         raise NotFound("webhook")
+    if group is not None:
+        cached = cache.get(url_secret_hash(secret)) if cache is not None else None
+        if cached is not None:
+            strategy_id = cached
+        else:
+            async with pool.acquire() as conn:
+                strategy_id = await strategy_of_url_secret(conn, secret, cache)
+        parsed = parse(body.raw, body.mimetype, body.charset)
+        new = new_alert(strategy_id, "tradingview", body.raw, parsed, None)
+        return _ingested(new, await group.insert(new, dedup_seconds), relay)
     async with pool.acquire() as conn:
         strategy_id = await strategy_of_url_secret(conn, secret, cache)
         parsed = parse(body.raw, body.mimetype, body.charset)

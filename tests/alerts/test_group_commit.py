@@ -5,7 +5,9 @@ answered only after its alert committed, a database failure fails every waiting 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
+from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -19,7 +21,14 @@ from services.alerts import ingest
 from services.alerts.body import parse
 from services.alerts.group_commit import GroupCommit
 from storage.errors import NotFound
-from tests.alerts.util import TcpProxy, count_rows, create_strategy, post_signed, signed_headers
+from tests.alerts.util import (
+    TcpProxy,
+    count_rows,
+    create_strategy,
+    post_signed,
+    signed_headers,
+    tv_path,
+)
 from tests.helpers import connect, eventually, make_user, receive, request
 
 
@@ -164,3 +173,245 @@ async def test_replays_inside_one_transaction_store_one_alert(client: Any, repla
     assert len(ids) == 1
     assert await count_rows(client, "alerts", strategy["id"]) == 1
     assert await count_rows(client, "outbox", strategy["id"]) == 1
+
+
+async def test_a_group_with_replays_inside_it_and_of_stored_alerts(client: Any) -> None:
+    """One statement per group: replays of a stored webhook id and repeats inside the group
+    answer with the original's id; new ones are stored and published once, in order, with the
+    database's ``received_at`` in the event."""
+    app = client.server.app
+    _, token = await make_user(client)
+    strategy = await create_strategy(client, token)
+    known = uuid.UUID(strategy["id"])
+    ws = await connect(client, token)
+    assert "result" in await request(ws, "subscribe", channel=f"alerts:{strategy['id']}")
+    group = GroupCommit(app[keys.pool], app[keys.relay], max_flushes=1)
+
+    def alert(msg_id: str, message: str) -> Any:
+        body = orjson.dumps({"ticker": "T", "message": message})
+        return ingest.new_alert(
+            known, "signed", body, parse(body, "application/json", None), msg_id
+        )
+
+    stored = await group.insert(alert("msg_stored", "stored"))
+    assert stored.alert is not None
+    assert not stored.duplicate
+    async with app[keys.pool].acquire() as locker, locker.transaction():
+        await locker.execute("SELECT 1 FROM strategies WHERE id = $1 FOR UPDATE", known)
+        first = asyncio.create_task(group.insert(alert("msg_0", "0")))
+        await eventually(lambda: _lock_waiters(locker), what="the first transaction waiting")
+        before = group.transactions
+        batch = [
+            asyncio.create_task(group.insert(alert(msg_id, message)))
+            for msg_id, message in [
+                ("msg_stored", "replayed"),
+                ("msg_a", "a"),
+                ("msg_a", "a again"),
+                ("msg_b", "b"),
+                ("msg_0", "0 again"),
+            ]
+        ]
+        await eventually(lambda: group.waiting == 6, what="6 alerts waiting")
+    zero = await first
+    replay, a, a_again, b, zero_again = await asyncio.gather(*batch)
+    assert group.transactions - before == 2  # the first alone, then the five in one
+    assert replay.duplicate
+    assert replay.alert == stored.alert
+    assert not a.duplicate
+    assert a.alert is not None
+    assert a.alert.message == "a"
+    assert a_again.duplicate
+    assert a_again.alert == a.alert
+    assert not b.duplicate
+    assert b.alert is not None
+    assert zero_again.duplicate
+    assert zero_again.alert == zero.alert
+    assert await count_rows(client, "alerts", strategy["id"]) == 4
+    assert await count_rows(client, "outbox", strategy["id"]) == 4
+    frames = [(await receive(ws))["data"]["alert"] for _ in range(4)]
+    assert [frame["message"] for frame in frames] == ["stored", "0", "a", "b"]
+    assert frames[2]["id"] == str(a.alert.id)
+    assert frames[2]["received_at"] == a.alert.received_at.isoformat()
+    assert frames[3]["received_at"] == b.alert.received_at.isoformat()
+
+
+async def test_a_group_replaying_an_id_another_transaction_is_inserting(client: Any) -> None:
+    """The group's statement waits for the concurrent insert of the same webhook id; once that
+    commits, the replay answers with that alert and stores nothing."""
+    app = client.server.app
+    _, token = await make_user(client)
+    strategy = await create_strategy(client, token)
+    known = uuid.UUID(strategy["id"])
+    body = orjson.dumps({"ticker": "T"})
+    parsed = parse(body, "application/json", None)
+    group = GroupCommit(app[keys.pool], app[keys.relay], max_flushes=1)
+    async with app[keys.pool].acquire() as other:
+        tx = other.transaction()
+        await tx.start()
+        try:
+            theirs = await ingest.insert_with_created_event(
+                other, ingest.new_alert(known, "signed", body, parsed, "msg_race")
+            )
+            outcome = asyncio.create_task(
+                group.insert(ingest.new_alert(known, "signed", body, parsed, "msg_race"))
+            )
+            fresh = asyncio.create_task(
+                group.insert(ingest.new_alert(known, "signed", body, parsed, "msg_fresh"))
+            )
+            await eventually(lambda: _lock_waiters(other), what="the group waiting")
+        except BaseException:
+            await tx.rollback()
+            raise
+        await tx.commit()
+    result = await outcome
+    assert result.duplicate
+    assert result.alert == theirs.alert
+    assert not (await fresh).duplicate
+    assert await count_rows(client, "alerts", strategy["id"]) == 2
+    assert await count_rows(client, "outbox", strategy["id"]) == 2
+
+
+async def _post_tv(client: Any, strategy: dict[str, Any], body: bytes) -> Any:
+    return await client.post(
+        tv_path(strategy), data=body, headers={"Content-Type": "application/json"}
+    )
+
+
+async def test_concurrent_identical_tradingview_bodies_store_one_alert(client: Any) -> None:
+    """TradingView retries without an id: identical bodies waiting together (in one group and
+    across the concurrent groups, which lock their bodies in key order) store one alert; a
+    body stored before is a duplicate too; different bodies each get their own alert."""
+    _, token = await make_user(client)
+    strategy = await create_strategy(client, token)
+    ws = await connect(client, token)
+    assert "result" in await request(ws, "subscribe", channel=f"alerts:{strategy['id']}")
+    group = client.server.app[keys.group_commit]
+    earlier = orjson.dumps({"ticker": "E", "message": "earlier"})
+    first = await _post_tv(client, strategy, earlier)
+    assert first.status == 201
+    earlier_id = (await first.json())["id"]
+    assert (await receive(ws))["data"]["alert"]["id"] == earlier_id
+    same = orjson.dumps({"ticker": "S", "message": "same"})
+    others = [orjson.dumps({"ticker": "O", "message": str(n)}) for n in range(5)]
+    bodies = [same] * 20 + [earlier] * 5 + others + [same] * 10
+    before = group.transactions
+    async with client.server.app[keys.pool].acquire() as locker, locker.transaction():
+        await locker.execute("SELECT 1 FROM strategies WHERE id = $1 FOR UPDATE", strategy["id"])
+        posts = [asyncio.create_task(_post_tv(client, strategy, body)) for body in bodies]
+        await eventually(lambda: group.waiting == len(bodies), what="the webhooks waiting")
+        assert not any(task.done() for task in posts)
+    responses = await asyncio.gather(*posts)
+    replies = [await response.json() for response in responses]
+    assert group.transactions - before < len(bodies)
+    by_body: dict[bytes, list[tuple[int, str]]] = {}
+    for body, response, reply in zip(bodies, responses, replies, strict=True):
+        by_body.setdefault(body, []).append((response.status, reply["id"]))
+    same_statuses = sorted(status for status, _ in by_body[same])
+    assert same_statuses == [200] * 29 + [201]
+    assert len({alert_id for _, alert_id in by_body[same]}) == 1
+    assert by_body[earlier] == [(200, earlier_id)] * 5
+    for body in others:
+        assert [status for status, _ in by_body[body]] == [201]
+    assert await count_rows(client, "alerts", strategy["id"]) == 1 + 1 + 5
+    assert await count_rows(client, "outbox", strategy["id"]) == 1 + 1 + 5
+    published = [(await receive(ws))["data"]["alert"]["message"] for _ in range(6)]
+    assert sorted(published) == sorted(["same", *(str(n) for n in range(5))])
+
+
+async def test_a_tradingview_group_with_a_failing_row_commits_the_others(client: Any) -> None:
+    """One alert of a TradingView group names a deleted strategy: it alone fails (404), the
+    others are stored once each, an identical body of the group included once."""
+    app = client.server.app
+    _, token = await make_user(client)
+    strategy = await create_strategy(client, token)
+    known = uuid.UUID(strategy["id"])
+    group = GroupCommit(app[keys.pool], app[keys.relay], max_flushes=1)
+
+    def alert(strategy_id: uuid.UUID, message: str) -> Any:
+        body = orjson.dumps({"ticker": "T", "message": message})
+        return ingest.new_alert(
+            strategy_id, "tradingview", body, parse(body, "application/json", None), None
+        )
+
+    async with app[keys.pool].acquire() as locker, locker.transaction():
+        await locker.execute("SELECT 1 FROM strategies WHERE id = $1 FOR UPDATE", known)
+        first = asyncio.create_task(group.insert(alert(known, "0"), 60))
+        await eventually(lambda: _lock_waiters(locker), what="the first transaction waiting")
+        batch = [
+            asyncio.create_task(group.insert(new, 60))
+            for new in [
+                alert(known, "a"),
+                alert(uuid.uuid4(), "gone"),
+                alert(known, "a"),
+                alert(known, "0"),
+            ]
+        ]
+        await eventually(lambda: group.waiting == 5, what="5 alerts waiting")
+    zero = await first
+    a, gone, a_again, zero_again = await asyncio.gather(*batch, return_exceptions=True)
+    assert isinstance(gone, NotFound)
+    assert not a.duplicate  # type: ignore[union-attr]
+    assert a_again.duplicate  # type: ignore[union-attr]
+    assert a_again.alert == a.alert  # type: ignore[union-attr]
+    assert zero_again.duplicate  # type: ignore[union-attr]
+    assert zero_again.alert == zero.alert  # type: ignore[union-attr]
+    assert await count_rows(client, "alerts", strategy["id"]) == 2
+    assert await count_rows(client, "outbox", strategy["id"]) == 2
+
+
+class LoggingPool:
+    """The app's pool, recording the statements sent on the connections it hands out."""
+
+    def __init__(self, pool: Any) -> None:
+        self.pool = pool
+        self.statements: list[str] = []
+
+    @contextlib.asynccontextmanager
+    async def acquire(self) -> AsyncIterator[Any]:
+        def logger(record: Any) -> None:
+            self.statements.append(record.query)
+
+        async with self.pool.acquire() as conn:
+            conn.add_query_logger(logger)
+            try:
+                yield conn
+            finally:
+                conn.remove_query_logger(logger)
+
+
+@pytest.mark.parametrize(("source", "round_trips"), [("signed", 1), ("tradingview", 3)])
+async def test_a_group_is_one_statement(client: Any, source: str, round_trips: int) -> None:
+    """A group of signed webhooks is one statement (one round trip, one commit); a group of
+    TradingView bodies is ``BEGIN`` + its locks, the statement, ``COMMIT``."""
+    app = client.server.app
+    _, token = await make_user(client)
+    strategy = await create_strategy(client, token)
+    known = uuid.UUID(strategy["id"])
+    pool = LoggingPool(app[keys.pool])
+    group = GroupCommit(pool, app[keys.relay], max_flushes=1)
+
+    def alert(n: int) -> Any:
+        body = orjson.dumps({"ticker": "T", "message": str(n)})
+        msg_id = f"msg_{n}" if source == "signed" else None
+        return ingest.new_alert(known, source, body, parse(body, "application/json", None), msg_id)
+
+    async with app[keys.pool].acquire() as locker, locker.transaction():
+        await locker.execute("SELECT 1 FROM strategies WHERE id = $1 FOR UPDATE", known)
+        first = asyncio.create_task(group.insert(alert(0), 60))
+        await eventually(lambda: _lock_waiters(locker), what="the first transaction waiting")
+        before = len(pool.statements)
+        batch = [asyncio.create_task(group.insert(alert(n), 60)) for n in range(1, 21)]
+        await eventually(lambda: group.waiting == 21, what="21 alerts waiting")
+    await first
+    after_first = len(pool.statements)
+    assert not any(result.duplicate for result in await asyncio.gather(*batch))
+    assert after_first >= before
+    # asyncpg's own type introspection on first use of a statement is not counted.
+    group_statements = [
+        query
+        for query in pool.statements[after_first:]
+        if "jit" not in query and "pg_catalog" not in query
+    ]
+    assert len(group_statements) == round_trips, group_statements
+    assert await count_rows(client, "alerts", strategy["id"]) == 21
+    assert await count_rows(client, "outbox", strategy["id"]) == 21

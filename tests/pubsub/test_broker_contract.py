@@ -216,3 +216,66 @@ async def test_ping_and_close(started: tuple[Broker, Recorder]) -> None:
         await broker.publish(CHANNEL, b"1", OPTIONS)
     with pytest.raises(BrokerError):
         await broker.ping()
+
+
+async def test_publish_many_publishes_in_order_as_one_by_one(
+    started: tuple[Broker, Recorder],
+) -> None:
+    broker, recorder = started
+    await broker.subscribe(CHANNEL)
+    assert await broker.publish_many(CHANNEL, [], OPTIONS) == []
+    sent = await broker.publish_many(CHANNEL, [(b'{"n":%d}' % n, None) for n in range(20)], OPTIONS)
+    assert [r.offset for r in sent] == list(range(1, 21))
+    assert not any(r.duplicate for r in sent)
+    assert len({r.epoch for r in sent}) == 1
+    after = await broker.publish(CHANNEL, b'"after"', OPTIONS)
+    assert (after.offset, after.epoch) == (21, sent[0].epoch)
+    await eventually(lambda: len(recorder.publications) == 21, what="21 publications")
+    got = recorder.publications
+    assert [p.offset for p in got] == list(range(1, 22))
+    assert [p.data for p in got[:20]] == [b'{"n":%d}' % n for n in range(20)]
+    history = await broker.history(CHANNEL, OPTIONS)
+    assert [p.data for p in history.publications] == [p.data for p in got]
+
+
+async def test_publish_many_honours_idempotency_keys(started: tuple[Broker, Recorder]) -> None:
+    broker, recorder = started
+    await broker.subscribe(CHANNEL)
+    first = await broker.publish(CHANNEL, b'"a"', OPTIONS, idempotency_key="k-a")
+    results = await broker.publish_many(
+        CHANNEL,
+        [(b'"a"', "k-a"), (b'"b"', "k-b"), (b'"x"', None), (b'"b"', "k-b"), (b'"c"', "k-c")],
+        OPTIONS,
+    )
+    assert [(r.offset, r.duplicate) for r in results] == [
+        (1, True),
+        (2, False),
+        (3, False),
+        (2, True),
+        (4, False),
+    ]
+    assert {r.epoch for r in results} == {first.epoch}
+    again = await broker.publish_many(CHANNEL, [(b'"c"', "k-c"), (b'"d"', "k-d")], OPTIONS)
+    assert [(r.offset, r.duplicate) for r in again] == [(4, True), (5, False)]
+    marker = await publish_marker(broker, recorder, CHANNEL)
+    assert recorder.offsets(CHANNEL) == [1, 2, 3, 4, 5, marker]
+    history = await broker.history(CHANNEL, OPTIONS)
+    data = [b'"a"', b'"b"', b'"x"', b'"c"', b'"d"', b'"marker"']
+    assert [p.data for p in history.publications] == data
+
+
+async def test_publish_many_trims_history_and_delivers_without_history(
+    started: tuple[Broker, Recorder],
+) -> None:
+    broker, recorder = started
+    small = NamespaceOptions(history_size=3)
+    await broker.subscribe("alerts:small")
+    await broker.publish_many("alerts:small", [(b"%d" % n, None) for n in range(10)], small)
+    history = await broker.history("alerts:small", small)
+    assert [p.offset for p in history.publications] == [8, 9, 10]
+    none = NamespaceOptions(history_size=0)
+    await broker.subscribe("alerts:nohistory")
+    results = await broker.publish_many("alerts:nohistory", [(b"1", None), (b"2", None)], none)
+    assert [r.offset for r in results] == [1, 2]
+    await eventually(lambda: recorder.offsets("alerts:nohistory") == [1, 2], what="delivered")
+    assert (await broker.history("alerts:nohistory", none)).publications == []
