@@ -108,7 +108,9 @@ async def test_events_made_while_the_broker_is_down_arrive_in_order(
         raise BrokerUnavailable("broker is down (test)")
 
     hub = app[keys.hub]
+    # Both publishing verbs: the relay sends a channel's batch with publish_many.
     monkeypatch.setattr(hub.broker, "publish", unavailable)
+    monkeypatch.setattr(hub.broker, "publish_many", unavailable)
 
     # Every change commits (2xx) although nothing can be published.
     created = await post_request(client, buyer)
