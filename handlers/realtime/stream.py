@@ -115,17 +115,11 @@ class HeldConnection(Connection):
         hold, self._hold = self._hold, None
         if hold is None:
             return
-        transport = self._transport = hold.real
+        self._transport = hold.real
         frames = [*head, *hold.frames]
-        if frames and not self.closed and not transport.is_closing():
-            try:
-                transport.write(b"".join(frames))
-                backlog = transport.get_write_buffer_size()
-            except Exception:
-                self._write_failed()
-                return
-            if backlog > self.max_bytes:
-                self.close(Disconnect.SLOW_CONSUMER, "slow consumer")
+        writable = bool(frames) and not self.closed and not self._transport.is_closing()
+        if writable and not self._write_checked(b"".join(frames)):
+            return  # the write raised: closed with 1001
         if self._end is not None:
             self._finish(*self._end)
 

@@ -277,18 +277,25 @@ class Connection:
                 flusher.batch = queue
                 self._queue = []
         self._bytes = 0
+        return count if self._write_checked(data) else 0
+
+    def _write_checked(self, data: bytes) -> bool:
+        """Write ``data`` now (the checks of the direct write that :meth:`deliver` and
+        :meth:`deliver_all` inline): False when nothing was written (the transport is closing
+        or raised, which closes with 1001); a backlog past ``max_bytes`` closes as a slow
+        consumer after the write."""
         transport = self._transport
         if transport.is_closing():
-            return 0
+            return False
         try:
             transport.write(data)
             backlog = transport.get_write_buffer_size()
         except Exception:
             self._write_failed()
-            return 0
+            return False
         if backlog > self.max_bytes:
             self.close(Disconnect.SLOW_CONSUMER, "slow consumer")
-        return count
+        return True
 
     def _write_failed(self) -> None:
         """A write raised: close with 1001, without stopping anyone else's writes (the hub's
