@@ -96,28 +96,42 @@ def cpu_seconds(pid: int) -> float:
     return sum(cpu_times(pid))
 
 
-def cpu_times(pid: int) -> tuple[float, float]:
-    """User and system CPU seconds of process ``pid`` and its live descendants."""
-    user = system = 0.0
+def family(pid: int) -> list[int]:
+    """``pid`` and its live descendants (the workers of ``serve --workers``)."""
+    found: list[int] = []
     todo = [pid]
     while todo:
         current = todo.pop()
+        found.append(current)
+        with contextlib.suppress(OSError, ValueError):
+            for task in Path(f"/proc/{current}/task").iterdir():
+                todo.extend(int(child) for child in (task / "children").read_text().split())
+    return found
+
+
+def cpu_times(pid: int) -> tuple[float, float]:
+    """User and system CPU seconds of process ``pid`` and its live descendants."""
+    user = system = 0.0
+    for member in family(pid):
         with contextlib.suppress(OSError, ValueError, IndexError):
-            fields = Path(f"/proc/{current}/stat").read_text().rpartition(")")[2].split()
+            fields = Path(f"/proc/{member}/stat").read_text().rpartition(")")[2].split()
             # fields[11], fields[12] are utime, stime (stat fields 14 and 15)
             user += int(fields[11]) / _CLK_TCK
             system += int(fields[12]) / _CLK_TCK
-            for task in Path(f"/proc/{current}/task").iterdir():
-                children = (task / "children").read_text().split()
-                todo.extend(int(child) for child in children)
     return user, system
 
 
 def io_calls(pid: int) -> tuple[int, int]:
-    """``(syscr, syscw)`` of process ``pid`` from ``/proc/<pid>/io``: its read- and write-family
-    system calls (socket ``read``/``write``/``writev`` included)."""
-    fields = dict(line.split(": ") for line in Path(f"/proc/{pid}/io").read_text().splitlines())
-    return int(fields["syscr"]), int(fields["syscw"])
+    """``(syscr, syscw)`` of process ``pid`` and its live descendants, from ``/proc/<pid>/io``:
+    their read- and write-family system calls (socket ``read``/``write``/``writev`` included)."""
+    reads = writes = 0
+    for member in family(pid):
+        with contextlib.suppress(OSError, ValueError, KeyError):
+            text = Path(f"/proc/{member}/io").read_text()
+            fields = dict(line.split(": ") for line in text.splitlines())
+            reads += int(fields["syscr"])
+            writes += int(fields["syscw"])
+    return reads, writes
 
 
 def machine_busy() -> tuple[int, int]:
