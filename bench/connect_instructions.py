@@ -13,7 +13,8 @@ slower under callgrind, so ``-n 1000`` takes a minute or two per target::
     .venv/bin/python -m bench.connect_instructions -n 1000 --baseline /tmp/arena-base   # A/B
 
 Targets: ``arena-memory`` (this checkout's ``python -m server.cli serve``, memory broker),
-``arena-memory@base`` with ``--baseline DIR`` (the same from the checkout in ``DIR``) and
+``arena-memory@<name>`` with ``--baseline DIR`` (the same from the checkout in ``DIR``, whose
+folder's name is ``<name>``; repeatable) and
 ``raw-aiohttp`` (``bench/raw_server.py``, the naive server).
 """
 
@@ -64,6 +65,7 @@ def count(
     token: str,
     workers: Workers,
     n: int,
+    keep: Path | None = None,
 ) -> float:
     """Instructions per connection of one server."""
     with tempfile.TemporaryDirectory(prefix="connect-cg-") as folder:
@@ -107,6 +109,9 @@ def count(
             log_text = Path(folder, "server.log").read_text()[-3000:]
             raise RuntimeError(f"{name}: no callgrind dump in {os.listdir(folder)}: {log_text}")
         text = Path(dumps[0]).read_text()
+        if keep is not None:
+            keep.mkdir(parents=True, exist_ok=True)
+            (keep / f"callgrind.{name}.out").write_text(text)
         match = re.search(r"^(?:summary|totals):\s+(\d+)", text, re.MULTILINE)
         assert match is not None
         return int(match.group(1)) / n
@@ -117,8 +122,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-n", type=int, default=1000)
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--targets", nargs="+", default=["arena-memory", "raw-aiohttp"])
-    parser.add_argument("--baseline", type=Path, default=None)
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        action="append",
+        default=[],
+        help="another checkout to compare with, as <target>@<its folder's name> (repeatable)",
+    )
     parser.add_argument("--database-url", default=DATABASE_URL)
+    parser.add_argument(
+        "--keep", type=Path, default=None, help="save each dump here (for callgrind_annotate)"
+    )
     args = parser.parse_args(argv)
     _raise_nofile()
     workers = Workers(2)
@@ -142,10 +156,10 @@ def main(argv: list[str] | None = None) -> int:
                     continue
                 command = [sys.executable, "-m", "server.cli", "serve"]
                 runs.append((target, command, env, ROOT, True))
-                if args.baseline is not None:
-                    base = args.baseline.resolve()
+                for baseline in args.baseline:
+                    base = baseline.resolve()
                     base_env = {**env, "PYTHONPATH": str(base)}
-                    runs.append((f"{target}@base", command, base_env, base, True))
+                    runs.append((f"{target}@{base.name}", command, base_env, base, True))
             for round_ in range(args.rounds):
                 for name, command, run_env, cwd, project in runs:
                     port = free_port()
@@ -161,7 +175,9 @@ def main(argv: list[str] | None = None) -> int:
                     else:
                         full = [*command, f"--port={port}"]
                         used_token = "any"  # noqa: S105 - the naive server takes any token
-                    per = count(name, full, run_env, cwd, port, used_token, workers, args.n)
+                    per = count(
+                        name, full, run_env, cwd, port, used_token, workers, args.n, args.keep
+                    )
                     print(
                         f"round {round_ + 1} {name:22} {per:12,.0f} instructions per connection",
                         flush=True,
