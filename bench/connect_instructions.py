@@ -1,13 +1,16 @@
 """Server instructions per connection (open + authenticate + subscribe), counted by callgrind:
-the load-independent twin of ``bench/connect_cost.py``'s server CPU.
+the twin of ``bench/connect_cost.py``'s server CPU that the machine's load barely moves.
 
-Each server runs under ``valgrind --tool=callgrind`` with collection off; after its start-up
-and one connection (lazy per-process state), collection is switched on
+Each server runs under ``valgrind --tool=callgrind`` with instrumentation off; after its
+start-up and one connection (lazy per-process state), instrumentation is switched on
 (``callgrind_control -i on``) for ``-n`` connections from the load generator (100 at a time,
 each authenticating and subscribing to ``alerts:bench``), then dumped. Instructions divided by
 ``-n`` is the server's user-space work per connection: the interpreter, aiohttp, uvloop, libc;
 not the kernel's (system calls are counted as calls, not as work). A server is about 50 times
-slower under callgrind, so ``-n 1000`` takes a minute or two per target::
+slower under callgrind, so ``-n 1000`` takes a minute or two per target. How many
+connections' events one loop iteration handles still depends on timing: the naive server's
+count repeats within 0.2 %, the project's within about 5 %, so compare medians of a few
+``--rounds``::
 
     .venv/bin/python -m bench.connect_instructions -n 1000
     .venv/bin/python -m bench.connect_instructions -n 1000 --baseline /tmp/arena-base   # A/B
