@@ -118,12 +118,15 @@ class RequestScope:
     WebSocket connection's whole life, carry it); :meth:`close` counts the request, writes its
     access log line and restores the previous request id."""
 
-    __slots__ = ("_token", "request_id", "started")
+    __slots__ = ("_previous", "request_id", "started")
 
     def __init__(self, request: web.Request) -> None:
         supplied = request.headers.get("X-Request-ID", "")
         self.request_id = supplied if _REQUEST_ID_RE.match(supplied) else unique_id()
-        self._token = request_id_var.set(self.request_id)
+        # The previous value, not the ``Token`` that ``set`` returns: a WebSocket keeps its
+        # scope for its whole life, and the token is one more object per idle connection.
+        self._previous = request_id_var.get()
+        request_id_var.set(self.request_id)
         self.started = time.perf_counter()
 
     def close(
@@ -149,7 +152,7 @@ class RequestScope:
             },
         )
         _log_if_slow(request, status, elapsed)
-        request_id_var.reset(self._token)
+        request_id_var.set(self._previous)
 
 
 @web.middleware

@@ -64,6 +64,10 @@ class _KeyedLocks:
     def __init__(self) -> None:
         self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
 
+    def held(self, key: str) -> bool:
+        """Someone holds or waits for ``key``'s lock."""
+        return key in self._locks
+
     @contextlib.asynccontextmanager
     async def __call__(self, key: str) -> AsyncIterator[None]:
         lock, users = self._locks.get(key, (None, 0))
@@ -330,21 +334,39 @@ class Hub:
         from the moment this returns, live publications go straight to ``sub.deliver``.
         Raises ``BrokerError`` when the broker fails; ``sub`` is then not subscribed.
         """
-        options = self.options(channel)
         chosen = self._encoder if encoder is None else encoder
+        stream = self._channels.get(channel)
+        if stream is not None and not self._locks.held(channel):
+            # The common case, a channel already live here that nobody is creating or releasing:
+            # what the lock guards runs without awaiting, so taking it (free: it would not
+            # suspend) would change nothing but the cost.
+            self._keep(stream)
+            stream.add_pending(sub, chosen)
+        else:
+            stream = await self._register(sub, channel, chosen)
+        try:
+            return await stream.complete(sub, since)
+        except BaseException:
+            stream.drop_pending(sub)
+            self._maybe_release(stream)
+            raise
+
+    async def _register(self, sub: Subscriber, channel: str, encoder: Encoder) -> ChannelStream:
+        """Add ``sub`` to ``channel``'s stream as pending, under the channel's lock, creating the
+        stream (and the broker subscription) when the channel is not live here."""
         async with self._locks(channel):
             stream = self._channels.get(channel)
             if stream is None:
                 stream = ChannelStream(
                     channel,
-                    options,
+                    self.options(channel),
                     source=self,
                     metrics=self._metrics,
                     pending_limit=self._pending_limit,
                     spawn=self._spawn,
                 )
                 self._channels[channel] = stream
-                stream.add_pending(sub, chosen)
+                stream.add_pending(sub, encoder)
                 try:
                     await self.broker.subscribe(channel)
                 except BaseException:
@@ -352,16 +374,15 @@ class Hub:
                     raise
                 self._metrics.channels.inc()
             else:
-                release = self._releases.pop(channel, None)
-                if release is not None:
-                    release.cancel()
-                stream.add_pending(sub, chosen)
-        try:
-            return await stream.complete(sub, since)
-        except BaseException:
-            stream.drop_pending(sub)
-            self._maybe_release(stream)
-            raise
+                self._keep(stream)
+                stream.add_pending(sub, encoder)
+        return stream
+
+    def _keep(self, stream: ChannelStream) -> None:
+        """Cancel a pending release of ``stream``'s upstream subscription (someone rejoined)."""
+        release = self._releases.pop(stream.name, None)
+        if release is not None:
+            release.cancel()
 
     def unsubscribe(self, sub: Subscriber, channel: str) -> bool:
         """Remove ``sub`` from ``channel``; returns False when it was not subscribed.

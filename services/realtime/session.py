@@ -204,14 +204,18 @@ class Session:
                 service.count_command("any", "rate_limited")
                 client.close(Disconnect.RATE_LIMITED, "command rate limit exceeded", flush=True)
                 return
-            if not await self._user_allowed():
+            principal = client.principal
+            if principal is None:
+                if item.command_type is not c.Authenticate:
+                    client.close(
+                        Disconnect.UNAUTHENTICATED, "authenticate must be the first command"
+                    )
+                    return
+            elif not principal.is_service and not await self._user_allowed(principal):
                 service.count_command("any", "rate_limited")
                 client.close(
                     Disconnect.RATE_LIMITED, "command rate limit exceeded for this user", flush=True
                 )
-                return
-            if client.principal is None and item.command_type is not c.Authenticate:
-                client.close(Disconnect.UNAUTHENTICATED, "authenticate must be the first command")
                 return
             if isinstance(item, c.Malformed):
                 if client.principal is None:  # a malformed authenticate
@@ -225,9 +229,11 @@ class Session:
 
     async def _run(self, request: c.Request) -> None:
         client = self.client
-        name = request.command.name
+        command = request.command
+        name = command.name
         try:
-            result = await self.execute(request.command)
+            # execute(), without its extra coroutine: every command of every client runs here
+            result: c.Result = await _HANDLERS[type(command)](self, command)
         except SubscriptionCancelled:
             return  # the client went away (or unsubscribed) during its subscribe
         except DATABASE_DOWN:
@@ -246,8 +252,10 @@ class Session:
         if isinstance(result, c.SubscribeResult):
             for pub in result.tail:
                 client.send(self.wire.publication(pub))
-            # After the reply, so a subscriber never sees its own join before its subscription.
-            await self.joined(result)
+            # After the reply, so a subscriber never sees its own join before its subscription
+            # (joined(), awaited only when there is something to join).
+            if result.join_presence:
+                await self._join(result.channel)
         elif isinstance(result, c.RefreshResult):
             # A token refresh is also the moment to notice access lost without an announcement
             # (the periodic re-check is the other); after the reply, like any push.
@@ -288,11 +296,9 @@ class Session:
             if error.disconnect is not None:
                 self.client.close(error.disconnect, error.message, flush=True)
 
-    async def _user_allowed(self) -> bool:
-        """The per-user limit shared by every connection and instance (``WS_USER_COMMAND_*``)."""
-        principal = self.client.principal
-        if principal is None or principal.is_service:
-            return True
+    async def _user_allowed(self, principal: Identity) -> bool:
+        """The per-user limit shared by every connection and instance (``WS_USER_COMMAND_*``),
+        for a user's ``principal`` (services have none)."""
         limits = self.service.limits
         rate, burst = limits.user_command_rate, limits.user_command_burst
         return await self.service.user_limiter.allow(

@@ -473,3 +473,50 @@ async def test_new_epoch_on_the_live_stream_is_reported_and_delivered_from_its_s
     await eventually(lambda: len(sub.offsets) == 4, what="len(sub.offsets) == 4")
     assert sub.lost_positions == [StreamPosition(0, fresh.epoch)]
     assert sub.offsets == [1, 2, 1, 2]  # old epoch 1, 2; then the new epoch from its start
+
+
+class GatedUnsubscribe(MemoryBroker):
+    """The memory broker whose upstream unsubscribe waits for ``gate``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = asyncio.Event()
+        self.unsubscribing = False
+        self.subscribe_calls = 0
+
+    async def subscribe(self, channel: str) -> None:
+        self.subscribe_calls += 1
+        await super().subscribe(channel)
+
+    async def unsubscribe(self, channel: str) -> None:
+        self.unsubscribing = True
+        await self.gate.wait()
+        await super().unsubscribe(channel)
+
+
+async def test_a_subscribe_during_the_release_of_a_channel_waits_and_subscribes_again() -> None:
+    """Subscribes to a live channel skip its lock; one that arrives while the channel's
+    upstream subscription is being released (the release holds the lock across the broker
+    call) waits for it and subscribes upstream again, and gets the publications after."""
+    broker = GatedUnsubscribe()
+    hub = Hub(broker, default_namespaces(), JsonEncoder(), release_delay=0.01)
+    await hub.start()
+    try:
+        first, second, third = Recorder(), Recorder(), Recorder()
+        await hub.subscribe(first, "alerts:churn")
+        await hub.subscribe(second, "alerts:churn")  # live channel: no lock
+        hub.unsubscribe(first, "alerts:churn")
+        hub.unsubscribe(second, "alerts:churn")
+        await eventually(lambda: broker.unsubscribing, what="the release to reach the broker")
+        joining = asyncio.create_task(hub.subscribe(third, "alerts:churn"))
+        await asyncio.sleep(0.02)
+        assert not joining.done()  # behind the release
+        broker.gate.set()
+        third.take(await joining)
+        assert broker.subscribe_calls == 2
+        await hub.publish("alerts:churn", {"x": 1})
+        assert third.offsets == [1]
+        assert first.offsets == second.offsets == []
+    finally:
+        broker.gate.set()
+        await hub.close()

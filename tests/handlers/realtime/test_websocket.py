@@ -283,3 +283,79 @@ async def test_disconnect_metric_records_the_close_code_aiohttp_sent(
         line for line in metrics.splitlines() if line.startswith("arena_ws_disconnects_total")
     ]
     assert recorded == [f'arena_ws_disconnects_total{{code="{code}"}} 1.0'], recorded
+
+
+async def _server_frame(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+    """One unmasked server-to-client frame: ``(opcode, payload)``."""
+    first, second = await reader.readexactly(2)
+    size = second & 0x7F
+    if size == 126:
+        size = int.from_bytes(await reader.readexactly(2), "big")
+    elif size == 127:
+        size = int.from_bytes(await reader.readexactly(8), "big")
+    return first & 0x0F, await reader.readexactly(size)
+
+
+async def test_an_upgraded_connection_releases_aiohttps_http_parsing_state(
+    client: Any, admin: str
+) -> None:
+    """Once upgraded, a connection keeps neither aiohttp's HTTP request parser nor its request
+    queue (``release_http_state``, about 1.5 KB per idle connection) and behaves the same:
+    frames sent in the same write as the handshake are served, a burst large enough to make
+    aiohttp pause and resume reading is answered in full and in order, publications arrive."""
+    import aiohttp
+
+    from handlers.realtime.websocket import HTTP_STATE_CHECKED
+
+    assert aiohttp.__version__ in HTTP_STATE_CHECKED, (
+        "read handlers.realtime.websocket.release_http_state against this aiohttp version"
+        " (web_protocol.py) and add it to HTTP_STATE_CHECKED"
+    )
+    app = client.server.app
+    reader, writer = await asyncio.open_connection(client.host, client.port)
+    handshake = (
+        f"GET /ws HTTP/1.1\r\nHost: {client.host}:{client.port}\r\nUpgrade: websocket\r\n"
+        "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+        "Sec-WebSocket-Version: 13\r\n\r\n"
+    ).encode()
+    auth = orjson.dumps({"id": 1, "type": "authenticate", "token": admin}).decode()
+    subscribe = orjson.dumps({"id": 2, "type": "subscribe", "channel": "alerts:trim"}).decode()
+    # 1,000 pings of 125 bytes (the largest control frame): more than aiohttp's WebSocket
+    # reader buffers (64 KiB) before it pauses reading
+    pings = [bytes([i % 251]) * 125 for i in range(1000)]
+    writer.write(
+        handshake
+        + _masked(auth)
+        + _masked(subscribe)
+        + b"".join(_masked(p, first_byte=0x89) for p in pings)
+    )
+    await writer.drain()
+    assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 101")
+    replies: list[dict[str, Any]] = []
+    pongs: list[bytes] = []
+    while len(replies) < 2 or len(pongs) < len(pings):
+        opcode, payload = await asyncio.wait_for(_server_frame(reader), DEADLINE)
+        if opcode == 0x1:
+            replies.append(orjson.loads(payload))
+        else:
+            assert opcode == 0xA
+            pongs.append(payload)
+    assert [r["id"] for r in replies] == [1, 2]
+    assert all("result" in r for r in replies)
+    assert pongs == pings
+
+    (conn,) = app[keys.connections].connections()
+    protocol = conn._transport.get_protocol()
+    assert protocol._parser is None
+    assert protocol._messages == ()
+
+    await app[keys.hub].publish("alerts:trim", {"n": 1})
+    opcode, payload = await asyncio.wait_for(_server_frame(reader), DEADLINE)
+    assert opcode == 0x1
+    assert orjson.loads(payload)["data"] == {"n": 1}
+    writer.write(_masked(b"\x03\xe8", first_byte=0x88))  # close 1000
+    opcode, payload = await asyncio.wait_for(_server_frame(reader), DEADLINE)
+    assert opcode == 0x8
+    assert payload[:2] == b"\x03\xe8"
+    writer.close()
+    await eventually(lambda: len(app[keys.connections]) == 0, what="the connection to end")
