@@ -14,9 +14,9 @@ import asyncio
 import functools
 import logging
 import math
+from collections import deque
 from typing import Any
 
-import aiohttp
 from aiohttp import WebSocketError, WSMsgType, web
 
 from handlers import keys
@@ -183,31 +183,34 @@ async def _serve(request: web.Request, *, wire: Wire) -> web.StreamResponse:
         scope.close(request, status, response)
 
 
-#: aiohttp versions whose ``RequestHandler`` was read for :func:`release_http_state`; with any
-#: other version nothing is released (``tests/handlers/realtime/test_websocket.py`` fails until
-#: the new version is read and added)
-HTTP_STATE_CHECKED = frozenset({"3.14.5"})
-
-
 def release_http_state(request: web.Request) -> bool:
     """Free what aiohttp keeps per connection for HTTP parsing once the upgrade is done: the
     HTTP request parser (about 760 bytes) and the pipelined-request queue, a ``deque`` (another
     760, with its first block), both idle for the connection's whole life. Returns whether it
     did.
 
-    Safe with the versions in :data:`HTTP_STATE_CHECKED` (aiohttp's ``web_protocol.py``): once
-    the WebSocket reader is the payload parser, ``data_received`` feeds it and no longer
-    touches either; ``pause_reading``/``resume_reading`` reach the request parser only when not
-    upgraded; ``finish_response`` and the request loop's next turn use them only with a parser
-    (``_parser is not None``) or on a kept-alive connection, which an upgraded one is not; and
-    ``connection_lost`` clears the parser itself. The queue becomes an empty tuple, so any path
-    that still tried to queue a request would fail loudly instead of sharing state.
+    Read against aiohttp 3.14's ``web_protocol.py``: once the WebSocket reader is the payload
+    parser, ``data_received`` feeds it and no longer touches either; ``pause_reading``/
+    ``resume_reading`` reach the request parser only when not upgraded; ``finish_response`` and
+    the request loop's next turn use them only with a parser (``_parser is not None``) or on a
+    kept-alive connection, which an upgraded one is not; and ``connection_lost`` clears the
+    parser itself. The queue becomes an empty tuple, so any path that still tried to queue a
+    request would fail loudly instead of sharing state.
+
+    It checks the shape it relies on rather than a version: if an aiohttp release renames or
+    retypes these attributes nothing is released, and
+    ``tests/handlers/realtime/test_websocket.py`` (which also drives pause/resume and a close
+    through a released connection) fails until this is read again.
     """
-    if aiohttp.__version__ not in HTTP_STATE_CHECKED:
-        return False
     protocol: Any = request.protocol
-    if protocol._payload_parser is None or not protocol._upgraded or protocol._messages:
-        return False  # pragma: no cover - not an accepted upgrade
+    if (
+        not isinstance(getattr(protocol, "_messages", None), deque)
+        or not hasattr(protocol, "_parser")
+        or getattr(protocol, "_payload_parser", None) is None
+        or getattr(protocol, "_upgraded", False) is not True
+        or protocol._messages
+    ):
+        return False  # pragma: no cover - another aiohttp shape, or not an accepted upgrade
     protocol._parser = None
     protocol._messages = ()
     return True
