@@ -15,7 +15,8 @@ Its row stays in the ``outbox`` table (marked published) and can be re-published
 **Hand-off.** A writer that has just committed events (the webhook group commit) can give
 them to the relay of its own process with :meth:`OutboxRelay.hand_off`: if this relay is the
 leader, it publishes them at once (one ``publish_many`` per channel, the same idempotency keys)
-without waiting for the ``NOTIFY`` and the fetch, and its next round marks them published. The
+without waiting for the ``NOTIFY`` and the fetch, and its next round marks them published
+(with its fetch, in one statement). The
 outbox stays the durable record: an event handed off but not published (a crash, a broker
 outage, a lost leadership) is still unpublished in the table, and a round publishes it (a
 repeat of one that did go out is dropped by its idempotency key).
@@ -309,10 +310,19 @@ class OutboxRelay:
 
     async def _round(self, conn: asyncpg.Connection) -> tuple[int, bool]:
         events, self._prefetched = self._prefetched, None
+        marked_first = 0
         if not events:
-            events = await outbox.fetch_unpublished(conn, self._batch_size)
+            if self._unmarked:
+                # Mark what hand-offs published and fetch, in one round trip.
+                first = sorted(self._unmarked)
+                events = await outbox.mark_published_and_fetch(conn, first, self._batch_size)
+                self._unmarked.difference_update(first)
+                self.published += len(first)
+                marked_first = len(first)
+            else:
+                events = await outbox.fetch_unpublished(conn, self._batch_size)
         if not events and not self._unmarked:
-            return 0, True
+            return marked_first, True
         round_ = _Round(dict(self._attempts), self._max_attempts)
         async with self._publishing:
             # Events published by hand-off are only marked (also those this fetch missed). A
@@ -343,7 +353,7 @@ class OutboxRelay:
             self._unmarked.difference_update(handed)
             self.published += len(marked)
         self.set_aside += len(round_.set_aside)
-        return len(marked), round_.complete
+        return marked_first + len(marked), round_.complete
 
     async def _lane(self, channel: str, events: list[outbox.OutboxEvent], round_: _Round) -> None:
         """Publish ``events`` (all of ``channel``, in id order) in one broker round trip; if
