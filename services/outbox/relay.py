@@ -120,11 +120,10 @@ class OutboxRelay:
     def hand_off(self, events: list[outbox.OutboxEvent], pending: list[int] | None) -> bool:
         """Publish ``events`` (just committed, in id order) at once; ``pending``: the events
         unpublished when they were written (None: too many to tell). Returns False, and does
-        nothing, when the relay cannot take them (not the leader, or
-        too many pending events to tell): the caller kicks the relay, whose round publishes
-        them. A pending event this relay has not published holds them back until a round
-        has (a few rounds at most; then the round publishes them too). See the module
-        docstring."""
+        nothing, when the relay cannot take them (not the leader, or ``pending`` is None):
+        the caller kicks the relay, whose round publishes them. A pending event this relay
+        has not published holds them back until a hand-off or a round has (a few rounds at
+        most; then the rounds publish them too). See the module docstring."""
         if not self._leading or pending is None or not events:
             self.refused += 1
             return False
