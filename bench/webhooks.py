@@ -6,6 +6,7 @@ One command, loopback only, bounded (about a minute with the defaults)::
     .venv/bin/python -m bench.webhooks
     .venv/bin/python -m bench.webhooks --count 1000 --rate 50 --seconds 5   # quick check
     .venv/bin/python -m bench.webhooks --redis redis://127.0.0.1:6379/0      # Redis broker
+    .venv/bin/python -m bench.webhooks --server-root /tmp/base   # A/B: a baseline's server
 
 It starts the real server (``python -m server.cli serve``, memory broker unless ``--redis``,
 uvloop) on a fresh PostgreSQL database, creates a user and a strategy over the REST API,
@@ -244,13 +245,15 @@ async def steady(
     """Webhooks at a fixed rate; webhook-to-subscriber and ack latency."""
     total = int(rate * seconds)
     sent: dict[str, float] = {}
+    acked: dict[str, float] = {}
     acks: list[float] = []
     statuses: dict[int, int] = {}
 
     async def one(key: str) -> None:
         status, started = await post(session, make(key))
         sent[key] = started
-        acks.append(time.perf_counter() - started)
+        acked[key] = time.perf_counter()
+        acks.append(acked[key] - started)
         statuses[status] = statuses.get(status, 0) + 1
 
     tasks = []
@@ -270,6 +273,11 @@ async def steady(
         "statuses": {str(k): v for k, v in sorted(statuses.items())},
         "webhook_to_subscriber_ms": percentiles(latencies),
         "ack_ms": percentiles(acks),
+        # From the sender having its 2xx to the subscriber having the publication (negative:
+        # the publication came first); the part of the latency after the commit.
+        "ack_to_subscriber_ms": percentiles(
+            [subscriber.arrivals[k] - t for k, t in acked.items() if k in subscriber.arrivals]
+        ),
         "delivered": len(latencies),
     }
 
@@ -279,7 +287,12 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     base = f"http://127.0.0.1:{port}"
     async with bench_database(args.database) as database_url:
         env = server_env(database_url, port, args.redis)
-        process = subprocess.Popen([sys.executable, "-m", "server.cli", "serve"], env=env, cwd=ROOT)
+        server_root = Path(args.server_root).resolve() if args.server_root else ROOT
+        if args.server_root:
+            env["PYTHONPATH"] = str(server_root)
+        process = subprocess.Popen(
+            [sys.executable, "-m", "server.cli", "serve"], env=env, cwd=server_root
+        )
         try:
             await wait_ready(base, process)
             token = await user_token(database_url, env)
@@ -340,6 +353,11 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0, help="latency phase length")
     parser.add_argument("--redis", default=None, help="a Redis URL: use the Redis broker")
     parser.add_argument(
+        "--server-root",
+        default=None,
+        help="run the server from this checkout (e.g. a baseline worktree of main; same venv)",
+    )
+    parser.add_argument(
         "--database",
         default=DATABASE_URL,
         help="an admin URL; a fresh database is created and dropped",
@@ -353,6 +371,7 @@ def main() -> None:
         "rate": args.rate,
         "seconds": args.seconds,
         "broker": "redis" if args.redis else "memory",
+        "server_root": args.server_root,
         "cpus": os.cpu_count(),
         "python": platform.python_version(),
         # The machine may be shared: high load averages mean noisy numbers.

@@ -20,6 +20,7 @@ from uuid import UUID
 import asyncpg
 
 from storage.errors import NotFound
+from storage.outbox import OutboxEvent
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +66,8 @@ class InsertResult:
 
     alert: Alert | None
     duplicate: bool
+    #: the ``alert.created`` outbox event written with a new alert (when the caller asked)
+    event: OutboxEvent | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -274,11 +277,30 @@ def _aliased(alias: str) -> str:
     return ", ".join(f"{alias}.{column.strip()}" for column in _COLUMNS.split(","))
 
 
+#: How many unpublished outbox events :func:`insert_many_with_events` reports at most.
+_PENDING_LIMIT = 512
+
+
+@dataclass(frozen=True, slots=True)
+class InsertedMany:
+    """What :func:`insert_many_with_events` did: one result per item (a new alert's carries
+    its outbox event) and, when something was inserted, the ids of the outbox events that
+    were unpublished in the statement's snapshot (committed before it started), in id order;
+    None when there were more than 512 (or nothing was inserted)."""
+
+    results: list[InsertResult]
+    pending: list[int] | None
+
+
 # The statement behind :func:`insert_many_with_events`: ``input`` unnests the arrays (in the
 # callers' order), ``dup`` finds for each row without a webhook id the newest identical body
 # inside the de-duplication window (only when $17 > 0; the caller holds the advisory locks),
 # ``ins`` inserts the others in order unless the webhook id is stored already, ``ev`` writes
 # one outbox event per inserted row in the same order (so the feed publishes them in order).
+# ``pending`` lists the unpublished outbox events the statement's snapshot sees (not its own:
+# a data-modifying CTE's rows are invisible to the rest of the statement), so the caller can
+# tell whether publishing its events at once would overtake an event committed before them
+# (on the first event's row only).
 # The result names each row by its position: inserted, a duplicate body, or the stored
 # original of a replayed webhook id as the statement's snapshot sees it (one committed by a
 # concurrent transaction while this one waited for it is missing: the caller reads it again).
@@ -315,13 +337,21 @@ WITH input AS (
         || '+00:00'))
     FROM ins JOIN input ON input.id = ins.id
     ORDER BY input.ord
-    RETURNING id
+    RETURNING id, payload
+), pending AS (
+    SELECT ARRAY(
+        SELECT id FROM outbox WHERE published_at IS NULL ORDER BY id LIMIT {_PENDING_LIMIT + 1}
+    ) AS ids
 )
-SELECT true AS inserted, input.ord, {_aliased("ins")} FROM ins JOIN input ON input.id = ins.id
+SELECT true AS inserted, input.ord, ev.id AS event_id, ev.payload AS event_payload,
+       CASE WHEN ev.id = (SELECT min(id) FROM ev) THEN pending.ids END AS pending,
+       {_aliased("ins")}
+FROM ins JOIN input ON input.id = ins.id JOIN ev ON ev.payload #>> '{{alert,id}}' = ins.id::text
+CROSS JOIN pending
 UNION ALL
-SELECT false, dup.ord, {_aliased("dup")} FROM dup
+SELECT false, dup.ord, NULL, NULL, NULL, {_aliased("dup")} FROM dup
 UNION ALL
-SELECT false, input.ord, {_aliased("a")} FROM alerts a
+SELECT false, input.ord, NULL, NULL, NULL, {_aliased("a")} FROM alerts a
 JOIN input ON a.strategy_id = input.strategy_id AND a.webhook_id = input.webhook_id
 WHERE NOT EXISTS (SELECT 1 FROM ins WHERE ins.id = input.id)
 """
@@ -332,9 +362,10 @@ async def insert_many_with_events(
     items: Sequence[NewAlertWithEvent],
     received_at_path: Sequence[str],
     dedup_seconds: int = 0,
-) -> list[InsertResult]:
+) -> InsertedMany:
     """:func:`insert_with_event` for several alerts in one statement (one round trip, and
-    outside a transaction one commit). Returns one result per item, in order.
+    outside a transaction one commit). Returns one result per item, in order (a new alert's
+    with its outbox event), and the unpublished events that were committed before it.
 
     Each alert is inserted with its outbox event unless it repeats an earlier one: a stored
     ``(strategy_id, webhook_id)``, or (no webhook id, ``dedup_seconds > 0``) an identical body
@@ -389,11 +420,20 @@ async def insert_many_with_events(
     except asyncpg.ForeignKeyViolationError:
         raise NotFound("strategy") from None
     found: dict[int, InsertResult] = {}  # index of a sent item -> its result
+    pending: list[int] | None = None
     for row in rows:
         fields = dict(row.items())
         inserted = fields.pop("inserted")
         ordinal = fields.pop("ord")
-        found[sent[ordinal - 1]] = InsertResult(Alert(**fields), not inserted)
+        event_id = fields.pop("event_id")
+        event_payload = fields.pop("event_payload")
+        row_pending = fields.pop("pending")
+        event = None
+        if inserted:
+            event = OutboxEvent(event_id, [items[sent[ordinal - 1]].channel], event_payload)
+        if row_pending is not None:  # on one row only
+            pending = list(row_pending) if len(row_pending) <= _PENDING_LIMIT else None
+        found[sent[ordinal - 1]] = InsertResult(Alert(**fields), not inserted, event)
     missing = [index for index in sent if index not in found]
     if missing:
         # Replays racing the first insert of their webhook id (see insert_with_event).
@@ -417,7 +457,7 @@ async def insert_many_with_events(
         result = found[first[index]]
         # A repeat inside ``items`` of an alert inserted here is a duplicate of it.
         results.append(result if first[index] == index else InsertResult(result.alert, True))
-    return results
+    return InsertedMany(results, pending)
 
 
 def _repeat_key(new: NewAlert, index: int, dedup_seconds: int) -> tuple[Any, ...]:

@@ -103,27 +103,36 @@ class GroupCommit:
     async def _commit(self, batch: list[_Waiter], window: int) -> None:
         outcomes: list[alerts.InsertResult | BaseException]
         news = [new for new, _ in batch]
+        pending: list[int] | None = None
         async with self._pool.acquire() as conn:
-            if len(batch) == 1:
-                outcomes = [await store_alone(conn, news[0], window)]
-            else:
-                try:
-                    outcomes = list(await _insert_group(conn, news, window))
-                except UNAVAILABLE:
+            try:
+                inserted = await _insert_group(conn, news, window)
+                outcomes = list(inserted.results)
+                pending = inserted.pending
+            except UNAVAILABLE:
+                raise
+            except Exception:
+                if len(batch) == 1:
                     raise
-                except Exception:
-                    # One row failed and took the others' work with it: each alone.
-                    log.info("group commit rolled back; committing alone", exc_info=True)
-                    outcomes = []
-                    for new in news:
-                        try:
-                            outcomes.append(await store_alone(conn, new, window))
-                        except UNAVAILABLE:
-                            raise
-                        except Exception as exc:
-                            outcomes.append(exc)
+                # One row failed and took the others' work with it: each alone.
+                log.info("group commit rolled back; committing alone", exc_info=True)
+                outcomes = []
+                for new in news:
+                    try:
+                        outcomes.append(await store_alone(conn, new, window))
+                    except UNAVAILABLE:
+                        raise
+                    except Exception as exc:
+                        outcomes.append(exc)
         self.transactions += 1
-        if any(isinstance(o, alerts.InsertResult) and not o.duplicate for o in outcomes):
+        # Committed: hand the new events to the relay to publish at once (before answering,
+        # so that a webhook sent after this answer is published after these); if it cannot
+        # take them (or they were committed one by one), wake it to fetch them.
+        events = [o.event for o in outcomes if isinstance(o, alerts.InsertResult) and o.event]
+        if events:
+            if not self._relay.hand_off(events, pending):
+                self._relay.kick()
+        elif any(isinstance(o, alerts.InsertResult) and not o.duplicate for o in outcomes):
             self._relay.kick()
         for (_, future), outcome in zip(batch, outcomes, strict=True):
             if future.done():  # the request was cancelled meanwhile; its alert is stored
@@ -141,7 +150,7 @@ class GroupCommit:
 
 async def _insert_group(
     conn: asyncpg.Connection, news: list[alerts.NewAlert], window: int
-) -> list[alerts.InsertResult]:
+) -> alerts.InsertedMany:
     """One statement for the group (committed on its own); with body de-duplication, in a
     transaction that first takes the bodies' locks in key order (``BEGIN`` and the locks in
     one round trip, then the statement, then ``COMMIT``)."""

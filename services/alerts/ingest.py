@@ -4,7 +4,9 @@ A verified body (TradingView secret URL, Standard Webhooks signature, or a manua
 the strategy's owner) is parsed (:mod:`services.alerts.body`), stored de-duplicated, and
 committed together with an ``alert.created`` outbox event on ``alerts:{strategy_id}``; the
 outbox relay publishes it after the commit, so an acknowledged alert is never missing from the
-feed. Every source goes through :func:`store`.
+feed. Every source goes through :func:`store` or, for webhooks, the group commit
+(:mod:`services.alerts.group_commit`), which hands the committed events straight to the relay
+(:meth:`~services.outbox.relay.OutboxRelay.hand_off`).
 
 TradingView retries 5xx without a message id, so identical TradingView bodies for the same feed
 within the de-duplication window are stored once; signed messages are idempotent by
@@ -174,7 +176,7 @@ async def insert_with_created_event(
 
 async def insert_many_with_created_events(
     conn: asyncpg.Connection, news: list[alerts.NewAlert], dedup_seconds: int = 0
-) -> list[alerts.InsertResult]:
+) -> alerts.InsertedMany:
     """:func:`insert_with_created_event` for several alerts, in one statement (see
     :func:`storage.alerts.insert_many_with_events`: all or nothing; a webhook id, or with
     ``dedup_seconds > 0`` a body, repeated in ``news`` is stored once, for its first alert).
@@ -224,15 +226,19 @@ async def store_alone(
     return await insert_with_created_event(conn, new)
 
 
-def _ingested(new: alerts.NewAlert, result: alerts.InsertResult, relay: OutboxRelay) -> Ingested:
-    """Log a duplicate, or wake the relay for a new alert."""
+def _ingested(
+    new: alerts.NewAlert, result: alerts.InsertResult, relay: OutboxRelay | None
+) -> Ingested:
+    """Log a duplicate, or wake the relay for a new alert (None: the caller did: group
+    commit hands its events to the relay)."""
     if result.duplicate:
         log.info(
             "duplicate webhook ignored",
             extra={"strategy_id": str(new.strategy_id), "source": new.source},
         )
         return Ingested(result.alert, True)
-    relay.kick()
+    if relay is not None:
+        relay.kick()
     return Ingested(result.alert, False)
 
 
@@ -260,7 +266,7 @@ async def tradingview(
                 strategy_id = await strategy_of_url_secret(conn, secret, cache)
         parsed = parse(body.raw, body.mimetype, body.charset)
         new = new_alert(strategy_id, "tradingview", body.raw, parsed, None)
-        return _ingested(new, await group.insert(new, dedup_seconds), relay)
+        return _ingested(new, await group.insert(new, dedup_seconds), None)
     async with pool.acquire() as conn:
         strategy_id = await strategy_of_url_secret(conn, secret, cache)
         parsed = parse(body.raw, body.mimetype, body.charset)
@@ -307,7 +313,7 @@ async def signed(
     if group is None:
         async with pool.acquire() as conn:
             return await store(conn, relay, new, 0)
-    return _ingested(new, await group.insert(new), relay)
+    return _ingested(new, await group.insert(new), None)
 
 
 def _verifies(headers: SignedHeaders, raw: bytes, keys: list[bytes], tolerance: int) -> bool:

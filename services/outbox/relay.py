@@ -11,12 +11,35 @@ later: nothing is skipped and order is kept, however long the outage lasts. Any 
 (a bug, not an outage) is retried the same way ``max_attempts`` times; then the event is set
 aside with an error log naming it, so one poisoned event cannot hold back every later one.
 Its row stays in the ``outbox`` table (marked published) and can be re-published by id.
+
+**Hand-off.** A writer that has just committed events (the webhook group commit) can give
+them to the relay of its own process with :meth:`OutboxRelay.hand_off`: if this relay is the
+leader, it publishes them at once (one ``publish_many`` per channel, the same idempotency keys)
+without waiting for the ``NOTIFY`` and the fetch, and its next round marks them published
+(with its fetch, in one statement). The
+outbox stays the durable record: an event handed off but not published (a crash, a broker
+outage, a lost leadership) is still unpublished in the table, and a round publishes it (a
+repeat of one that did go out is dropped by its idempotency key).
+
+Order is kept: the writer also passes the events that were unpublished when its statement
+started (committed before its events), and a hand-off publishes only once each of them is
+published by this relay or goes out with it, ahead of it. Hand-offs go out in the order they
+came, as many together as may (one ``publish_many`` per channel); the first one that may not
+waits (with those behind it) for up to three rounds, whose lanes stop at events handed off and
+not published yet, then leaves its events to the rounds. Rounds and hand-offs publish one at
+a time (one lock). So an event committed
+before another one was written still goes out before it; events of concurrent transactions go
+out in the order they reach the relay (as before: in id order only among what one fetch saw).
+A relay that is not the leader refuses every hand-off (the caller kicks it; the leader's
+round publishes the events after its ``NOTIFY``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
+import itertools
 import logging
 from typing import Any
 
@@ -29,6 +52,11 @@ from storage import outbox
 from storage.connections import mark_session_state
 
 log = logging.getLogger(__name__)
+
+#: How many published event ids a relay remembers (to accept hand-offs behind them).
+_KNOWN_LIMIT = 8192
+#: How many rounds a hand-off waits for an earlier event before it leaves its events to them.
+_HAND_OFF_ROUNDS = 3
 
 
 class OutboxRelay:
@@ -58,10 +86,146 @@ class OutboxRelay:
         self.published = 0
         #: events set aside after ``max_attempts`` failures
         self.set_aside = 0
+        #: whether this relay holds the leader lock (hand-offs are refused otherwise)
+        self._leading = False
+        #: one publisher at a time: a round's lanes or a hand-off (FIFO)
+        self._publishing = asyncio.Lock()
+        #: ids handed off and not published yet
+        self._handed: set[int] = set()
+        #: ids published by hand-off and not marked yet (the next round marks them)
+        self._unmarked: set[int] = set()
+        #: ids this relay published lately (insertion order; the oldest are forgotten)
+        self._known: dict[int, None] = {}
+        #: hand-offs not published yet, in the order they came, and the task publishing them
+        self._queue: collections.deque[_HandOff] = collections.deque()
+        self._drainer: asyncio.Task[None] | None = None
+        #: set (then replaced) when a round is over or a hand-off published, for hand-offs
+        #: waiting for an earlier event
+        self._progress = asyncio.Event()
+        #: rounds so far (a hand-off waits for a few at most)
+        self._rounds = 0
+        #: events published by hand-off, and hand-offs refused (for tests and metrics)
+        self.handed_off = 0
+        self.refused = 0
+
+    @property
+    def leading(self) -> bool:
+        """Whether this relay is the leader (publishes; takes hand-offs)."""
+        return self._leading
 
     def kick(self) -> None:
         """Wake the relay now (called after a commit that wrote events)."""
         self._wakeup.set()
+
+    def hand_off(self, events: list[outbox.OutboxEvent], pending: list[int] | None) -> bool:
+        """Publish ``events`` (just committed, in id order) at once; ``pending``: the events
+        unpublished when they were written (None: too many to tell). Returns False, and does
+        nothing, when the relay cannot take them (not the leader, or ``pending`` is None):
+        the caller kicks the relay, whose round publishes them. A pending event this relay
+        has not published holds them back until a hand-off or a round has (a few rounds at
+        most; then the rounds publish them too). See the module docstring."""
+        if not self._leading or pending is None or not events:
+            self.refused += 1
+            return False
+        self._handed.update(e.id for e in events)
+        self._queue.append(_HandOff(events, pending, self._rounds))
+        if self._drainer is None or self._drainer.done():
+            self._drainer = asyncio.create_task(self._drain(), name="outbox-hand-off")
+        return True
+
+    async def _drain(self) -> None:
+        """Publish the hand-offs in the order they came, as many at once as may go (one
+        ``publish_many`` per channel for all of them)."""
+        while self._queue:
+            async with self._publishing:
+                if not self._leading:
+                    self._leave(len(self._queue))
+                    return
+                taken: list[_HandOff] = []
+                ahead: set[int] = set()
+                for entry in self._queue:
+                    if not all(i in self._known or i in ahead for i in entry.pending):
+                        break
+                    taken.append(entry)
+                    ahead.update(e.id for e in entry.events)
+                if taken:
+                    todo = [e for t in taken for e in t.events if e.id not in self._known]
+                    try:
+                        if todo:
+                            await self._publish_now(todo)
+                    finally:
+                        self._leave(len(taken))
+                    continue
+                # An event committed before the first hand-off's is not out yet (it failed,
+                # or came another way): wait for a round to publish it (a round's lanes stop
+                # at events handed off); after a few rounds, leave this one to them too.
+                if self._rounds - self._queue[0].rounds >= _HAND_OFF_ROUNDS:
+                    self._leave(1)
+                    continue
+                progress = self._progress
+            self._wakeup.set()
+            await progress.wait()
+
+    def _leave(self, count: int) -> None:
+        """Drop the first ``count`` hand-offs (done, or left to the rounds) and wake the relay
+        (it marks what went out and publishes what did not)."""
+        for _ in range(count):
+            entry = self._queue.popleft()
+            self._handed.difference_update(e.id for e in entry.events)
+        self._wakeup.set()
+
+    async def _publish_now(self, todo: list[outbox.OutboxEvent]) -> None:
+        """One ``publish_many`` per channel; what goes out is marked by the next round, what
+        does not is left to it."""
+        lanes: dict[str, list[outbox.OutboxEvent]] = {}
+        for event in todo:
+            for channel in event.channels:
+                lanes.setdefault(channel, []).append(event)
+        channels = list(lanes)
+        outcomes = await asyncio.gather(
+            *(
+                self._hub.publish_many(
+                    channel,
+                    [({**e.payload, "event_id": e.id}, f"outbox:{e.id}") for e in lanes[channel]],
+                )
+                for channel in channels
+            ),
+            return_exceptions=True,
+        )
+        failed: set[str] = set()
+        for channel, outcome in zip(channels, outcomes, strict=True):
+            if isinstance(outcome, BaseException):
+                failed.add(channel)
+                if not isinstance(outcome, Exception):
+                    raise outcome
+                log.warning(
+                    "outbox hand-off failed; the relay publishes the events",
+                    exc_info=outcome if not isinstance(outcome, BrokerError) else None,
+                    extra={"event_id": lanes[channel][0].id},
+                )
+        published = [e.id for e in todo if failed.isdisjoint(e.channels)]
+        self._remember(published)
+        self._unmarked.update(published)
+        self.handed_off += len(published)
+        self._progressed()
+
+    def _progressed(self) -> None:
+        """Wake the hand-offs waiting for an earlier event to go out."""
+        progress, self._progress = self._progress, asyncio.Event()
+        progress.set()
+
+    def _end_round(self) -> None:
+        self._rounds += 1
+        self._progressed()
+
+    def _remember(self, ids: list[int]) -> None:
+        known = self._known
+        for event_id in ids:
+            known[event_id] = None
+        excess = len(known) - _KNOWN_LIMIT
+        if excess > 0:
+            for event_id in list(itertools.islice(known, excess)):
+                del known[event_id]
 
     def _on_notify(self, *_: Any) -> None:
         self._wakeup.set()
@@ -82,6 +246,16 @@ class OutboxRelay:
                                     "SELECT pg_advisory_unlock($1)", outbox.RELAY_LOCK_ID
                                 )
             except asyncio.CancelledError:
+                if self._drainer is not None:
+                    self._drainer.cancel()
+                log.info(
+                    "outbox relay stopped",
+                    extra={
+                        "published": self.published,
+                        "handed_off": self.handed_off,
+                        "hand_offs_refused": self.refused,
+                    },
+                )
                 raise
             except Exception:
                 log.warning("outbox relay failed; retrying", exc_info=True)
@@ -92,6 +266,7 @@ class OutboxRelay:
     async def _lead(self, conn: asyncpg.Connection) -> None:
         await conn.add_listener(outbox.NOTIFY_CHANNEL, self._on_notify)
         self._prefetched = None
+        self._leading = True
         try:
             while True:
                 self._wakeup.clear()
@@ -100,6 +275,11 @@ class OutboxRelay:
                     continue
                 await self._wait(self._poll_interval if complete else self._retry_delay)
         finally:
+            self._leading = False
+            self._end_round()
+            # Unmarked hand-offs stay unpublished in the table: the next leader publishes
+            # them again (their idempotency keys drop the repeats).
+            self._unmarked.clear()
             with contextlib.suppress(Exception):
                 await conn.remove_listener(outbox.NOTIFY_CHANNEL, self._on_notify)
 
@@ -122,29 +302,57 @@ class OutboxRelay:
         (order), others go on. An event is done once every channel of it has published it (or
         it was set aside).
         """
+        try:
+            return await self._round(conn)
+        finally:
+            self._end_round()
+
+    async def _round(self, conn: asyncpg.Connection) -> tuple[int, bool]:
         events, self._prefetched = self._prefetched, None
+        marked_first = 0
         if not events:
-            events = await outbox.fetch_unpublished(conn, self._batch_size)
-        if not events:
-            return 0, True
-        lanes: dict[str, list[outbox.OutboxEvent]] = {}
-        for event in events:
-            for channel in event.channels:
-                lanes.setdefault(channel, []).append(event)
+            if self._unmarked:
+                # Mark what hand-offs published and fetch, in one round trip.
+                first = sorted(self._unmarked)
+                events = await outbox.mark_published_and_fetch(conn, first, self._batch_size)
+                self._unmarked.difference_update(first)
+                self.published += len(first)
+                marked_first = len(first)
+            else:
+                events = await outbox.fetch_unpublished(conn, self._batch_size)
+        if not events and not self._unmarked:
+            return marked_first, True
         round_ = _Round(dict(self._attempts), self._max_attempts)
-        await asyncio.gather(
-            *(self._lane(channel, items, round_) for channel, items in lanes.items())
-        )
+        async with self._publishing:
+            # Events published by hand-off are only marked (also those this fetch missed). A
+            # lane stops at an event handed off but not published yet: that hand-off runs
+            # next and wakes the relay, whose next round goes on (order, no repeats).
+            handed = set(self._unmarked)
+            todo = [e for e in events if e.id not in handed]
+            lanes: dict[str, list[outbox.OutboxEvent]] = {}
+            stopped: set[str] = set()
+            for event in todo:
+                if event.id in self._handed:
+                    stopped.update(event.channels)
+                for channel in event.channels:
+                    if channel not in stopped:
+                        lanes.setdefault(channel, []).append(event)
+            await asyncio.gather(
+                *(self._lane(channel, items, round_) for channel, items in lanes.items())
+            )
+            done = [e.id for e in todo if round_.handled.get(e.id, 0) == len(e.channels)]
+            self._remember(done)
         for event_id, attempts in round_.failed.items():
             self._attempts[event_id] = attempts
-        done = [e.id for e in events if round_.handled.get(e.id, 0) == len(e.channels)]
         for event_id in done:
             self._attempts.pop(event_id, None)
-        if done:
-            self._prefetched = await outbox.mark_published_and_fetch(conn, done, self._batch_size)
-            self.published += len(done)
+        marked = done + sorted(handed)
+        if marked:
+            self._prefetched = await outbox.mark_published_and_fetch(conn, marked, self._batch_size)
+            self._unmarked.difference_update(handed)
+            self.published += len(marked)
         self.set_aside += len(round_.set_aside)
-        return len(done), round_.complete
+        return marked_first + len(marked), round_.complete
 
     async def _lane(self, channel: str, events: list[outbox.OutboxEvent], round_: _Round) -> None:
         """Publish ``events`` (all of ``channel``, in id order) in one broker round trip; if
@@ -203,6 +411,18 @@ class OutboxRelay:
                         },
                     )
             round_.handled[event.id] = round_.handled.get(event.id, 0) + 1
+
+
+class _HandOff:
+    """Events handed off together, the events unpublished before them, and the relay's round
+    count when they came."""
+
+    __slots__ = ("events", "pending", "rounds")
+
+    def __init__(self, events: list[outbox.OutboxEvent], pending: list[int], rounds: int) -> None:
+        self.events = events
+        self.pending = pending
+        self.rounds = rounds
 
 
 class _Round:
