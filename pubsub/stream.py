@@ -232,6 +232,12 @@ class ChannelStream:
                     # What is left of history still goes out, but the client is told.
                     cursor = max(cursor, since.offset)
             self._metrics.recoveries.labels("recovered" if recovered else "lost").inc()
+        elif self.offset >= 0 and not self.filling:
+            # The stream is live: every publication after its offset reaches it (a hole is
+            # refilled from history, a loss is told), so this subscriber can start there, as if it
+            # had been live all along, without a broker read.
+            position = StreamPosition(self.offset, self.epoch)
+            cursor = position.offset
         else:
             position = await self._source.read_position(self.name, options)
             cursor = position.offset

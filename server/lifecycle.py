@@ -27,7 +27,7 @@ from server.settings import Settings
 from services.alerts.group_commit import GroupCommit
 from services.analysis.factory import build_provider
 from services.analysis.runner import AnalysisRunner
-from services.auth.ratelimit import MemoryRateLimiter, RedisRateLimiter
+from services.auth.ratelimit import MemoryRateLimiter, RedisRateLimiter, SyncedRateLimiter
 from services.auth.service_signature import MemoryReplayCache, RedisReplayCache
 from services.channels.rules import channel_rules
 from services.mail.mailer import Mailer, make_backend
@@ -206,7 +206,7 @@ async def redis_client(app: web.Application) -> AsyncIterator[None]:
     process memory."""
     settings = app[settings_key]
     if not settings.redis_url:
-        app[keys.rate_limiter] = MemoryRateLimiter()
+        app[keys.rate_limiter] = app[keys.user_command_limiter] = MemoryRateLimiter()
         app[keys.replay_cache] = MemoryReplayCache()
         yield
         return
@@ -222,9 +222,23 @@ async def redis_client(app: web.Application) -> AsyncIterator[None]:
     app[keys.redis] = client
     app[keys.rate_limiter] = RedisRateLimiter(client, settings.redis_prefix)
     app[keys.replay_cache] = RedisReplayCache(client, settings.redis_prefix)
+    sync: asyncio.Task[None] | None = None
+    if settings.rate_limit_sync_seconds > 0:
+        # The per-user command limit decides locally and syncs with Redis in the background
+        # (docs/security.md); login and webhook limits stay exact.
+        synced = SyncedRateLimiter(client, settings.redis_prefix, settings.rate_limit_sync_seconds)
+        app[keys.user_command_limiter] = synced
+        sync = asyncio.create_task(synced.run(), name="rate-limit-sync")
+    else:
+        app[keys.user_command_limiter] = app[keys.rate_limiter]
     try:
         yield
     finally:
+        if sync is not None:
+            sync.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sync
+            await synced.close()
         await client.aclose()
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import math
 import os
 import re
 import secrets
@@ -64,6 +65,9 @@ class Settings:
     redis_keepalive_interval: float = 10.0
     #: Seconds a keepalive PING may go unanswered before the connection is replaced.
     redis_keepalive_timeout: float = 10.0
+    #: Seconds between syncs of the per-user command limit with Redis (local-first); <= 0: every
+    #: command asks Redis (exact).
+    rate_limit_sync_seconds: float = 0.1
     data_dir: Path = Path(".data")
     log_level: str = "INFO"
     db_pool_min: int = 1
@@ -433,6 +437,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         redis_subscribe_timeout=_float(env, "REDIS_SUBSCRIBE_TIMEOUT", 10.0, minimum=0.1),
         redis_keepalive_interval=_float(env, "REDIS_KEEPALIVE_INTERVAL", 10.0, minimum=0.1),
         redis_keepalive_timeout=_float(env, "REDIS_KEEPALIVE_TIMEOUT", 10.0, minimum=0.1),
+        rate_limit_sync_seconds=_float(env, "RATE_LIMIT_SYNC_SECONDS", 0.1, minimum=-math.inf),
         data_dir=data_dir,
         log_level=_str(env, "LOG_LEVEL", "INFO").upper(),
         db_pool_min=_int(env, "DB_POOL_MIN", 1),

@@ -210,3 +210,246 @@ class RedisRateLimiter:
             await self._client.delete(self._prefix + key)
         except (RedisError, RedisClusterException, OSError) as exc:
             raise RateLimiterUnavailable(str(exc)) from exc
+
+
+# KEYS[1]: the key; ARGV: limit, period (ms), pushed, asked. ``pushed`` events were already
+# allowed by an instance on its own (local-first): they are counted unconditionally. Then up
+# to ``asked`` events are counted in order until one is refused, as in _GCRA_LUA. Returns
+# {allowed of asked, retry_after_ms of the first refused, backlog_ms = TAT - now as a string}.
+_SYNC_LUA = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
+local limit = tonumber(ARGV[1])
+local period = tonumber(ARGV[2])
+local pushed = tonumber(ARGV[3])
+local asked = tonumber(ARGV[4])
+local interval = period / limit
+local tat = tonumber(redis.call('GET', KEYS[1]) or now)
+if tat < now then tat = now end
+tat = tat + pushed * interval
+local allowed = 0
+local wait = 0
+while allowed < asked do
+  wait = tat - now - (period - interval)
+  if wait > 0.001 then break end
+  tat = tat + interval
+  allowed = allowed + 1
+end
+if pushed + allowed > 0 then
+  redis.call('SET', KEYS[1], tostring(tat), 'PX', math.max(1, math.ceil(tat - now)))
+end
+if allowed == asked then wait = 0 end
+return {allowed, math.ceil(wait), tostring(tat - now)}
+"""
+
+
+class _Local:
+    """One key's state on this instance (local-first limiter)."""
+
+    __slots__ = (
+        "interval",
+        "key",
+        "limit",
+        "period",
+        "share",
+        "syncing",
+        "tat",
+        "unsynced",
+        "waiters",
+    )
+
+    def __init__(self, key: str, limit: int, period: float, share: int, now: float) -> None:
+        self.key, self.limit, self.period, self.share = key, limit, period, share
+        self.interval = period / limit
+        #: the shared TAT as last read from Redis (in this process's monotonic time) plus every
+        #: hit allowed here since: never fuller than the truth, so a refusal here is right
+        self.tat = now
+        #: hits allowed here that Redis has not counted yet (at most ``share``)
+        self.unsynced = 0
+        #: hits beyond the local share, in arrival order: Redis decides them
+        self.waiters: list[asyncio.Future[Decision]] = []
+        self.syncing = False
+
+
+class SyncedRateLimiter:
+    """The shared limiter, local-first: each instance decides from what it knows and tells Redis
+    afterwards, every ``sync_seconds`` (like Kong's rate-limiting ``sync_rate``).
+
+    Per key, an instance knows the shared TAT as of its last sync plus its own hits since, and
+    allows a hit on that alone while fewer than ``share = ceil(limit / period * sync_seconds)``
+    of its hits are not yet counted in Redis (the hits the sustained rate allows in one sync
+    interval). A background task pushes those hits in one script call per key every
+    ``sync_seconds`` and reads the shared state back. A hit beyond the share waits for Redis,
+    which decides it exactly (as :class:`RedisRateLimiter`), in the same call that pushes the
+    uncounted ones; a refusal by the local view needs no round trip (the truth is at least as
+    full). What no instance's decision took into account is, at any moment, at most ``share``
+    hits per instance: N instances exceed the shared limit by at most about N * share (2 * N *
+    share across a sync boundary), and every allowed hit is counted, so the sustained rate is
+    the limit's. One instance alone never exceeds it.
+
+    When a sync fails (Redis unreachable) the hits waiting on it and every hit until a sync
+    succeeds again raise :class:`RateLimiterUnavailable`, as each hit of
+    :class:`RedisRateLimiter` would; the uncounted hits are dropped. Run :meth:`run` as a
+    task for as long as the limiter is used.
+    """
+
+    name = "redis"
+
+    #: keys handled by one round of syncs at a time
+    SYNC_CONCURRENCY = 100
+    #: seconds between sweeps of keys whose state has expired
+    SWEEP_SECONDS = 10.0
+
+    def __init__(
+        self,
+        client: Redis | RedisCluster,
+        prefix: str,
+        sync_seconds: float,
+        *,
+        max_keys: int = 100_000,
+    ) -> None:
+        if sync_seconds <= 0:
+            raise ValueError("sync_seconds must be > 0 (use RedisRateLimiter for exact limits)")
+        self._client = client
+        self._prefix = f"{prefix}:rl:"
+        self._script = client.register_script(_SYNC_LUA)
+        self.sync_seconds = sync_seconds
+        self._max_keys = max_keys
+        self._states: dict[tuple[str, int, float], _Local] = {}
+        self._dirty: set[_Local] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        #: why the last sync failed (None while Redis answers)
+        self._down: str | None = None
+
+    def share(self, limit: int, period: float) -> int:
+        """Hits of one key this instance allows before Redis has counted them."""
+        return max(1, math.ceil(limit / period * self.sync_seconds))
+
+    async def hit(self, key: str, limit: int, period: float) -> Decision:
+        if self._down is not None:
+            raise RateLimiterUnavailable(self._down)
+        state = self._states.get((key, limit, period))
+        now = time.monotonic()
+        if state is None:
+            if len(self._states) >= self._max_keys:
+                self._sweep(now, full=True)
+            state = _Local(key, limit, period, self.share(limit, period), now)
+            self._states[key, limit, period] = state
+        if not state.waiters:
+            allowed, tat, retry = _gcra(state.tat, now, limit, period)
+            if not allowed:
+                return Decision(False, retry)
+            if state.unsynced < state.share:
+                state.tat = tat
+                state.unsynced += 1
+                self._dirty.add(state)
+                return _ALLOWED
+        waiter: asyncio.Future[Decision] = asyncio.get_running_loop().create_future()
+        state.waiters.append(waiter)
+        if not state.syncing:
+            self._spawn(state)
+        return await waiter
+
+    async def reset(self, key: str) -> None:
+        for state_key in [k for k in self._states if k[0] == key]:
+            del self._states[state_key]
+        try:
+            await self._client.delete(self._prefix + key)
+        except (RedisError, RedisClusterException, OSError) as exc:
+            raise RateLimiterUnavailable(str(exc)) from exc
+
+    def _spawn(self, state: _Local) -> None:
+        task = asyncio.ensure_future(self._sync(state))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def run(self) -> None:
+        """The background sync: every ``sync_seconds``, push every key's uncounted hits."""
+        last_sweep = time.monotonic()
+        while True:
+            await asyncio.sleep(self.sync_seconds)
+            if self._down is not None:
+                try:
+                    await self._client.ping()
+                except (RedisError, RedisClusterException, OSError):
+                    continue
+                self._down = None
+            dirty, self._dirty = self._dirty, set()
+            due = [state for state in dirty if state.unsynced and not state.syncing]
+            for start in range(0, len(due), self.SYNC_CONCURRENCY):
+                await asyncio.gather(
+                    *(self._sync(state) for state in due[start : start + self.SYNC_CONCURRENCY])
+                )
+            now = time.monotonic()
+            if now - last_sweep >= self.SWEEP_SECONDS:
+                last_sweep = now
+                self._sweep(now)
+
+    async def close(self) -> None:
+        """Stop the syncs started by hits (the caller cancels :meth:`run`'s task)."""
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for state in self._states.values():  # a sync cancelled before it started
+            for waiter in state.waiters:
+                if not waiter.done():
+                    waiter.set_exception(RateLimiterUnavailable("shutting down"))
+            state.waiters = []
+
+    def _sweep(self, now: float, full: bool = False) -> None:
+        """Forget keys this instance has nothing to tell about (an expired TAT is an absent key;
+        ``full``: also the unexpired ones, rather than growing without bound)."""
+        self._states = {
+            k: s
+            for k, s in self._states.items()
+            if s.unsynced or s.syncing or s.waiters or (s.tat > now and not full)
+        }
+
+    async def _sync(self, state: _Local) -> None:
+        """Push ``state``'s uncounted hits and have Redis decide its waiters, until none wait."""
+        if state.syncing:
+            return
+        state.syncing = True
+        try:
+            while state.unsynced or state.waiters:
+                pushed, waiters = state.unsynced, state.waiters
+                state.unsynced, state.waiters = 0, []
+                try:
+                    allowed, retry_ms, backlog_ms = await self._script(
+                        keys=[self._prefix + state.key],
+                        args=[
+                            state.limit,
+                            max(1, round(state.period * 1000)),
+                            pushed,
+                            len(waiters),
+                        ],
+                    )
+                except (RedisError, RedisClusterException, OSError) as exc:
+                    self._down = str(exc) or type(exc).__name__
+                    state.unsynced = 0  # fail open: what Redis missed is forgotten
+                    for waiter in (*waiters, *state.waiters):
+                        if not waiter.done():
+                            waiter.set_exception(RateLimiterUnavailable(self._down))
+                    state.waiters = []
+                    return
+                except BaseException as exc:  # cancelled (shutdown) or a bug: nobody waits forever
+                    for waiter in (*waiters, *state.waiters):
+                        if not waiter.done():
+                            waiter.set_exception(RateLimiterUnavailable(repr(exc)))
+                    state.waiters = []
+                    raise
+                # what Redis knows now, plus what was allowed here while the call was on its way
+                state.tat = (
+                    time.monotonic() + float(backlog_ms) / 1000 + state.unsynced * state.interval
+                )
+                refused = Decision(False, int(retry_ms) / 1000)
+                for index, waiter in enumerate(waiters):
+                    if not waiter.done():  # its caller may have been cancelled
+                        waiter.set_result(_ALLOWED if index < int(allowed) else refused)
+                if not state.waiters:
+                    break  # what was allowed meanwhile goes with the next periodic sync
+        finally:
+            state.syncing = False
+            if state.unsynced:
+                self._dirty.add(state)

@@ -28,7 +28,7 @@ from pubsub.presence import PresenceEntry
 from pubsub.redis_cluster import RedisClusterBroker
 from server.app import create_app
 from server.settings import Settings
-from services.auth.ratelimit import RedisRateLimiter
+from services.auth.ratelimit import RedisRateLimiter, SyncedRateLimiter
 from services.auth.service_signature import RedisReplayCache
 from tests.helpers import connect, make_user, request, service_token
 from tests.presence.test_presence import _next_of, _request_id
@@ -170,6 +170,25 @@ async def test_rate_limits_and_replay_cache_are_shared_through_the_cluster(
     replay_b = RedisReplayCache(node_b.server.app[keys.redis], cluster_prefix)
     assert await replay_a.claim("sig-1", 60)
     assert not await replay_b.claim("sig-1", 60), "a signature used on node A is spent on B"
+
+
+async def test_the_per_user_command_limit_syncs_through_the_cluster(
+    nodes: Nodes, cluster_prefix: str
+) -> None:
+    """Each node's per-user command limiter is the local-first one; on a cluster its script
+    runs too, and what one node allowed is counted for the other."""
+    node_a, node_b = nodes
+    limiter_a = node_a.server.app[keys.user_command_limiter]
+    limiter_b = node_b.server.app[keys.user_command_limiter]
+    assert isinstance(limiter_a, SyncedRateLimiter)
+    assert isinstance(limiter_b, SyncedRateLimiter)
+    # 1/s, burst 10; share ceil(1 x 0.1) = 1: the second hit on a node asks Redis
+    start = time.monotonic()
+    allowed = [(await limiter_a.hit("ws:user:c", 10, 10.0)).allowed for _ in range(6)]
+    allowed += [(await limiter_b.hit("ws:user:c", 10, 10.0)).allowed for _ in range(6)]
+    refill = int(time.monotonic() - start) + 1
+    # at most the burst, the refill meanwhile, and 2 x share per node (docs/security.md)
+    assert 10 <= sum(allowed) <= 10 + refill + 2 * 2
 
 
 # -- brokers and hubs ----------------------------------------------------------------------

@@ -225,13 +225,18 @@ async def test_subscribers_catching_up_reuse_the_live_encoding() -> None:
     await hub.start()
     live = Frames()
     await hub.subscribe(live, "alerts:s")
-    await hub.publish("alerts:s", 1)
+    first = await hub.publish("alerts:s", 1)
     broker.holding = True
     await hub.publish("alerts:s", 2)  # in the stream, not delivered yet
+    # Clients that saw offset 1 elsewhere recover from it: history gives them offset 2, which
+    # puts them ahead of the live stream here. (A plain subscribe starts where the live stream
+    # is, without a read.)
+    seen = StreamPosition(1, first.epoch)
     ahead_theirs, ahead_ours = Frames(), Frames()
-    started = await hub.subscribe(ahead_theirs, "alerts:s", encoder=theirs)
+    started = await hub.subscribe(ahead_theirs, "alerts:s", seen, encoder=theirs)
     assert started.position.offset == 2
-    await hub.subscribe(ahead_ours, "alerts:s")
+    assert [p.offset for p in started.publications] == [2]
+    await hub.subscribe(ahead_ours, "alerts:s", seen)
     broker.release()  # offset 2 reaches the live subscriber only
     assert (ours.calls, theirs.calls) == (2, 0)
     await hub.publish("alerts:s", 3)  # passes both waiting subscribers

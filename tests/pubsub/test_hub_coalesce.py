@@ -52,9 +52,12 @@ async def test_a_burst_of_subscribes_reads_the_position_about_once() -> None:
         await hub.close()
 
 
-async def test_a_subscriber_arriving_after_a_read_was_sent_gets_its_own_read() -> None:
+async def test_a_subscriber_arriving_after_a_read_was_sent_does_not_share_it() -> None:
     """The first read is sent, then a publication, then a second subscriber: the second must
-    not share the first read (it would start before offset 2 and never get it)."""
+    not share the first read (it would start before offset 2 and never get it). Publication 2
+    reached the channel's live stream, so the second starts there without a read of its own
+    (``Coalescer`` itself sends a new read for a caller arriving after one was sent: the
+    cancellation test below)."""
     broker = SlowPositionBroker()
     hub = Hub(broker, default_namespaces(), JsonEncoder())
     await hub.start()
@@ -72,9 +75,9 @@ async def test_a_subscriber_arriving_after_a_read_was_sent_gets_its_own_read() -
         first_result, second_result = await asyncio.gather(first, second)
         first_sub.take(first_result)
         second_sub.take(second_result)
-        assert broker.position_calls == 2
+        assert broker.position_calls == 1
         # Both end up with offset 2 exactly once: the first from its buffered tail, the
-        # second from a position read made after it registered.
+        # second from the live stream's position, after offset 2.
         assert first_sub.offsets == [2]
         assert second_result.position.offset == 2
         assert second_sub.offsets == []
@@ -191,8 +194,8 @@ async def test_a_burst_over_a_network_broker_costs_a_task_per_read_not_per_subsc
 
     try:
         await hub.publish("alerts:a", {"i": 0})
-        first = Recorder()
-        first.take(await hub.subscribe(first, "alerts:a"))  # the channel's stream exists
+        # No subscriber yet: the burst creates the channel's stream and reads where it starts
+        # (once live, later subscribes read nothing: test_subscribes_to_a_live_channel_...)
         broker.position_calls = 0
         broker.gate.clear()  # reads are answered only when the test says so
         loop.set_task_factory(counting_factory)
@@ -210,5 +213,58 @@ async def test_a_burst_over_a_network_broker_costs_a_task_per_read_not_per_subsc
             sub.take(result)
         await hub.publish("alerts:a", {"i": 1})
         assert all(sub.offsets == [2] for sub in subs)
+    finally:
+        await hub.close()
+
+
+async def test_subscribes_to_a_live_channel_read_nothing() -> None:
+    """The channel's stream is live on this node: a subscriber starts at its offset (as if it
+    had been live all along) without a broker read, and gets every later publication once."""
+    broker = SlowPositionBroker()
+    hub = Hub(broker, default_namespaces(), JsonEncoder())
+    await hub.start()
+    try:
+        await hub.publish("alerts:a", {"i": 0})
+        first = Recorder()
+        first.take(await hub.subscribe(first, "alerts:a"))
+        assert broker.position_calls == 1
+        await hub.publish("alerts:a", {"i": 1})
+        subs = [Recorder() for _ in range(100)]
+        results = await asyncio.gather(*(hub.subscribe(sub, "alerts:a") for sub in subs))
+        assert broker.position_calls == 1
+        assert {(r.position.offset, r.position.epoch) for r in results} == {
+            (2, results[0].position.epoch)
+        }
+        for sub, result in zip(subs, results, strict=True):
+            sub.take(result)
+        await hub.publish("alerts:a", {"i": 2})
+        assert first.offsets == [2, 3]
+        assert all(sub.offsets == [3] for sub in subs)
+    finally:
+        await hub.close()
+
+
+async def test_a_subscriber_joining_a_live_channel_gets_the_publication_in_flight() -> None:
+    """A publication is in the broker's stream but not yet delivered here (pub/sub lags): a
+    subscriber starting at the live stream's offset gets it when it arrives, exactly once."""
+    from tests.pubsub.test_hub import Frames, HoldingBroker
+
+    broker = HoldingBroker()
+    hub = Hub(broker, default_namespaces(), JsonEncoder())
+    await hub.start()
+    try:
+        live = Frames()
+        await hub.subscribe(live, "alerts:f")
+        await hub.publish("alerts:f", 1)
+        broker.holding = True
+        await hub.publish("alerts:f", 2)  # in the stream, not delivered yet
+        joining = Frames()
+        started = await hub.subscribe(joining, "alerts:f")
+        assert started.position.offset == 1
+        assert started.tail == []
+        broker.release()
+        await hub.publish("alerts:f", 3)
+        assert [f["offset"] for f in live.frames] == [1, 2, 3]
+        assert [f["offset"] for f in joining.frames] == [2, 3]
     finally:
         await hub.close()
