@@ -185,10 +185,15 @@ async def test_two_workers_behave_as_one_service(
         pub = await client.publication()
         assert (pub["offset"], pub["data"]) == (first, {"n": 1})
 
-    # Presence is one view across the workers.
-    stats = await clients[0].request("presence_stats", channel=channel)
-    assert stats["result"]["num_clients"] == len(clients)
-    assert stats["result"]["num_users"] == 2
+    # Presence is one view across the workers. A client joins presence right after its
+    # subscribe reply, so the last join may still be on its way to Redis: wait for it.
+    async def everyone_present() -> dict[str, Any] | None:
+        stats = await clients[0].request("presence_stats", channel=channel)
+        result: dict[str, Any] = stats["result"]
+        return result if result["num_clients"] == len(clients) else None
+
+    result = await until(everyone_present, "every client's presence join")
+    assert result["num_users"] == 2
 
     # Recovery: a client that left reconnects (to whichever worker) and gets what it missed.
     gone = clients.pop()
