@@ -85,11 +85,12 @@ class ScriptedBroker(Broker):
     """Publish, history and position through the Lua scripts, on a Redis or RedisCluster
     client. Subclasses connect, subscribe and deliver.
 
-    Concurrent publishes to one channel share round trips: while one publish script of a
-    channel is in flight, further publishes of that channel wait and then go out together in
-    one ``publish_many`` script call (in the order they were made, each caller getting its own
-    result). A publish with nothing in flight on its channel is sent at once, so a lone
-    publisher's latency is unchanged; under load the Redis command path (redis-py, the round
+    Concurrent publishes to one channel share round trips: the publishes of a channel made in
+    one event-loop iteration (the requests that one pass of the loop handled) go out together
+    in one ``publish_many`` script call, in the order they were made, each caller getting its
+    own result. The first publish of an iteration yields once (``sleep(0)``) to let the others
+    join; alone, it is sent as a single publish. Batches are not serialised: several may be in
+    flight, as single publishes were. Under load the Redis command path (redis-py, the round
     trip, Redis's script call) is paid once per batch instead of once per publication.
     """
 
@@ -117,7 +118,7 @@ class ScriptedBroker(Broker):
         self._read = client.register_script(read)
         self._started = False
         self._closed = False
-        #: per (channel, idempotency TTL) with a publish in flight: the publishes waiting for it
+        #: per (channel, idempotency TTL): the publishes joining this iteration's first one
         self._queued: dict[tuple[str, int], list[_Queued]] = {}
         self._flushes: set[asyncio.Task[None]] = set()
 
@@ -143,10 +144,10 @@ class ScriptedBroker(Broker):
         idempotency_key: str | None = None,
         idempotency_ttl: int = 300,
     ) -> PublishResult:
-        """Publish at once when nothing of ``channel`` is in flight, else join the next batch
-        of the channel (see the class docstring). A batch that fails fails each of its callers
-        with the batch's error (a prefix of it may have been published, as a single publish
-        that timed out may have been)."""
+        """Publish ``data``, sharing one script call with the publishes of ``channel`` made in
+        the same event-loop iteration (see the class docstring). A batch that fails fails each
+        of its callers with the batch's error (a prefix of it may have been published, as a
+        single publish that timed out may have been)."""
         self._check()
         batch_key = (channel, idempotency_ttl)
         queue = self._queued.get(batch_key)
@@ -154,8 +155,17 @@ class ScriptedBroker(Broker):
             future: asyncio.Future[PublishResult] = asyncio.get_running_loop().create_future()
             queue.append(_Queued(data, idempotency_key, options, future))
             return await future
-        self._queued[batch_key] = []
+        # The first publish of the channel in this iteration: let the others made in it join.
+        queue = self._queued[batch_key] = []
         try:
+            await asyncio.sleep(0)
+        except BaseException:
+            del self._queued[batch_key]
+            if queue:
+                self._spawn_batch(batch_key, queue)
+            raise
+        del self._queued[batch_key]
+        if not queue:
             return await self._publish_one(
                 channel,
                 data,
@@ -163,18 +173,19 @@ class ScriptedBroker(Broker):
                 idempotency_key=idempotency_key,
                 idempotency_ttl=idempotency_ttl,
             )
-        finally:
-            if self._queued[batch_key]:
-                task = asyncio.get_running_loop().create_task(self._flush(batch_key))
-                self._flushes.add(task)
-                task.add_done_callback(self._flushes.discard)
-            else:
-                del self._queued[batch_key]
+        mine = _Queued(data, idempotency_key, options, asyncio.get_running_loop().create_future())
+        self._spawn_batch(batch_key, [mine, *queue])
+        return await mine.future
 
-    async def _flush(self, batch_key: tuple[str, int]) -> None:
-        """Publish the queued publishes of ``batch_key`` in batches until none is left."""
+    def _spawn_batch(self, batch_key: tuple[str, int], queue: list[_Queued]) -> None:
+        task = asyncio.get_running_loop().create_task(self._send_batch(batch_key, queue))
+        self._flushes.add(task)
+        task.add_done_callback(self._flushes.discard)
+
+    async def _send_batch(self, batch_key: tuple[str, int], queue: list[_Queued]) -> None:
+        """Publish ``queue`` in order, :data:`MAX_PUBLISH_BATCH` per script call, and hand each
+        caller its result (callers cancelled meanwhile are left out)."""
         channel, idempotency_ttl = batch_key
-        queue = self._queued[batch_key]
         batch: list[_Queued] = []
         try:
             while queue:
@@ -190,22 +201,21 @@ class ScriptedBroker(Broker):
                         idempotency_ttl=idempotency_ttl,
                     )
                 except BrokerError as exc:
-                    for q in batch:
+                    for q in batch + queue:
                         if not q.future.done():
                             error = type(exc)(*exc.args)
                             error.__cause__ = exc.__cause__
                             q.future.set_exception(error)
-                else:
-                    for q, result in zip(batch, results, strict=True):
-                        if not q.future.done():
-                            q.future.set_result(result)
+                    return
+                for q, result in zip(batch, results, strict=True):
+                    if not q.future.done():
+                        q.future.set_result(result)
                 batch = []
         finally:
             # Cancelled (the broker is closing) or an unexpected error: nobody may wait forever.
             for q in batch + queue:
                 if not q.future.done():
                     q.future.set_exception(BrokerError("redis publish was interrupted"))
-            del self._queued[batch_key]
 
     async def _publish_one(
         self,
