@@ -185,9 +185,14 @@ async def test_two_workers_behave_as_one_service(
         pub = await client.publication()
         assert (pub["offset"], pub["data"]) == (first, {"n": 1})
 
-    # Presence is one view across the workers.
-    stats = await clients[0].request("presence_stats", channel=channel)
-    assert stats["result"]["num_clients"] == len(clients)
+    # Presence is one view across the workers. A client joins presence after its subscribe
+    # reply (services/realtime/session.py ``joined``), so the last joins may still be on their
+    # way to Redis here.
+    async def everyone_present() -> dict[str, Any] | None:
+        stats: dict[str, Any] = await clients[0].request("presence_stats", channel=channel)
+        return stats if stats["result"]["num_clients"] == len(clients) else None
+
+    stats = await until(everyone_present, "every client in presence")
     assert stats["result"]["num_users"] == 2
 
     # Recovery: a client that left reconnects (to whichever worker) and gets what it missed.
