@@ -97,7 +97,7 @@ async def test_concurrent_publishes_on_two_redis_nodes_are_delivered_in_offset_o
     aiohttp_client: Any, redis_settings: Any
 ) -> None:
     """Two instances on one Redis get concurrent REST publishes to one channel (each instance
-    sends the ones that queue behind its publish in flight as one batch), each idempotency key
+    sends those of one loop pass as one batch), each idempotency key
     twice: the two replies of a key name one offset, and a subscriber on each instance receives
     every publication once, in offset order, with the data of the replies naming its offset."""
     nodes = [await aiohttp_client(create_app(redis_settings)) for _ in range(2)]

@@ -163,22 +163,22 @@ async def test_outage_fails_commands_and_restart_recovers(hub: Hub, server: Redi
     await eventually(lambda: other_sink.offsets() == [1], what="new subscription works")
 
 
-async def test_publishes_queued_behind_one_in_flight_fail_with_it_and_recover(
+async def test_publishes_batched_together_fail_together_and_recover(
     hub: Hub, server: RedisProcess
 ) -> None:
-    """Publishes of one channel queued behind the one in flight (they go out together in one
-    script call) all fail with ``BrokerUnavailable`` when Redis dies under them, none hangs, and
-    the channel publishes again once Redis is back."""
+    """Publishes of one channel made in one loop pass (they go out together in one script
+    call) all fail with ``BrokerUnavailable`` when Redis dies under them, none hangs, and the
+    channel publishes again once Redis is back."""
     broker = broker_of(hub)
     sink = await subscribe(hub, "alerts:q")
     await hub.publish("alerts:q", {"n": 0})
     await eventually(lambda: sink.offsets() == [1], what="offset 1")
 
-    server.freeze()  # the first publish is sent and gets no answer; the others queue behind it
+    server.freeze()  # the batch is sent and gets no answer
     tasks = [asyncio.create_task(hub.publish("alerts:q", {"n": n})) for n in range(1, 11)]
     await asyncio.sleep(0.2)
     assert not any(task.done() for task in tasks)
-    server.stop()  # killed while frozen: the connection of the publish in flight breaks
+    server.stop()  # killed while frozen: the batch's connection breaks
     results = await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), DEADLINE)
     assert all(isinstance(r, BrokerUnavailable) for r in results), results
 
