@@ -7,6 +7,7 @@ about 1)::
     .venv/bin/python -m bench.fanout --quick        # shorter phases, to check the tooling
     .venv/bin/python -m bench.fanout --soak         # also 10,000 connections held for 60 s
     .venv/bin/python -m bench.fanout --rounds 6     # targets interleaved 6 times: medians, ranges
+    .venv/bin/python -m bench.fanout --base /tmp/base   # adds <target>@base: that checkout's code
 
 For every target (``arena-memory``, ``arena-redis``, ``raw-aiohttp``; also ``arena-redis-2w``, the
 Redis broker with ``serve --workers 2``, and ``arena-centrifuge`` / ``arena-redis-centrifuge``, the
@@ -39,6 +40,7 @@ import argparse
 import asyncio
 import bisect
 import contextlib
+import functools
 import json
 import os
 import resource
@@ -319,8 +321,12 @@ def project_target(
     gc_probe: bool = False,
     workers: int = 1,
     protocol: str = "arena",
+    checkout: Path | None = None,
 ) -> Target:
     env = project_env(database_url, redis_url, workdir)
+    if checkout is not None:
+        # another checkout's code (same venv), e.g. a frozen baseline for an A/B in one run
+        env["PYTHONPATH"] = str(checkout)
     command = (
         [sys.executable, "-m", "bench.gc_probe"]
         if gc_probe
@@ -988,6 +994,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="run the targets this many times, interleaved (every other round in reverse"
         " order); the tables show round 1, the rounds table medians and spread",
     )
+    parser.add_argument(
+        "--base",
+        type=Path,
+        default=None,
+        help="another checkout (same venv): adds <target>@base for each arena target",
+    )
     parser.add_argument("--soak", action="store_true", help="also hold 10,000 connections 60 s")
     parser.add_argument("--soak-connections", type=int, default=10_000)
     parser.add_argument("--soak-seconds", type=float, default=60.0)
@@ -1071,6 +1083,26 @@ def main(argv: list[str] | None = None) -> int:
                         protocol="centrifuge",
                     ),
                 }
+                if args.base is not None:
+                    # "<target>@base": the same target running the --base checkout's code
+                    base = args.base.resolve()
+                    names: list[str] = []
+                    for name in args.targets:
+                        names.append(name)
+                        if name.startswith("arena-") and "2w" not in name:
+                            broker_url = args.redis_url if "redis" in name else None
+                            protocol = "centrifuge" if "centrifuge" in name else "arena"
+                            available[f"{name}@base"] = functools.partial(
+                                project_target,
+                                f"{name}@base",
+                                database_url,
+                                broker_url,
+                                workdir,
+                                protocol=protocol,
+                                checkout=base,
+                            )
+                            names.append(f"{name}@base")
+                    args.targets = names
                 targets = {name: available[name]() for name in args.targets}
                 rounds: list[dict[str, Any]] = []
                 for round_index in range(args.rounds):

@@ -13,6 +13,7 @@ errors become broker results.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Sequence
 from typing import Any, ClassVar, Protocol
@@ -42,6 +43,9 @@ from pubsub.redis_keys import KeySpace, parse_wire
 from pubsub.redis_pubsub import PubSubConnection, ReconnectPolicy
 from pubsub.redis_scripts import PUBLISH, PUBLISH_MANY, READ
 
+#: At most this many queued publications of one channel go into one ``publish_many`` call.
+MAX_PUBLISH_BATCH = 64
+
 #: The meta hash (epoch and offset counter) outlives history by at least this much, so offsets
 #: keep counting in one epoch across quiet periods; when it expires a new epoch starts.
 META_MIN_TTL = 7 * 24 * 3600
@@ -59,9 +63,36 @@ class ChannelKeys(Protocol):
     def control(self) -> bytes: ...
 
 
+class _Queued:
+    """A publish waiting for its channel's call in flight (see :meth:`ScriptedBroker.publish`)."""
+
+    __slots__ = ("data", "future", "key", "options")
+
+    def __init__(
+        self,
+        data: bytes,
+        key: str | None,
+        options: NamespaceOptions,
+        future: asyncio.Future[PublishResult],
+    ) -> None:
+        self.data = data
+        self.key = key
+        self.options = options
+        self.future = future
+
+
 class ScriptedBroker(Broker):
     """Publish, history and position through the Lua scripts, on a Redis or RedisCluster
-    client. Subclasses connect, subscribe and deliver."""
+    client. Subclasses connect, subscribe and deliver.
+
+    Concurrent publishes to one channel share round trips: the publishes of a channel made in
+    one event-loop iteration (the requests that one pass of the loop handled) go out together
+    in one ``publish_many`` script call, in the order they were made, each caller getting its
+    own result. The first publish of an iteration yields once (``sleep(0)``) to let the others
+    join; alone, it is sent as a single publish. Batches are not serialised: several may be in
+    flight, as single publishes were. Under load the Redis command path (redis-py, the round
+    trip, Redis's script call) is paid once per batch instead of once per publication.
+    """
 
     #: errors of the client library that a command may raise
     errors: ClassVar[tuple[type[BaseException], ...]] = (RedisError, OSError)
@@ -87,6 +118,9 @@ class ScriptedBroker(Broker):
         self._read = client.register_script(read)
         self._started = False
         self._closed = False
+        #: per (channel, idempotency TTL): the publishes joining this iteration's first one
+        self._queued: dict[tuple[str, int], list[_Queued]] = {}
+        self._flushes: set[asyncio.Task[None]] = set()
 
     def _check(self) -> None:
         if self._closed or not self._started:
@@ -110,7 +144,88 @@ class ScriptedBroker(Broker):
         idempotency_key: str | None = None,
         idempotency_ttl: int = 300,
     ) -> PublishResult:
+        """Publish ``data``, sharing one script call with the publishes of ``channel`` made in
+        the same event-loop iteration (see the class docstring). A batch that fails fails each
+        of its callers with the batch's error (a prefix of it may have been published, as a
+        single publish that timed out may have been)."""
         self._check()
+        batch_key = (channel, idempotency_ttl)
+        queue = self._queued.get(batch_key)
+        if queue is not None:
+            future: asyncio.Future[PublishResult] = asyncio.get_running_loop().create_future()
+            queue.append(_Queued(data, idempotency_key, options, future))
+            return await future
+        # The first publish of the channel in this iteration: let the others made in it join.
+        queue = self._queued[batch_key] = []
+        try:
+            await asyncio.sleep(0)
+        except BaseException:
+            del self._queued[batch_key]
+            if queue:
+                self._spawn_batch(batch_key, queue)
+            raise
+        del self._queued[batch_key]
+        if not queue:
+            return await self._publish_one(
+                channel,
+                data,
+                options,
+                idempotency_key=idempotency_key,
+                idempotency_ttl=idempotency_ttl,
+            )
+        mine = _Queued(data, idempotency_key, options, asyncio.get_running_loop().create_future())
+        self._spawn_batch(batch_key, [mine, *queue])
+        return await mine.future
+
+    def _spawn_batch(self, batch_key: tuple[str, int], queue: list[_Queued]) -> None:
+        task = asyncio.get_running_loop().create_task(self._send_batch(batch_key, queue))
+        self._flushes.add(task)
+        task.add_done_callback(self._flushes.discard)
+
+    async def _send_batch(self, batch_key: tuple[str, int], queue: list[_Queued]) -> None:
+        """Publish ``queue`` in order, :data:`MAX_PUBLISH_BATCH` per script call, and hand each
+        caller its result (callers cancelled meanwhile are left out)."""
+        channel, idempotency_ttl = batch_key
+        batch: list[_Queued] = []
+        try:
+            while queue:
+                batch = [q for q in queue[:MAX_PUBLISH_BATCH] if not q.future.done()]
+                del queue[:MAX_PUBLISH_BATCH]
+                if not batch:  # every caller of it was cancelled before it was sent
+                    continue
+                try:
+                    results = await self.publish_many(
+                        channel,
+                        [(q.data, q.key) for q in batch],
+                        batch[0].options,
+                        idempotency_ttl=idempotency_ttl,
+                    )
+                except BrokerError as exc:
+                    for q in batch + queue:
+                        if not q.future.done():
+                            error = type(exc)(*exc.args)
+                            error.__cause__ = exc.__cause__
+                            q.future.set_exception(error)
+                    return
+                for q, result in zip(batch, results, strict=True):
+                    if not q.future.done():
+                        q.future.set_result(result)
+                batch = []
+        finally:
+            # Cancelled (the broker is closing) or an unexpected error: nobody may wait forever.
+            for q in batch + queue:
+                if not q.future.done():
+                    q.future.set_exception(BrokerError("redis publish was interrupted"))
+
+    async def _publish_one(
+        self,
+        channel: str,
+        data: bytes,
+        options: NamespaceOptions,
+        *,
+        idempotency_key: str | None,
+        idempotency_ttl: int,
+    ) -> PublishResult:
         keys = self._keys
         script_keys = [keys.meta(channel), keys.stream(channel)]
         if idempotency_key is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import time
@@ -11,7 +12,8 @@ import orjson
 import pytest
 
 from handlers import keys
-from tests.helpers import make_user, service_token
+from server.app import create_app
+from tests.helpers import DEADLINE, connect, make_user, request, service_token
 
 
 async def test_publish_api_with_service_token_and_idempotency(client: Any) -> None:
@@ -89,3 +91,42 @@ async def test_publish_api_refuses_users(client: Any) -> None:
     assert response.status == 403
     anonymous = await client.post("/api/v1/channels/alerts:x/publish", json={"data": 1})
     assert anonymous.status == 401
+
+
+async def test_concurrent_publishes_on_two_redis_nodes_are_delivered_in_offset_order(
+    aiohttp_client: Any, redis_settings: Any
+) -> None:
+    """Two instances on one Redis get concurrent REST publishes to one channel (each instance
+    sends those of one loop pass as one batch), each idempotency key
+    twice: the two replies of a key name one offset, and a subscriber on each instance receives
+    every publication once, in offset order, with the data of the replies naming its offset."""
+    nodes = [await aiohttp_client(create_app(redis_settings)) for _ in range(2)]
+    channel = "alerts:concurrent"
+    watchers = []
+    for node in nodes:
+        _, token = await make_user(node, "admin")
+        ws = await connect(node, token)
+        reply = await request(ws, "subscribe", channel=channel)
+        assert reply["result"]["offset"] == 0, reply
+        watchers.append((ws, reply["result"]["epoch"]))
+
+    async def publish(node: Any, n: int) -> tuple[int, int]:
+        headers = {"Authorization": f"Bearer {service_token(node)}"}
+        body = {"data": {"n": n % 20}, "idempotency_key": f"key-{n % 20}"}
+        resp = await node.post(f"/api/v1/channels/{channel}/publish", json=body, headers=headers)
+        assert resp.status == 200, await resp.text()
+        return n, (await resp.json())["offset"]
+
+    replies = await asyncio.gather(*(publish(nodes[n % 2], n) for n in range(40)))
+    published = {offset: n % 20 for n, offset in replies}
+    assert sorted(published) == list(range(1, 21)), "one offset per idempotency key"
+    assert all(published[offset] == n % 20 for n, offset in replies)
+    for ws, epoch in watchers:
+        frames = [(await ws.receive(timeout=DEADLINE)).data for _ in range(20)]
+        assert frames == [
+            f'{{"type":"pub","channel":"{channel}","offset":{offset},"epoch":"{epoch}",'
+            f'"data":{{"n":{published[offset]}}}}}'
+            for offset in range(1, 21)
+        ]
+    for ws, _ in watchers:
+        await ws.close()

@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
+from redis.commands.core import AsyncScript
 
 from pubsub.broker import Broker, BrokerError
 from pubsub.memory import MemoryBroker
 from pubsub.namespaces import NamespaceOptions
-from pubsub.redis_broker import RedisBroker
+from pubsub.redis_broker import RedisBroker, ScriptedBroker
 from pubsub.redis_cluster import RedisClusterBroker
 from tests.pubsub.support import Recorder, eventually
 
@@ -279,3 +281,104 @@ async def test_publish_many_trims_history_and_delivers_without_history(
     assert [r.offset for r in results] == [1, 2]
     await eventually(lambda: recorder.offsets("alerts:nohistory") == [1, 2], what="delivered")
     assert (await broker.history("alerts:nohistory", none)).publications == []
+
+
+async def test_concurrent_publishes_keep_call_order_and_idempotency(
+    started: tuple[Broker, Recorder],
+) -> None:
+    """Concurrent publishes to one channel (batched into shared script calls by the Redis
+    brokers) each get their own result: offsets in call order, a repeated idempotency key
+    (also inside one batch) answered with the first publication's offset."""
+    broker, recorder = started
+    await broker.subscribe(CHANNEL)
+    calls = [(b'{"n":%d}' % n, f"k{n // 2}" if n % 3 == 0 else None) for n in range(60)]
+    results = await asyncio.gather(
+        *(broker.publish(CHANNEL, data, OPTIONS, idempotency_key=key) for data, key in calls)
+    )
+    first_of: dict[str, int] = {}
+    expected: list[tuple[int, bool]] = []
+    published: list[bytes] = []
+    for data, key in calls:
+        if key is not None and key in first_of:
+            expected.append((first_of[key], True))
+            continue
+        published.append(data)
+        expected.append((len(published), False))
+        if key is not None:
+            first_of[key] = len(published)
+    assert [(r.offset, r.duplicate) for r in results] == expected
+    assert len({r.epoch for r in results}) == 1
+    marker = await publish_marker(broker, recorder, CHANNEL)
+    assert recorder.offsets(CHANNEL) == [*range(1, len(published) + 1), marker]
+    history = await broker.history(CHANNEL, OPTIONS)
+    assert [p.data for p in history.publications] == [*published, b'"marker"']
+
+
+@pytest.fixture(params=["redis", "cluster"])
+async def scripted(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[tuple[ScriptedBroker, list[int], asyncio.Event]]:
+    """A Redis or Redis Cluster broker whose publish script calls are counted (the number of
+    publications each carried) and whose script calls are held until the event is set."""
+    broker: ScriptedBroker
+    if request.param == "redis":
+        url = request.getfixturevalue("redis_url")
+        broker = RedisBroker(url, prefix=request.getfixturevalue("redis_prefix"))
+    else:
+        url = request.getfixturevalue("cluster_url")
+        broker = RedisClusterBroker(url, prefix=request.getfixturevalue("cluster_prefix"))
+    calls: list[int] = []
+    gate = asyncio.Event()
+    run = broker._run
+
+    async def counted(script: AsyncScript, keys: list[str], args: tuple[Any, ...]) -> Any:
+        if script is not broker._read:
+            calls.append(1 if script is broker._publish else (len(args) - 7) // 2)
+        await gate.wait()
+        return await run(script, keys, args)
+
+    monkeypatch.setattr(broker, "_run", counted)
+    await broker.start(Recorder())
+    yield broker, calls, gate
+    await broker.close()
+
+
+async def test_redis_publishes_of_one_loop_iteration_share_one_script_call(
+    scripted: tuple[ScriptedBroker, list[int], asyncio.Event],
+) -> None:
+    broker, calls, gate = scripted
+    gate.set()
+    # made in one iteration: 30 of one channel, one of another
+    tasks = [asyncio.create_task(broker.publish(CHANNEL, b"%d" % n, OPTIONS)) for n in range(30)]
+    other = asyncio.create_task(broker.publish("alerts:other", b"x", OPTIONS))
+    results = await asyncio.gather(*tasks)
+    assert [r.offset for r in results] == list(range(1, 31)), "offsets in call order"
+    assert (await other).offset == 1
+    assert sorted(calls) == [1, 30], "one script call per channel"
+    # alone in its iteration: a single publish
+    assert (await broker.publish(CHANNEL, b"30", OPTIONS)).offset == 31
+    assert sorted(calls) == [1, 1, 30]
+    history = await broker.history(CHANNEL, OPTIONS)
+    assert [p.data for p in history.publications] == [b"%d" % n for n in range(31)]
+
+
+async def test_redis_publish_cancelled_while_queued_is_not_published(
+    scripted: tuple[ScriptedBroker, list[int], asyncio.Event],
+) -> None:
+    broker, calls, gate = scripted
+    first = asyncio.create_task(broker.publish(CHANNEL, b'"1"', OPTIONS))
+    second = asyncio.create_task(broker.publish(CHANNEL, b'"2"', OPTIONS))
+    third = asyncio.create_task(broker.publish(CHANNEL, b'"3"', OPTIONS))
+    await asyncio.sleep(0)  # the three joined one batch, not sent yet
+    assert calls == []
+    second.cancel()
+    gate.set()
+    assert (await first).offset == 1
+    assert (await third).offset == 2
+    assert second.cancelled()
+    assert calls == [2], "one script call, without the cancelled publish"
+    history = await broker.history(CHANNEL, OPTIONS)
+    assert [p.data for p in history.publications] == [b'"1"', b'"3"']
+    # nothing left queued: the next publish goes out on its own
+    assert (await broker.publish(CHANNEL, b'"4"', OPTIONS)).offset == 3
+    assert calls == [2, 1]

@@ -163,6 +163,34 @@ async def test_outage_fails_commands_and_restart_recovers(hub: Hub, server: Redi
     await eventually(lambda: other_sink.offsets() == [1], what="new subscription works")
 
 
+async def test_publishes_batched_together_fail_together_and_recover(
+    hub: Hub, server: RedisProcess
+) -> None:
+    """Publishes of one channel made in one loop pass (they go out together in one script
+    call) all fail with ``BrokerUnavailable`` when Redis dies under them, none hangs, and the
+    channel publishes again once Redis is back."""
+    broker = broker_of(hub)
+    sink = await subscribe(hub, "alerts:q")
+    await hub.publish("alerts:q", {"n": 0})
+    await eventually(lambda: sink.offsets() == [1], what="offset 1")
+
+    server.freeze()  # the batch is sent and gets no answer
+    tasks = [asyncio.create_task(hub.publish("alerts:q", {"n": n})) for n in range(1, 11)]
+    await asyncio.sleep(0.2)
+    assert not any(task.done() for task in tasks)
+    server.stop()  # killed while frozen: the batch's connection breaks
+    results = await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), DEADLINE)
+    assert all(isinstance(r, BrokerUnavailable) for r in results), results
+
+    server.start()  # empty: a new epoch
+    await eventually(lambda: broker.pubsub.connected, what="reconnect")
+    again = await asyncio.gather(*(hub.publish("alerts:q", {"n": n}) for n in range(10)))
+    assert [r.offset for r in again] == list(range(1, 11))
+    assert len({r.epoch for r in again}) == 1
+    await eventually(lambda: sink.offsets()[-1:] == [10], what="live after restart")
+    assert_no_silent_hole(sink)
+
+
 async def test_frozen_server_is_detected_and_reconnected(hub: Hub, server: RedisProcess) -> None:
     broker = broker_of(hub)
     sink = await subscribe(hub, "alerts:f")
