@@ -209,21 +209,27 @@ async def test_two_workers_behave_as_one_service(
     clients.append(back)
 
     # The per-user command budget is shared: alice's connections on both workers drain one
-    # budget of 60 (refilled at 1/s), so she is cut off after about 60 pings in total; a budget
-    # per worker would let about 120 through.
+    # budget of 60 (refilled at 1/s), so she is cut off after about 60 pings plus what refilled
+    # meanwhile; a budget per worker would let twice that through. The limiter is local-first
+    # (RATE_LIMIT_SYNC_SECONDS): each worker may admit ceil(1/s x 0.1 s) = 1 hit Redis has not
+    # counted yet, a few at most in all (docs/security.md), far below a second budget.
     alice_clients = clients[0::2]
     sent = 0
     closed: Client | None = None
+    started = time.monotonic()
     while closed is None:
-        assert sent < 150, "alice was never limited: the budget is not shared by the workers"
+        assert sent < 400, "alice was never limited: the budget is not shared by the workers"
         client = alice_clients[sent % len(alice_clients)]
         await client.ws.send_str(orjson.dumps({"id": 10_000 + sent, "type": "ping"}).decode())
         sent += 1
         msg = await client.ws.receive(timeout=30)
         if msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED):
             closed = client
+    refilled = time.monotonic() - started + 1
     assert closed.ws.close_code == 4029
-    assert sent < 100, f"{sent} pings passed: each worker kept its own budget"
+    assert sent <= 60 + refilled + 10, (
+        f"{sent} pings passed in {refilled:.0f} s: each worker kept its own budget"
+    )
 
     # A crashed worker is restarted; the service keeps serving meanwhile.
     victim = next(iter(workers))
