@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,12 @@ import orjson
 from storage.connections import ArenaConnection, reset_on_release
 from storage.embedded import start_embedded
 from storage.migrate import migrate
+
+log = logging.getLogger("arena.storage")
+
+#: seconds :meth:`OpenDatabase._close` waits for connections still in use before it terminates
+#: them (asyncpg's ``Pool.close`` alone waits forever for a connection that is never released)
+CLOSE_TIMEOUT = 10.0
 
 
 class DatabaseUnreachable(ConnectionError):
@@ -153,7 +160,7 @@ class OpenDatabase:
         embedded, self._embedded = self._embedded, None
         try:
             if pool is not None:
-                await pool.close()
+                await close_pool(pool, CLOSE_TIMEOUT)
         finally:
             if embedded is not None:
                 await asyncio.to_thread(embedded.stop)
@@ -185,3 +192,19 @@ def open_database(
         command_timeout=command_timeout,
         apply_migrations=apply_migrations,
     )
+
+
+async def close_pool(pool: asyncpg.Pool, grace: float) -> None:
+    """Close ``pool`` gracefully, waiting at most ``grace`` seconds for connections still in
+    use; then terminate them (as asyncpg's documentation advises: ``Pool.close`` waits until
+    every connection is released, so one connection that never is, say from a task that was
+    dropped mid-query, would hang shutdown for good)."""
+    try:
+        async with asyncio.timeout(grace):
+            await pool.close()
+    except TimeoutError:
+        log.warning(
+            "database connections still in use at shutdown; terminated",
+            extra={"grace_seconds": grace},
+        )
+        pool.terminate()

@@ -93,3 +93,22 @@ async def test_add_listener_marks_the_connection(pool: asyncpg.Pool) -> None:
         await conn.add_listener("pool_release_test", ignore)
         assert conn._con.session_state
         await conn.remove_listener("pool_release_test", ignore)
+
+
+async def test_shutdown_does_not_wait_forever_for_a_connection_never_released(
+    database_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A connection that is acquired and never released (a task dropped mid-query) must not
+    hang shutdown: ``close_pool`` waits its timeout, then terminates the connections and
+    says so. (asyncpg's ``Pool.close`` alone waits forever; a CI run hung on exactly that.)"""
+    from storage.db import close_pool
+
+    pool = await create_pool(database_url, min_size=1, max_size=2)
+    leaked = await pool.acquire()
+    assert await leaked.fetchval("SELECT 1") == 1
+    with caplog.at_level("WARNING", logger="arena.storage"):
+        await close_pool(pool, 0.5)
+    assert pool.is_closing()
+    with pytest.raises(asyncpg.InterfaceError):  # terminated under its holder
+        await leaked.fetchval("SELECT 1")
+    assert "database connections still in use at shutdown; terminated" in caplog.text
