@@ -442,6 +442,28 @@ class Hub:
         if stream is not None:
             stream.on_publication(publication)
 
+    def on_publications(self, publications: list[Publication]) -> None:
+        """Publications that arrived together (one socket read of the Redis broker), in the
+        order received. Each run of consecutive publications of one channel goes to its stream
+        at once (:meth:`~pubsub.stream.ChannelStream.on_publications`: one fan-out pass, so
+        one write per subscriber); runs are handed over in order, so what a subscriber of
+        several channels receives keeps the order of arrival."""
+        channels = self._channels
+        count = len(publications)
+        start = 0
+        while start < count:
+            name = publications[start].channel
+            end = start + 1
+            while end < count and publications[end].channel == name:
+                end += 1
+            stream = channels.get(name)
+            if stream is not None:
+                if end - start == 1:
+                    stream.on_publication(publications[start])
+                else:
+                    stream.on_publications(publications[start:end])
+            start = end
+
     def on_control(self, data: bytes) -> None:
         """Decode a control message once and route it by its ``op`` (one discriminator)."""
         try:

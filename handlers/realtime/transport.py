@@ -222,6 +222,14 @@ class Connection:
                 conn.close(Disconnect.SLOW_CONSUMER, "slow consumer")
 
     @staticmethod
+    def deliver_many(conns: Collection[Connection], frames: list[bytes]) -> None:
+        """:meth:`deliver_all` of each of ``frames`` in turn (``Wire.fanout_many``), with the
+        frames joined once into one buffer: each connection gets them in one write (or one
+        queue entry) where one call per frame would write the first and queue the others.
+        WebSocket frames are self-delimiting, so the bytes the client reads are the same."""
+        Connection.deliver_all(conns, frames[0] if len(frames) == 1 else b"".join(frames))
+
+    @staticmethod
     def _queue_all(conns: Collection[Connection], flusher: Flusher, frame: bytes) -> None:
         """The load regime of :meth:`deliver_all`: queue ``frame`` on each connection."""
         size = len(frame)

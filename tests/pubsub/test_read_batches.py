@@ -1,0 +1,422 @@
+"""Publications that arrive together are delivered together: the Redis pub/sub reader hands the
+hub everything one socket read brought, the hub fans out each channel's run in one pass, and
+nothing is reordered, repeated or held back.
+
+* ``_BeforeWaiting`` calls its hook exactly when the read it wraps would wait for the network;
+* the Redis broker hands over a read's publications after the publishers of this process that
+  were answered meanwhile have resumed (at most two loop passes), at once when nobody waits,
+  and before a control message or a reconnect that followed them;
+* the hub keeps the order of arrival across channels, drops duplicates and refills holes in the
+  middle of a batch, and gives an encoder's ``fanout_many`` one call per run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Collection, Generator
+from typing import Any
+
+import orjson
+import pytest
+
+from pubsub.broker import Publication, StreamPosition
+from pubsub.hub import Hub
+from pubsub.memory import MemoryBroker
+from pubsub.namespaces import NamespaceOptions, default_namespaces
+from pubsub.presence import PresenceEntry
+from pubsub.redis_broker import RedisBroker
+from pubsub.redis_pubsub import _BeforeWaiting
+from tests.pubsub.support import Recorder, eventually
+
+# -- the reader's hook ---------------------------------------------------------------------
+
+
+class _Suspend:
+    """Yields to the task ``times`` times (as a read waiting for the network does)."""
+
+    def __init__(self, times: int) -> None:
+        self.times = times
+
+    def __await__(self) -> Generator[None, None, int]:
+        for _ in range(self.times):
+            yield
+        return self.times
+
+
+async def _wait(times: int) -> int:
+    return await _Suspend(times)
+
+
+async def test_the_hook_is_not_called_when_the_read_is_answered_from_the_buffer() -> None:
+    calls: list[str] = []
+    assert await _BeforeWaiting(_wait(0), lambda: calls.append("hook")) == 0
+    assert calls == []
+
+
+async def test_the_hook_is_called_once_before_the_read_waits() -> None:
+    events: list[str] = []
+
+    async def read() -> str:
+        events.append("read starts")
+        await asyncio.sleep(0)  # waits for the loop
+        events.append("read resumes")
+        await asyncio.sleep(0)
+        return "message"
+
+    result = await _BeforeWaiting(read(), lambda: events.append("hook"))
+    assert result == "message"
+    assert events == ["read starts", "hook", "read resumes"]
+
+
+async def test_a_read_that_fails_or_is_cancelled_while_waiting_gets_the_exception() -> None:
+    async def failing() -> None:
+        await asyncio.sleep(0)
+        raise ConnectionError("lost")
+
+    with pytest.raises(ConnectionError):
+        await _BeforeWaiting(failing(), lambda: None)
+
+    cleaned = asyncio.Event()
+    started = asyncio.Event()
+
+    async def forever() -> None:
+        try:
+            started.set()
+            await asyncio.Event().wait()
+        finally:
+            cleaned.set()
+
+    async def reader() -> None:
+        await _BeforeWaiting(forever(), lambda: None)
+
+    task = asyncio.create_task(reader())
+    await started.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert cleaned.is_set(), "the wrapped read saw the cancellation and cleaned up"
+
+
+# -- the Redis broker's hand-over ----------------------------------------------------------
+
+CHANNEL = "alerts:batch"
+
+
+def _wire(offset: int, epoch: str = "e1") -> bytes:
+    return b"%d %s %r %s" % (offset, epoch.encode(), time.time(), b'{"n":%d}' % offset)
+
+
+class Timeline(Recorder):
+    """Records publications (one entry per hand-over) and other callbacks in one timeline."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.timeline: list[Any] = []
+
+    def on_publication(self, publication: Publication) -> None:
+        super().on_publication(publication)
+        self.timeline.append([publication.offset])
+
+    def on_publications(self, publications: list[Publication]) -> None:
+        super().on_publications(publications)
+        self.timeline.append([p.offset for p in publications])
+
+    def on_control(self, data: bytes) -> None:
+        super().on_control(data)
+        self.timeline.append(("control", data))
+
+    def on_reconnected(self) -> None:
+        super().on_reconnected()
+        self.timeline.append("reconnected")
+
+
+@pytest.fixture
+def fed() -> tuple[RedisBroker, Timeline, bytes]:
+    """A Redis broker (not connected) fed pub/sub messages by hand, as its reader would."""
+    broker = RedisBroker("redis://127.0.0.1:1/0")
+    timeline = Timeline()
+    broker._handler = timeline
+    name = broker.keys.live(CHANNEL)
+    broker._channels[name] = CHANNEL
+    return broker, timeline, name
+
+
+async def _passes(count: int) -> None:
+    for _ in range(count):
+        await asyncio.sleep(0)
+
+
+async def test_a_read_is_handed_over_at_once_when_nobody_here_waits(
+    fed: tuple[RedisBroker, Timeline, bytes],
+) -> None:
+    broker, timeline, name = fed
+    for offset in (1, 2, 3):
+        broker._on_message(name, _wire(offset))
+    assert timeline.timeline == []  # the read is not over yet
+    broker._deliver_read()
+    assert timeline.timeline == [[1, 2, 3]]
+    broker._on_message(name, _wire(4))
+    broker._deliver_read()
+    assert timeline.timeline == [[1, 2, 3], [4]]
+
+
+async def test_waiting_publishers_are_resumed_before_the_echo_is_handed_over(
+    fed: tuple[RedisBroker, Timeline, bytes],
+) -> None:
+    broker, timeline, name = fed
+    broker.waiting = 1  # a publish of this process waits for its reply
+    broker._on_message(name, _wire(1))
+    broker._on_message(name, _wire(2))
+    broker._deliver_read()
+    assert timeline.timeline == []
+    await _passes(1)
+    assert timeline.timeline == [[1, 2]]
+
+
+async def test_a_reply_read_in_the_pass_after_the_echo_gets_one_more_pass(
+    fed: tuple[RedisBroker, Timeline, bytes],
+) -> None:
+    broker, timeline, name = fed
+    broker.waiting = 3
+    broker._on_message(name, _wire(1))
+    broker._deliver_read()
+    broker.answered = 3  # a batch's reply came: its callers resume in the next pass
+    await _passes(1)
+    assert timeline.timeline == []
+    broker._on_message(name, _wire(2))  # another read meanwhile joins the same hand-over
+    broker._deliver_read()
+    await _passes(1)
+    assert timeline.timeline == [[1, 2]]
+
+
+async def test_the_hand_over_never_waits_more_than_two_passes(
+    fed: tuple[RedisBroker, Timeline, bytes],
+) -> None:
+    broker, timeline, name = fed
+    broker.waiting = broker.answered = 5  # publishers that never resume (busy loop)
+    broker._on_message(name, _wire(1))
+    broker._deliver_read()
+    await _passes(2)
+    assert timeline.timeline == [[1]]
+
+
+async def test_a_control_message_or_a_reconnect_comes_after_the_publications_read_before(
+    fed: tuple[RedisBroker, Timeline, bytes],
+) -> None:
+    broker, timeline, name = fed
+    broker.waiting = 1
+    broker._on_message(name, _wire(1))
+    broker._on_message(name, _wire(2))
+    broker._on_message(broker.keys.control, b'{"op":"x"}')
+    broker._on_message(name, _wire(3))
+    broker._on_reconnected()
+    broker._on_message(name, _wire(4))
+    broker._deliver_read()
+    await _passes(2)
+    assert timeline.timeline == [[1, 2], ("control", b'{"op":"x"}'), [3], "reconnected", [4]]
+
+
+async def test_a_closed_broker_drops_what_it_had_not_handed_over(
+    fed: tuple[RedisBroker, Timeline, bytes],
+) -> None:
+    broker, timeline, name = fed
+    broker.waiting = 1
+    broker._on_message(name, _wire(1))
+    broker._deliver_read()
+    broker._handler = None  # close() forgets the handler
+    await _passes(2)
+    assert timeline.timeline == []
+
+
+# -- through Redis -------------------------------------------------------------------------
+
+
+@pytest.fixture
+async def redis_broker(
+    redis_url: str, redis_prefix: str
+) -> AsyncIterator[tuple[RedisBroker, Timeline]]:
+    broker = RedisBroker(redis_url, prefix=redis_prefix)
+    timeline = Timeline()
+    await broker.start(timeline)
+    yield broker, timeline
+    await broker.close()
+
+
+async def test_many_publications_from_one_read_arrive_in_order_each_once(
+    redis_broker: tuple[RedisBroker, Timeline],
+) -> None:
+    broker, timeline = redis_broker
+    options = NamespaceOptions(history_size=100)
+    await broker.subscribe(CHANNEL)
+    # One script call publishes all of them: Redis writes their messages together.
+    await broker.publish_many(CHANNEL, [(b"%d" % i, None) for i in range(60)], options)
+    # and concurrent publishes, batched per loop pass, with their callers waiting here
+    await asyncio.gather(*(broker.publish(CHANNEL, b"%d" % i, options) for i in range(40)))
+    await eventually(lambda: len(timeline.publications) == 100, what="100 publications")
+    assert timeline.offsets(CHANNEL) == list(range(1, 101))
+    assert [p.data for p in timeline.publications[:60]] == [b"%d" % i for i in range(60)]
+    handed = [entry for entry in timeline.timeline if isinstance(entry, list)]
+    assert len(handed) < 100, "publications read together are handed over together"
+
+
+async def test_control_messages_keep_their_place_among_publications(
+    redis_broker: tuple[RedisBroker, Timeline],
+) -> None:
+    broker, timeline = redis_broker
+    options = NamespaceOptions(history_size=100)
+    await broker.subscribe(CHANNEL)
+    await broker.publish_many(CHANNEL, [(b"1", None), (b"2", None)], options)
+    await broker.publish_control(b'{"op":"between"}')
+    await broker.publish_many(CHANNEL, [(b"3", None), (b"4", None)], options)
+    await eventually(lambda: len(timeline.publications) == 4, what="4 publications")
+    flat: list[Any] = []
+    for entry in timeline.timeline:
+        flat.extend(entry if isinstance(entry, list) else [entry])
+    assert flat == [1, 2, ("control", b'{"op":"between"}'), 3, 4]
+
+
+# -- the hub -------------------------------------------------------------------------------
+
+
+class Frames:
+    """A subscriber keeping every delivery (each call one entry) and losses."""
+
+    def __init__(self) -> None:
+        self.deliveries: list[bytes] = []
+        self.lost_positions: list[StreamPosition] = []
+
+    def deliver(self, frame: bytes) -> None:
+        self.deliveries.append(frame)
+
+    def lost(self, channel: str, position: StreamPosition) -> None:
+        self.lost_positions.append(position)
+
+    def offsets(self, channel: str | None = None) -> list[int]:
+        found = []
+        for delivery in self.deliveries:
+            for line in delivery.splitlines():
+                message = orjson.loads(line)
+                if channel is None or message["channel"] == channel:
+                    found.append(message["offset"])
+        return found
+
+    def channels(self) -> list[str]:
+        return [
+            orjson.loads(line)["channel"]
+            for delivery in self.deliveries
+            for line in delivery.splitlines()
+        ]
+
+
+class LineEncoder:
+    """One JSON line per publication; ``fanout_many`` joins a run's lines into one delivery
+    per subscriber and counts its calls."""
+
+    def __init__(self, batching: bool = True) -> None:
+        self.runs: list[int] = []
+        if not batching:
+            self.fanout_many = None
+
+    def publication(self, pub: Publication) -> bytes:
+        line = {"channel": pub.channel, "offset": pub.offset, "epoch": pub.epoch}
+        return orjson.dumps(line) + b"\n"
+
+    def presence(self, kind: str, channel: str, entry: PresenceEntry) -> bytes:
+        raise AssertionError("no presence here")
+
+    def fanout_many(self, subscribers: Collection[Any], frames: list[bytes]) -> None:
+        self.runs.append(len(frames))
+        joined = b"".join(frames)
+        for sub in subscribers:
+            sub.deliver(joined)
+
+
+@pytest.fixture
+async def memory_hub() -> AsyncIterator[tuple[Hub, LineEncoder]]:
+    encoder = LineEncoder()
+    hub = Hub(MemoryBroker(), default_namespaces(), encoder, release_delay=0.01)
+    await hub.start()
+    yield hub, encoder
+    await hub.close()
+
+
+def _pub(channel: str, offset: int, epoch: str) -> Publication:
+    return Publication(channel, offset, epoch, b"{}", time.time())
+
+
+async def test_each_channels_run_goes_out_in_one_pass_in_order_of_arrival(
+    memory_hub: tuple[Hub, LineEncoder],
+) -> None:
+    hub, encoder = memory_hub
+    both, only_a = Frames(), Frames()
+    for channel in ("alerts:a", "alerts:b"):
+        await hub.subscribe(both, channel)
+    result = await hub.subscribe(only_a, "alerts:a")
+    epoch_a = result.position.epoch
+    epoch_b = (await hub.position("alerts:b")).epoch
+    a = [_pub("alerts:a", n, epoch_a) for n in range(1, 6)]
+    b = [_pub("alerts:b", n, epoch_b) for n in range(1, 3)]
+    hub.on_publications([a[0], a[1], a[2], b[0], b[1], a[3], a[4]])
+    # a1-a3 in one pass, b1-b2 in one, a4-a5 in one: the order of arrival is kept
+    assert encoder.runs == [3, 2, 2]
+    assert both.channels() == ["alerts:a"] * 3 + ["alerts:b"] * 2 + ["alerts:a"] * 2
+    assert both.offsets("alerts:a") == [1, 2, 3, 4, 5]
+    assert len(only_a.deliveries) == 2  # one per pass of its channel
+    assert only_a.offsets() == [1, 2, 3, 4, 5]
+
+
+async def test_duplicates_in_a_batch_are_dropped_and_a_hole_is_refilled_first(
+    memory_hub: tuple[Hub, LineEncoder],
+) -> None:
+    hub, _ = memory_hub
+    channel = "alerts:holes"
+    sub = Frames()
+    await hub.subscribe(sub, channel)
+    broker = hub.broker
+    assert isinstance(broker, MemoryBroker)
+    broker._subscribed.discard(channel)  # the live feed misses these, history has them
+    published = [await hub.publish(channel, n) for n in range(1, 8)]
+    broker._subscribed.add(channel)
+    epoch = published[0].epoch
+    pubs = {p.offset: p for p in (await hub.history(channel)).publications}
+    # 1, 2, a repeat of 2, then 5 (3 and 4 missing), 6, 7
+    hub.on_publications([pubs[1], pubs[2], pubs[2], pubs[5], pubs[6], pubs[7]])
+    await eventually(lambda: sub.offsets()[-1:] == [7], what="offset 7")
+    assert sub.offsets() == [1, 2, 3, 4, 5, 6, 7]
+    assert sub.lost_positions == []
+    assert all(p.epoch == epoch for p in pubs.values())
+
+
+async def test_an_encoder_without_fanout_many_gets_one_frame_per_publication() -> None:
+    encoder = LineEncoder(batching=False)
+    hub = Hub(MemoryBroker(), default_namespaces(), encoder)
+    await hub.start()
+    try:
+        sub = Frames()
+        result = await hub.subscribe(sub, "alerts:plain")
+        epoch = result.position.epoch
+        hub.on_publications([_pub("alerts:plain", n, epoch) for n in (1, 2, 3)])
+        assert [len(d.splitlines()) for d in sub.deliveries] == [1, 1, 1]
+        assert sub.offsets() == [1, 2, 3]
+    finally:
+        await hub.close()
+
+
+async def test_a_subscriber_catching_up_gets_each_publication_of_a_batch_once(
+    memory_hub: tuple[Hub, LineEncoder],
+) -> None:
+    hub, _ = memory_hub
+    channel = "alerts:skip"
+    live = Frames()
+    await hub.subscribe(live, channel)
+    stream = hub._channels[channel]
+    epoch = stream.epoch
+    behind = Frames()
+    # A subscriber whose cursor is at offset 2 while the stream is at 0 (as after a recovery
+    # that read history ahead of the live feed): it goes live once the stream passes 2.
+    stream.skip[behind] = (2, hub._encoder)
+    hub.on_publications([_pub(channel, n, epoch) for n in (1, 2, 3, 4)])
+    assert live.offsets() == [1, 2, 3, 4]
+    assert behind.offsets() == [3, 4]
+    assert not stream.skip
