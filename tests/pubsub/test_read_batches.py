@@ -6,6 +6,8 @@ nothing is reordered, repeated or held back.
 * the Redis broker hands over a read's publications after the publishers of this process that
   were answered meanwhile have resumed (at most two loop passes), at once when nobody waits,
   and before a control message or a reconnect that followed them;
+* the memory broker of the server (``collect_under_load``) delivers inside ``publish`` at light
+  load and hands a busy loop pass's publications over together at its end;
 * the hub keeps the order of arrival across channels, drops duplicates and refills holes in the
   middle of a batch, and gives an encoder's ``fanout_many`` one call per run.
 """
@@ -274,6 +276,74 @@ async def test_control_messages_keep_their_place_among_publications(
     for entry in timeline.timeline:
         flat.extend(entry if isinstance(entry, list) else [entry])
     assert flat == [1, 2, ("control", b'{"op":"between"}'), 3, 4]
+
+
+# -- the memory broker ---------------------------------------------------------------------
+
+
+async def test_the_memory_broker_collects_the_publications_of_a_busy_pass() -> None:
+    broker = MemoryBroker(collect_under_load=True)
+    timeline = Timeline()
+    await broker.start(timeline)
+    await broker.subscribe(CHANNEL)
+    options = NamespaceOptions(history_size=10)
+
+    async def publish(n: int) -> None:
+        await broker.publish(CHANNEL, b"%d" % n, options)
+
+    await publish(1)
+    assert timeline.timeline == [[1]]  # light load: delivered inside publish
+    await publish(2)
+    assert timeline.timeline == [[1], [2]]
+    await _passes(1)  # that pass published two: the next one is collected
+    for n in (3, 4, 5):
+        await publish(n)
+    assert timeline.timeline == [[1], [2]]
+    await broker.publish_control(b'{"op":"x"}')  # after the publications made before it
+    await publish(6)
+    assert timeline.timeline == [[1], [2], [3, 4, 5], ("control", b'{"op":"x"}')]
+    await _passes(1)  # handed over at the end of the pass
+    assert timeline.timeline[-1] == [6]
+    await publish(7)  # the pass before published several: still collected
+    assert timeline.timeline[-1] == [6]
+    await _passes(1)
+    assert timeline.timeline[-1] == [7]
+    await publish(8)  # a pass with one publication: back to light load
+    assert timeline.timeline[-1] == [8]
+    assert timeline.offsets(CHANNEL) == list(range(1, 9))
+    await _passes(1)
+    await publish(9)
+    await broker.close()
+    await _passes(2)
+    assert timeline.offsets(CHANNEL) == list(range(1, 10))
+
+
+async def test_the_memory_broker_drops_what_it_collected_when_closed() -> None:
+    broker = MemoryBroker(collect_under_load=True)
+    timeline = Timeline()
+    await broker.start(timeline)
+    await broker.subscribe(CHANNEL)
+    options = NamespaceOptions()
+    for n in range(3):
+        await broker.publish(CHANNEL, b"%d" % n, options)
+    await _passes(1)
+    await broker.publish(CHANNEL, b"late", options)  # collected
+    await broker.close()
+    await _passes(2)
+    assert timeline.offsets(CHANNEL) == [1, 2, 3]
+
+
+async def test_the_default_memory_broker_always_delivers_inside_publish() -> None:
+    broker = MemoryBroker()
+    timeline = Timeline()
+    await broker.start(timeline)
+    await broker.subscribe(CHANNEL)
+    for _ in range(3):
+        for n in range(3):
+            await broker.publish(CHANNEL, b"%d" % n, NamespaceOptions())
+            assert timeline.timeline[-1] == [len(timeline.timeline)]
+        await _passes(1)
+    await broker.close()
 
 
 # -- the hub -------------------------------------------------------------------------------
