@@ -15,6 +15,10 @@ connections, in practice). Its guarantees, per channel:
   per wire protocol and transport framing); each publication is encoded once per encoder in use
   on the channel and the same bytes go to every subscriber of that group. With a single protocol
   this is one encode per publication, as before.
+* **Publications that arrive together go out together**: the broker may hand over several at
+  once (:meth:`Hub.on_publications`: one Redis read, a busy loop pass of the memory broker);
+  each channel's run is checked publication by publication as above and fanned out in one pass
+  (an encoder's ``fanout_many``: one write per subscriber), in the order of arrival.
 """
 
 from __future__ import annotations

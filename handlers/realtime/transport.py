@@ -20,7 +20,10 @@ Frames are never reordered: a frame is written at once only when nothing is queu
 
 The hub hands a publication to all of a channel's connections with one call,
 :meth:`Connection.deliver_all` (the wires' ``fanout``), which does what ``deliver`` does for each
-with the flusher's state read once and no method call per connection.
+with the flusher's state read once and no method call per connection. Publications that arrived
+together (a Redis read, a busy loop pass of the memory broker) come as one call of
+:meth:`Connection.deliver_many` (the wires' ``fanout_many``): their frames joined once, one
+write (or one queue entry) per connection, so to the flusher they are one frame.
 
 A client that stops reading makes its transport's buffer grow. When queue plus transport buffer
 exceed ``max_queue_bytes`` (or the queue exceeds ``max_queue_messages``) the connection is closed
@@ -194,17 +197,17 @@ class Connection:
         only in loop callbacks) and the direct write needs no method call per connection. A
         connection with another flusher, a queue, or a direct write in this iteration already
         goes through :meth:`deliver`."""
-        flusher: Flusher | None = None
-        tick = -1
+        first = next(iter(conns), None)
+        if first is None:
+            return
+        flusher = first._flusher
+        if not flusher.direct:
+            Connection._queue_all(conns, flusher, frame)
+            return
+        tick = flusher.tick
+        if not flusher.ticking:
+            flusher.start_tick()
         for conn in conns:
-            if flusher is None:
-                flusher = conn._flusher
-                if not flusher.direct:
-                    Connection._queue_all(conns, flusher, frame)
-                    return
-                tick = flusher.tick
-                if not flusher.ticking:
-                    flusher.start_tick()
             if conn._queue or conn._tick == tick or conn.closed or conn._flusher is not flusher:
                 conn.deliver(frame)
                 continue
