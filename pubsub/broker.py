@@ -103,6 +103,14 @@ class BrokerEventHandler(Protocol):
         the same or another Redis node; refill them from history."""
 
 
+def hand_over(handler: BrokerEventHandler, publications: list[Publication]) -> None:
+    """Give ``handler`` publications that arrived together: one, or several at once."""
+    if len(publications) == 1:
+        handler.on_publication(publications[0])
+    elif publications:
+        handler.on_publications(publications)
+
+
 class Broker(abc.ABC):
     """Offsets, history and cross-process delivery for channels."""
 

@@ -20,6 +20,7 @@ from pubsub.broker import (
     Publication,
     PublishResult,
     StreamPosition,
+    hand_over,
 )
 from pubsub.namespaces import NamespaceOptions
 
@@ -168,17 +169,9 @@ class MemoryBroker(Broker):
 
     def _hand_over(self) -> None:
         """Give the hub the publications collected in this pass, in the order published."""
-        collected = self._collected
-        if not collected:
-            return
-        self._collected = []
-        handler = self._handler
-        if handler is None:
-            return
-        if len(collected) == 1:
-            handler.on_publication(collected[0])
-        else:
-            handler.on_publications(collected)
+        collected, self._collected = self._collected, []
+        if self._handler is not None:
+            hand_over(self._handler, collected)
 
     def _sweep_idempotency(self, now: float) -> None:
         # Insertion order is expiry order when every key uses the same TTL, so stop early.

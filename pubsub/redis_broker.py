@@ -36,6 +36,7 @@ from pubsub.broker import (
     Publication,
     PublishResult,
     StreamPosition,
+    hand_over,
 )
 from pubsub.memory import new_epoch
 from pubsub.namespaces import NamespaceOptions
@@ -162,48 +163,38 @@ class ScriptedBroker(Broker):
         self._check()
         self.waiting += 1
         try:
-            return await self._publish_joined(
-                channel, data, options, idempotency_key, idempotency_ttl
+            batch_key = (channel, idempotency_ttl)
+            queue = self._queued.get(batch_key)
+            if queue is not None:
+                future: asyncio.Future[PublishResult] = asyncio.get_running_loop().create_future()
+                joined = _Queued(data, idempotency_key, options, future)
+                queue.append(joined)
+                return await self._answer_of(joined)
+            # The first publish of the channel in this iteration: let the others made in it join.
+            queue = self._queued[batch_key] = []
+            try:
+                await asyncio.sleep(0)
+            except BaseException:
+                del self._queued[batch_key]
+                if queue:
+                    self._spawn_batch(batch_key, queue)
+                raise
+            del self._queued[batch_key]
+            if not queue:
+                return await self._publish_one(
+                    channel,
+                    data,
+                    options,
+                    idempotency_key=idempotency_key,
+                    idempotency_ttl=idempotency_ttl,
+                )
+            mine = _Queued(
+                data, idempotency_key, options, asyncio.get_running_loop().create_future()
             )
+            self._spawn_batch(batch_key, [mine, *queue])
+            return await self._answer_of(mine)
         finally:
             self.waiting -= 1
-
-    async def _publish_joined(
-        self,
-        channel: str,
-        data: bytes,
-        options: NamespaceOptions,
-        idempotency_key: str | None,
-        idempotency_ttl: int,
-    ) -> PublishResult:
-        batch_key = (channel, idempotency_ttl)
-        queue = self._queued.get(batch_key)
-        if queue is not None:
-            future: asyncio.Future[PublishResult] = asyncio.get_running_loop().create_future()
-            joined = _Queued(data, idempotency_key, options, future)
-            queue.append(joined)
-            return await self._answer_of(joined)
-        # The first publish of the channel in this iteration: let the others made in it join.
-        queue = self._queued[batch_key] = []
-        try:
-            await asyncio.sleep(0)
-        except BaseException:
-            del self._queued[batch_key]
-            if queue:
-                self._spawn_batch(batch_key, queue)
-            raise
-        del self._queued[batch_key]
-        if not queue:
-            return await self._publish_one(
-                channel,
-                data,
-                options,
-                idempotency_key=idempotency_key,
-                idempotency_ttl=idempotency_ttl,
-            )
-        mine = _Queued(data, idempotency_key, options, asyncio.get_running_loop().create_future())
-        self._spawn_batch(batch_key, [mine, *queue])
-        return await self._answer_of(mine)
 
     async def _answer_of(self, queued: _Queued) -> PublishResult:
         try:
@@ -304,19 +295,6 @@ class ScriptedBroker(Broker):
         self._check()
         if not items:
             return []
-        self.waiting += 1
-        try:
-            return await self._publish_items(channel, items, options, idempotency_ttl)
-        finally:
-            self.waiting -= 1
-
-    async def _publish_items(
-        self,
-        channel: str,
-        items: Sequence[tuple[bytes, str | None]],
-        options: NamespaceOptions,
-        idempotency_ttl: int,
-    ) -> list[PublishResult]:
         keys = self._keys
         script_keys = [keys.meta(channel), keys.stream(channel)]
         args: list[Any] = [
@@ -332,10 +310,13 @@ class ScriptedBroker(Broker):
             if key is not None:
                 script_keys.append(keys.idempotency(channel, key))
             args += (data, b"1" if key is not None else b"0")
+        self.waiting += 1
         try:
             reply = await self._run(self._publish_many, script_keys, tuple(args))
         except self.errors as exc:
             raise self._failure("redis publish", exc) from exc
+        finally:
+            self.waiting -= 1
         return [
             PublishResult(int(reply[i]), reply[i + 1].decode(), duplicate=bool(reply[i + 2]))
             for i in range(0, len(reply), 3)
@@ -549,17 +530,9 @@ class RedisBroker(ScriptedBroker):
     def _hand_over(self) -> None:
         """Give the hub every publication collected so far, in the order read."""
         self._hand_over_scheduled = False
-        batch = self._read_batch
-        if not batch:
-            return
-        self._read_batch = []
-        handler = self._handler
-        if handler is None:
-            return
-        if len(batch) == 1:
-            handler.on_publication(batch[0])
-        else:
-            handler.on_publications(batch)
+        batch, self._read_batch = self._read_batch, []
+        if self._handler is not None:
+            hand_over(self._handler, batch)
 
     def _on_reconnected(self) -> None:
         self._hand_over()

@@ -104,6 +104,16 @@ class SubscribeResult:
     tail: list[Publication]
 
 
+def _fan_out(encoder: Encoder, group: dict[Subscriber, None], frame: bytes) -> None:
+    """``frame`` to every subscriber of ``group``, with the encoder's ``fanout`` if it has one."""
+    fanout = getattr(encoder, "fanout", None)
+    if fanout is not None:
+        fanout(group, frame)
+    else:
+        for sub in group:
+            sub.deliver(frame)
+
+
 @dataclass(slots=True)
 class _Pending:
     encoder: Encoder
@@ -363,12 +373,7 @@ class ChannelStream:
             frame = encoder.publication(pub)
             if frames is not None:
                 frames[encoder] = frame
-            fanout = getattr(encoder, "fanout", None)
-            if fanout is not None:
-                fanout(group, frame)
-            else:
-                for sub in group:
-                    sub.deliver(frame)
+            _fan_out(encoder, group, frame)
             delivered += len(group)
         if frames is not None:
             delivered += self._dispatch_skipped(pub, frames)
@@ -403,13 +408,8 @@ class ChannelStream:
             if fanout_many is not None:
                 fanout_many(group, frames)
             else:
-                fanout = getattr(encoder, "fanout", None)
                 for frame in frames:
-                    if fanout is not None:
-                        fanout(group, frame)
-                    else:
-                        for sub in group:
-                            sub.deliver(frame)
+                    _fan_out(encoder, group, frame)
             delivered += len(group)
         if self.pending:
             for pub in pubs:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Collection, Generator
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -144,6 +145,14 @@ def fed() -> tuple[RedisBroker, Timeline, bytes]:
     return broker, timeline, name
 
 
+def read(broker: RedisBroker, *offsets: int) -> None:
+    """One socket read bringing the publications ``offsets``, as the reader hands it over."""
+    name = broker.keys.live(CHANNEL)
+    for offset in offsets:
+        broker._on_message(name, _wire(offset))
+    broker._deliver_read()
+
+
 async def _passes(count: int) -> None:
     for _ in range(count):
         await asyncio.sleep(0)
@@ -158,49 +167,28 @@ async def test_a_read_is_handed_over_at_once_when_nobody_here_waits(
     assert timeline.timeline == []  # the read is not over yet
     broker._deliver_read()
     assert timeline.timeline == [[1, 2, 3]]
-    broker._on_message(name, _wire(4))
-    broker._deliver_read()
+    read(broker, 4)
     assert timeline.timeline == [[1, 2, 3], [4]]
 
 
-async def test_waiting_publishers_are_resumed_before_the_echo_is_handed_over(
-    fed: tuple[RedisBroker, Timeline, bytes],
+@pytest.mark.parametrize(
+    ("waiting", "answered", "passes"),
+    [
+        (1, 0, 1),  # a publish of this process waits for its reply: it resumes first
+        (3, 3, 2),  # a batch's reply read with the echo: its callers resume in the next pass
+        (5, 5, 2),  # callers that never resume (a busy loop) hold it two passes at most
+    ],
+)
+async def test_publishers_waiting_here_are_answered_before_the_echo_is_handed_over(
+    fed: tuple[RedisBroker, Timeline, bytes], waiting: int, answered: int, passes: int
 ) -> None:
-    broker, timeline, name = fed
-    broker.waiting = 1  # a publish of this process waits for its reply
-    broker._on_message(name, _wire(1))
-    broker._on_message(name, _wire(2))
-    broker._deliver_read()
-    assert timeline.timeline == []
-    await _passes(1)
+    broker, timeline, _ = fed
+    broker.waiting, broker.answered = waiting, answered
+    read(broker, 1, 2)
+    for _ in range(passes):
+        assert timeline.timeline == []
+        await _passes(1)
     assert timeline.timeline == [[1, 2]]
-
-
-async def test_a_reply_read_in_the_pass_after_the_echo_gets_one_more_pass(
-    fed: tuple[RedisBroker, Timeline, bytes],
-) -> None:
-    broker, timeline, name = fed
-    broker.waiting = 3
-    broker._on_message(name, _wire(1))
-    broker._deliver_read()
-    broker.answered = 3  # a batch's reply came: its callers resume in the next pass
-    await _passes(1)
-    assert timeline.timeline == []
-    broker._on_message(name, _wire(2))  # another read meanwhile joins the same hand-over
-    broker._deliver_read()
-    await _passes(1)
-    assert timeline.timeline == [[1, 2]]
-
-
-async def test_the_hand_over_never_waits_more_than_two_passes(
-    fed: tuple[RedisBroker, Timeline, bytes],
-) -> None:
-    broker, timeline, name = fed
-    broker.waiting = broker.answered = 5  # publishers that never resume (busy loop)
-    broker._on_message(name, _wire(1))
-    broker._deliver_read()
-    await _passes(2)
-    assert timeline.timeline == [[1]]
 
 
 async def test_a_control_message_or_a_reconnect_comes_after_the_publications_read_before(
@@ -222,10 +210,9 @@ async def test_a_control_message_or_a_reconnect_comes_after_the_publications_rea
 async def test_a_closed_broker_drops_what_it_had_not_handed_over(
     fed: tuple[RedisBroker, Timeline, bytes],
 ) -> None:
-    broker, timeline, name = fed
+    broker, timeline, _ = fed
     broker.waiting = 1
-    broker._on_message(name, _wire(1))
-    broker._deliver_read()
+    read(broker, 1)
     broker._handler = None  # close() forgets the handler
     await _passes(2)
     assert timeline.timeline == []
@@ -238,23 +225,26 @@ async def test_a_closed_broker_drops_what_it_had_not_handed_over(
 async def redis_broker(
     redis_url: str, redis_prefix: str
 ) -> AsyncIterator[tuple[RedisBroker, Timeline]]:
+    """A running Redis broker subscribed to :data:`CHANNEL`."""
     broker = RedisBroker(redis_url, prefix=redis_prefix)
     timeline = Timeline()
     await broker.start(timeline)
+    await broker.subscribe(CHANNEL)
     yield broker, timeline
     await broker.close()
+
+
+OPTIONS = NamespaceOptions(history_size=100)
 
 
 async def test_many_publications_from_one_read_arrive_in_order_each_once(
     redis_broker: tuple[RedisBroker, Timeline],
 ) -> None:
     broker, timeline = redis_broker
-    options = NamespaceOptions(history_size=100)
-    await broker.subscribe(CHANNEL)
     # One script call publishes all of them: Redis writes their messages together.
-    await broker.publish_many(CHANNEL, [(b"%d" % i, None) for i in range(60)], options)
+    await broker.publish_many(CHANNEL, [(b"%d" % i, None) for i in range(60)], OPTIONS)
     # and concurrent publishes, batched per loop pass, with their callers waiting here
-    await asyncio.gather(*(broker.publish(CHANNEL, b"%d" % i, options) for i in range(40)))
+    await asyncio.gather(*(broker.publish(CHANNEL, b"%d" % i, OPTIONS) for i in range(40)))
     await eventually(lambda: len(timeline.publications) == 100, what="100 publications")
     assert timeline.offsets(CHANNEL) == list(range(1, 101))
     assert [p.data for p in timeline.publications[:60]] == [b"%d" % i for i in range(60)]
@@ -266,11 +256,9 @@ async def test_control_messages_keep_their_place_among_publications(
     redis_broker: tuple[RedisBroker, Timeline],
 ) -> None:
     broker, timeline = redis_broker
-    options = NamespaceOptions(history_size=100)
-    await broker.subscribe(CHANNEL)
-    await broker.publish_many(CHANNEL, [(b"1", None), (b"2", None)], options)
+    await broker.publish_many(CHANNEL, [(b"1", None), (b"2", None)], OPTIONS)
     await broker.publish_control(b'{"op":"between"}')
-    await broker.publish_many(CHANNEL, [(b"3", None), (b"4", None)], options)
+    await broker.publish_many(CHANNEL, [(b"3", None), (b"4", None)], OPTIONS)
     await eventually(lambda: len(timeline.publications) == 4, what="4 publications")
     flat: list[Any] = []
     for entry in timeline.timeline:
@@ -349,12 +337,12 @@ async def test_the_default_memory_broker_always_delivers_inside_publish() -> Non
 # -- the hub -------------------------------------------------------------------------------
 
 
+@dataclass(eq=False)
 class Frames:
     """A subscriber keeping every delivery (each call one entry) and losses."""
 
-    def __init__(self) -> None:
-        self.deliveries: list[bytes] = []
-        self.lost_positions: list[StreamPosition] = []
+    deliveries: list[bytes] = field(default_factory=list)
+    lost_positions: list[StreamPosition] = field(default_factory=list)
 
     def deliver(self, frame: bytes) -> None:
         self.deliveries.append(frame)
@@ -436,13 +424,19 @@ async def test_each_channels_run_goes_out_in_one_pass_in_order_of_arrival(
     assert only_a.offsets() == [1, 2, 3, 4, 5]
 
 
+async def _live(hub: Hub, channel: str) -> Frames:
+    """A new subscriber of ``channel``, live."""
+    sub = Frames()
+    await hub.subscribe(sub, channel)
+    return sub
+
+
 async def test_duplicates_in_a_batch_are_dropped_and_a_hole_is_refilled_first(
     memory_hub: tuple[Hub, LineEncoder],
 ) -> None:
     hub, _ = memory_hub
-    channel = "alerts:holes"
-    sub = Frames()
-    await hub.subscribe(sub, channel)
+    channel = CHANNEL
+    sub = await _live(hub, channel)
     broker = hub.broker
     assert isinstance(broker, MemoryBroker)
     broker._subscribed.discard(channel)  # the live feed misses these, history has them
@@ -477,16 +471,14 @@ async def test_a_subscriber_catching_up_gets_each_publication_of_a_batch_once(
     memory_hub: tuple[Hub, LineEncoder],
 ) -> None:
     hub, _ = memory_hub
-    channel = "alerts:skip"
-    live = Frames()
-    await hub.subscribe(live, channel)
-    stream = hub._channels[channel]
+    live = await _live(hub, CHANNEL)
+    stream = hub._channels[CHANNEL]
     epoch = stream.epoch
     behind = Frames()
     # A subscriber whose cursor is at offset 2 while the stream is at 0 (as after a recovery
     # that read history ahead of the live feed): it goes live once the stream passes 2.
     stream.skip[behind] = (2, hub._encoder)
-    hub.on_publications([_pub(channel, n, epoch) for n in (1, 2, 3, 4)])
+    hub.on_publications([_pub(CHANNEL, n, epoch) for n in (1, 2, 3, 4)])
     assert live.offsets() == [1, 2, 3, 4]
     assert behind.offsets() == [3, 4]
     assert not stream.skip
