@@ -35,7 +35,7 @@ import math
 import random
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Generator, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Generator, Iterable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -52,45 +52,39 @@ _KEEPALIVE = b"arena-keepalive"
 T = TypeVar("T")
 
 
-class _BeforeWaiting(Awaitable[T]):
-    """Awaits ``awaitable``, calling ``hook()`` once just before it first suspends (a read that
-    found nothing left in its buffer and waits for the network). A read answered from what is
-    already buffered completes without calling it.
+class _Resumed(Awaitable[T]):
+    """Awaits the rest of ``coro``, whose first step (``coro.send(None)``) yielded ``yielded``:
+    what the task would have got from ``await coro``. The reader starts each read itself to
+    learn whether it was answered from the buffer (the step returns) or waits for the network
+    (the step yields), and finishes a waiting one with this.
 
-    It drives the awaitable as ``await`` would (what it yields goes to the task, what the task
-    sends or throws back, a cancellation for example, goes to it), so it changes nothing but
-    the call of ``hook``, which must not raise.
+    It drives ``coro`` as ``await`` would: what it yields goes to the task, what the task sends
+    or throws back (a wake-up, a cancellation) goes to ``coro``.
     """
 
-    __slots__ = ("_awaitable", "_hook")
+    __slots__ = ("_coro", "_yielded")
 
-    def __init__(self, awaitable: Awaitable[T], hook: Callable[[], None]) -> None:
-        self._awaitable = awaitable
-        self._hook = hook
+    def __init__(self, coro: Coroutine[Any, Any, T], yielded: Any) -> None:
+        self._coro = coro
+        self._yielded = yielded
 
     def __await__(self) -> Generator[Any, Any, T]:
-        steps = self._awaitable.__await__()
-        try:
-            yielded = steps.send(None)
-        except StopIteration as done:
-            result: T = done.value
-            return result
-        self._hook()
+        coro, yielded = self._coro, self._yielded
         while True:
             try:
                 sent = yield yielded
             except GeneratorExit:
-                steps.close()
+                coro.close()
                 raise
             except BaseException as exc:  # thrown in by the task (a cancellation)
                 try:
-                    yielded = steps.throw(exc)
+                    yielded = coro.throw(exc)
                 except StopIteration as done:
-                    result = done.value
+                    result: T = done.value
                     return result
             else:
                 try:
-                    yielded = steps.send(sent)
+                    yielded = coro.send(sent)
                 except StopIteration as done:
                     result = done.value
                     return result
@@ -468,7 +462,17 @@ class PubSubConnection:
                 if drained is None:
                     response = await read(timeout=math.inf)
                 else:
-                    response = await _BeforeWaiting(read(timeout=math.inf), drained)
+                    # Start the read here: its first step returns when redis-py had the reply
+                    # buffered, and yields when it waits for the network, which is when what
+                    # was read so far is handed over (``on_drained``).
+                    pending = read(timeout=math.inf)
+                    try:
+                        waiting_on = pending.send(None)
+                    except StopIteration as done:
+                        response = done.value
+                    else:
+                        drained()
+                        response = await _Resumed(pending, waiting_on)
             except ResponseError as exc:
                 log.warning(
                     "redis pub/sub error reply", extra={"error": str(exc), "redis": self._label}

@@ -2,7 +2,7 @@
 hub everything one socket read brought, the hub fans out each channel's run in one pass, and
 nothing is reordered, repeated or held back.
 
-* ``_BeforeWaiting`` calls its hook exactly when the read it wraps would wait for the network;
+* the pub/sub reader calls ``on_drained`` exactly when its next read would wait for the network;
 * the Redis broker hands over a read's publications after the publishers of this process that
   were answered meanwhile have resumed (at most two loop passes), at once when nobody waits,
   and before a control message or a reconnect that followed them;
@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Collection, Generator
+from collections import deque
+from collections.abc import AsyncIterator, Collection
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import orjson
 import pytest
+from redis.exceptions import ResponseError
 
 from pubsub.broker import Publication, StreamPosition
 from pubsub.hub import Hub
@@ -29,56 +31,70 @@ from pubsub.memory import MemoryBroker
 from pubsub.namespaces import NamespaceOptions, default_namespaces
 from pubsub.presence import PresenceEntry
 from pubsub.redis_broker import RedisBroker
-from pubsub.redis_pubsub import _BeforeWaiting
+from pubsub.redis_pubsub import PubSubConnection, _Resumed
 from tests.pubsub.support import Recorder, eventually
 
 # -- the reader's hook ---------------------------------------------------------------------
 
 
-class _Suspend:
-    """Yields to the task ``times`` times (as a read waiting for the network does)."""
+class FakeConnection:
+    """A pub/sub connection whose replies are buffered or arrive later (``arrive``)."""
 
-    def __init__(self, times: int) -> None:
-        self.times = times
+    def __init__(self) -> None:
+        self.buffered: deque[Any] = deque()
+        self.more = asyncio.Event()
 
-    def __await__(self) -> Generator[None, None, int]:
-        for _ in range(self.times):
-            yield
-        return self.times
+    async def read_response(self, timeout: float | None = None) -> Any:
+        while not self.buffered:  # nothing buffered: wait for the network
+            self.more.clear()
+            await self.more.wait()
+        reply = self.buffered.popleft()
+        if isinstance(reply, Exception):
+            raise reply
+        return reply
+
+    def arrive(self, *replies: Any) -> None:
+        self.buffered.extend(replies)
+        self.more.set()
 
 
-async def _wait(times: int) -> int:
-    return await _Suspend(times)
+async def test_the_reader_hands_over_exactly_when_it_would_wait_for_the_network() -> None:
+    events: list[Any] = []
+    conn = FakeConnection()
+    pubsub = PubSubConnection(
+        lambda: cast(Any, conn),
+        lambda name, data: events.append(data),
+        lambda: None,
+        on_drained=lambda: events.append("drained"),
+    )
+    conn.arrive(*([b"message", b"ch", b"%d" % n] for n in (1, 2, 3)))
+    reader = asyncio.create_task(pubsub._read(cast(Any, conn)))
+    await eventually(lambda: events == [b"1", b"2", b"3", "drained"], what="first read")
+    conn.arrive([b"message", b"ch", b"4"], ResponseError("ERR x"), [b"message", b"ch", b"5"])
+    await eventually(lambda: len(events) == 7, what="second read")
+    assert events[4:] == [b"4", b"5", "drained"]  # an error reply does not end the read
+    reader.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await reader
+    assert events[-1] == "drained"  # and when the reader stops
 
 
-async def test_the_hook_is_not_called_when_the_read_is_answered_from_the_buffer() -> None:
-    calls: list[str] = []
-    assert await _BeforeWaiting(_wait(0), lambda: calls.append("hook")) == 0
-    assert calls == []
-
-
-async def test_the_hook_is_called_once_before_the_read_waits() -> None:
-    events: list[str] = []
-
+async def test_a_resumed_read_gets_what_the_task_sends_and_throws() -> None:
     async def read() -> str:
-        events.append("read starts")
-        await asyncio.sleep(0)  # waits for the loop
-        events.append("read resumes")
+        await asyncio.sleep(0)
         await asyncio.sleep(0)
         return "message"
 
-    result = await _BeforeWaiting(read(), lambda: events.append("hook"))
-    assert result == "message"
-    assert events == ["read starts", "hook", "read resumes"]
+    pending = read()
+    assert await _Resumed(pending, pending.send(None)) == "message"
 
-
-async def test_a_read_that_fails_or_is_cancelled_while_waiting_gets_the_exception() -> None:
     async def failing() -> None:
         await asyncio.sleep(0)
         raise ConnectionError("lost")
 
+    pending_failure = failing()
     with pytest.raises(ConnectionError):
-        await _BeforeWaiting(failing(), lambda: None)
+        await _Resumed(pending_failure, pending_failure.send(None))
 
     cleaned = asyncio.Event()
     started = asyncio.Event()
@@ -91,14 +107,15 @@ async def test_a_read_that_fails_or_is_cancelled_while_waiting_gets_the_exceptio
             cleaned.set()
 
     async def reader() -> None:
-        await _BeforeWaiting(forever(), lambda: None)
+        pending_forever = forever()
+        await _Resumed(pending_forever, pending_forever.send(None))
 
     task = asyncio.create_task(reader())
     await started.wait()
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    assert cleaned.is_set(), "the wrapped read saw the cancellation and cleaned up"
+    assert cleaned.is_set(), "the read saw the cancellation and cleaned up"
 
 
 # -- the Redis broker's hand-over ----------------------------------------------------------
