@@ -9,6 +9,8 @@ Arena marketplace clients, which send ``{"status": ...}`` to the proposal's own 
 
 from __future__ import annotations
 
+from typing import Any
+
 from aiohttp import web
 
 from handlers import keys
@@ -99,15 +101,18 @@ async def _change_status(request: web.Request) -> web.Response:
     return versioned_response(ProposalOut.json_of(row), row.version)
 
 
-@describe(
-    summary="Shortlist, reject, accept or withdraw a proposal",
-    tags=TAGS,
-    body=ProposalStatusChange,
-    responses={200: ProposalOut},
-    errors=(403, 404, 409, 412),
-    headers={"If-Match": IF_MATCH},
-    path_formats={"id": "uuid"},
-)
+#: What the two status-change routes (the same operation at two URLs) declare alike.
+_STATUS_CHANGE: dict[str, Any] = {
+    "tags": TAGS,
+    "body": ProposalStatusChange,
+    "responses": {200: ProposalOut},
+    "errors": (403, 404, 409, 412),
+    "headers": {"If-Match": IF_MATCH},
+    "path_formats": {"id": "uuid"},
+}
+
+
+@describe(summary="Shortlist, reject, accept or withdraw a proposal", **_STATUS_CHANGE)
 async def put_status(request: web.Request) -> web.Response:
     """Illegal transitions answer 409; a stale ``If-Match``/``version`` answers 412.
 
@@ -116,15 +121,7 @@ async def put_status(request: web.Request) -> web.Response:
     return await _change_status(request)
 
 
-@describe(
-    summary="Change a proposal's status (Arena marketplace clients)",
-    tags=TAGS,
-    body=ProposalStatusChange,
-    responses={200: ProposalOut},
-    errors=(403, 404, 409, 412),
-    headers={"If-Match": IF_MATCH},
-    path_formats={"id": "uuid"},
-)
+@describe(summary="Change a proposal's status (Arena marketplace clients)", **_STATUS_CHANGE)
 async def put_proposal(request: web.Request) -> web.Response:
     """The same change as ``PUT /api/v1/proposals/{id}/status``, at the proposal's own URL:
     the body is ``{"status": ...}`` (``version`` or ``If-Match`` optional). Illegal transitions
