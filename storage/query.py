@@ -1,4 +1,4 @@
-"""What the repositories' queries share: reading one row by id, and the newest-first keyset
+"""What the repositories' queries share: reading one row by id, and the keyset-paged
 page of a list built from optional filters.
 
 A list query is built piece by piece: every value goes through a :class:`Params`, which hands
