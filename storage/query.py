@@ -1,5 +1,5 @@
-"""What the repositories' queries share: reading one row by id, and the keyset-paged
-page of a list built from optional filters.
+"""What the repositories' queries share: reading one row by id, and one page of a list
+(keyset paging) built from optional filters.
 
 A list query is built piece by piece: every value goes through a :class:`Params`, which hands
 back its numbered placeholder (``$1``, ``$2``, ...), so the SQL text holds constants and
