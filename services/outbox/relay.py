@@ -246,22 +246,32 @@ class OutboxRelay:
                                     "SELECT pg_advisory_unlock($1)", outbox.RELAY_LOCK_ID
                                 )
             except asyncio.CancelledError:
-                if self._drainer is not None:
-                    self._drainer.cancel()
-                log.info(
-                    "outbox relay stopped",
-                    extra={
-                        "published": self.published,
-                        "handed_off": self.handed_off,
-                        "hand_offs_refused": self.refused,
-                    },
-                )
+                self._stopped()
                 raise
             except Exception:
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    # Stopping, and the way out failed (giving back the connection, say): the
+                    # cancellation became this error. Still stop, or shutdown waits forever.
+                    log.warning("outbox relay failed while stopping", exc_info=True)
+                    self._stopped()
+                    raise asyncio.CancelledError from None
                 log.warning("outbox relay failed; retrying", exc_info=True)
             # A standby (or failed) relay only retries leadership; kicks are for the leader, and
             # waiting on them here would spin once one arrives.
             await asyncio.sleep(self._poll_interval)
+
+    def _stopped(self) -> None:
+        if self._drainer is not None:
+            self._drainer.cancel()
+        log.info(
+            "outbox relay stopped",
+            extra={
+                "published": self.published,
+                "handed_off": self.handed_off,
+                "hand_offs_refused": self.refused,
+            },
+        )
 
     async def _lead(self, conn: asyncpg.Connection) -> None:
         await conn.add_listener(outbox.NOTIFY_CHANNEL, self._on_notify)
@@ -280,6 +290,8 @@ class OutboxRelay:
             # Unmarked hand-offs stay unpublished in the table: the next leader publishes
             # them again (their idempotency keys drop the repeats).
             self._unmarked.clear()
+            # On a connection the server ended, this drops the callback too (and gives the
+            # connection back to the pool): see ArenaConnection.remove_listener.
             with contextlib.suppress(Exception):
                 await conn.remove_listener(outbox.NOTIFY_CHANNEL, self._on_notify)
 

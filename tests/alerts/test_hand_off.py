@@ -231,7 +231,8 @@ async def test_two_instances_publish_each_webhook_once_when_the_leader_changes(
     async with leader_client.server.app[keys.pool].acquire() as conn:
         await conn.execute(
             "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' "
-            "AND objid = $1",
+            "AND objid = $1 AND database = "
+            "(SELECT oid FROM pg_database WHERE datname = current_database())",
             outbox.RELAY_LOCK_ID & 0xFFFFFFFF,
         )
     assert await _messages(ws, 20) == [str(n) for n in range(20)]
