@@ -280,9 +280,7 @@ async def test_webhooks_are_accepted_when_the_limiter_redis_is_down(
         app[keys.local_first_limiter] = RedisRateLimiter(down, "x")
         yield
 
-    app.cleanup_ctx.insert(
-        app.cleanup_ctx.index(lifecycle.redis_client) + 1, limiter_on_down_redis
-    )
+    app.cleanup_ctx.insert(app.cleanup_ctx.index(lifecycle.redis_client) + 1, limiter_on_down_redis)
     try:
         client = await aiohttp_client(app)
         _, token = await make_user(client)
