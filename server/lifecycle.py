@@ -13,6 +13,7 @@ from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.cluster import RedisCluster
 
 from handlers import keys
+from handlers.metrics import AlertCommitMetrics
 from handlers.realtime.service import realtime_service
 from handlers.realtime.transport import Flusher
 from pubsub.broker import Broker
@@ -180,7 +181,9 @@ async def outbox_relay(app: web.Application) -> AsyncIterator[None]:
     webhooks that wakes it."""
     relay = OutboxRelay(app[keys.pool], app[keys.hub])
     app[keys.relay] = relay
-    group = GroupCommit(app[keys.pool], relay)
+    group = GroupCommit(
+        app[keys.pool], relay, timings=AlertCommitMetrics.create(app[keys.registry])
+    )
     app[keys.group_commit] = group
     task = asyncio.create_task(relay.run(), name="outbox-relay")
     try:
