@@ -125,9 +125,12 @@ class GroupCommit:
         if self._timings is not None:
             for _, _, arrived in batch:
                 self._timings.waited(started - arrived)
+        # While the relay of this process leads, it publishes the events as soon as they are
+        # committed (below), so the commit sends no NOTIFY: see storage migration 0009.
+        quiet = self._relay.leading
         async with self._pool.acquire() as conn:
             try:
-                inserted = await _insert_group(conn, news, window)
+                inserted = await _insert_group(conn, news, window, quiet)
                 outcomes = list(inserted.results)
                 pending = inserted.pending
             except UNAVAILABLE:
@@ -154,7 +157,8 @@ class GroupCommit:
         events = [o.event for o in outcomes if isinstance(o, alerts.InsertResult) and o.event]
         if events:
             if not self._relay.hand_off(events, pending):
-                self._relay.kick()
+                # A quiet commit whose relay stopped leading meanwhile: tell the new leader.
+                self._relay.kick(notify=quiet and not self._relay.leading)
         elif any(isinstance(o, alerts.InsertResult) and not o.duplicate for o in outcomes):
             self._relay.kick()
         for (_, future, _), outcome in zip(batch, outcomes, strict=True):
@@ -172,17 +176,17 @@ class GroupCommit:
 
 
 async def _insert_group(
-    conn: asyncpg.Connection, news: list[alerts.NewAlert], window: int
+    conn: asyncpg.Connection, news: list[alerts.NewAlert], window: int, quiet: bool
 ) -> alerts.InsertedMany:
     """One statement for the group (committed on its own); with body de-duplication, in a
     transaction that first takes the bodies' locks in key order (``BEGIN`` and the locks in
     one round trip, then the statement, then ``COMMIT``)."""
     locks = alerts.lock_dedup_many_statement(news) if window > 0 else ""
     if not locks:
-        return await insert_many_with_created_events(conn, news, window)
+        return await insert_many_with_created_events(conn, news, window, quiet=quiet)
     await conn.execute("BEGIN; " + locks)
     try:
-        results = await insert_many_with_created_events(conn, news, window)
+        results = await insert_many_with_created_events(conn, news, window, quiet=quiet)
     except BaseException:
         with contextlib.suppress(Exception):
             await conn.execute("ROLLBACK")
