@@ -312,6 +312,9 @@ WITH input AS (
         WITH ORDINALITY AS i(id, strategy_id, source, webhook_id, ticker, action, quantity,
                              price, alert_time, message, raw_body, content_type, body_sha256,
                              channel, payload, ord)
+    -- 'on': the caller hands the events to the relay itself; the outbox trigger skips its
+    -- NOTIFY (for this transaction only; evaluated here, as every group reads its input)
+    WHERE set_config('arena.outbox_quiet', $18::text, true) IS NOT NULL
 ), dup AS (
     SELECT DISTINCT ON (input.ord) input.ord, {_aliased("a")}
     FROM input JOIN alerts a
@@ -362,10 +365,14 @@ async def insert_many_with_events(
     items: Sequence[NewAlertWithEvent],
     received_at_path: Sequence[str],
     dedup_seconds: int = 0,
+    *,
+    quiet: bool = False,
 ) -> InsertedMany:
     """:func:`insert_with_event` for several alerts in one statement (one round trip, and
     outside a transaction one commit). Returns one result per item, in order (a new alert's
     with its outbox event), and the unpublished events that were committed before it.
+    ``quiet``: the caller hands the events to the relay in-process, so the outbox's ``NOTIFY``
+    is skipped (migration ``0009_outbox_quiet``).
 
     Each alert is inserted with its outbox event unless it repeats an earlier one: a stored
     ``(strategy_id, webhook_id)``, or (no webhook id, ``dedup_seconds > 0``) an identical body
@@ -415,7 +422,11 @@ async def insert_many_with_events(
             column.append(value)
     try:
         rows = await conn.fetch(
-            _INSERT_MANY_WITH_EVENTS, *columns, list(received_at_path), float(dedup_seconds)
+            _INSERT_MANY_WITH_EVENTS,
+            *columns,
+            list(received_at_path),
+            float(dedup_seconds),
+            "on" if quiet else "off",
         )
     except asyncpg.ForeignKeyViolationError:
         raise NotFound("strategy") from None
