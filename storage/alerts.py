@@ -308,9 +308,10 @@ class InsertedMany:
 
 # The statement behind :func:`insert_many_with_events`. Its parameters: arrays of the alerts'
 # ids ($1), of the :data:`_NEW_COLUMNS` ($2 to $13), of the events' channels and payloads ($14,
-# $15); $16 the received_at path, $17 the de-duplication window. ``input`` unnests the arrays
-# (in the callers' order), ``dup`` finds for each row without a webhook id the newest identical
-# body inside the de-duplication window (only when $17 > 0; the caller holds the advisory locks),
+# $15); $16 the received_at path, $17 the de-duplication window, $18 'on' for a quiet commit
+# (no NOTIFY). ``input`` unnests the arrays (in the callers' order), ``dup`` finds for each row
+# without a webhook id the newest identical body inside the de-duplication window (only when
+# $17 > 0; the caller holds the advisory locks),
 # ``ins`` inserts the others in order unless the webhook id is stored already, ``ev`` writes
 # one outbox event per inserted row in the same order (so the feed publishes them in order).
 # ``pending`` lists the unpublished outbox events the statement's snapshot sees (not its own:
@@ -324,6 +325,9 @@ _INSERT_MANY_WITH_EVENTS = f"""
 WITH input AS (
     SELECT * FROM unnest($1::uuid[], {_placeholders(2, array=True)}, $14::text[], $15::jsonb[])
         WITH ORDINALITY AS i(id, {_NEW_NAMES}, channel, payload, ord)
+    -- 'on': the caller hands the events to the relay itself; the outbox trigger skips its
+    -- NOTIFY (for this transaction only; evaluated here, as every group reads its input)
+    WHERE set_config('arena.outbox_quiet', $18::text, true) IS NOT NULL
 ), dup AS (
     SELECT DISTINCT ON (input.ord) input.ord, {_aliased("a")}
     FROM input JOIN alerts a
@@ -372,10 +376,14 @@ async def insert_many_with_events(
     items: Sequence[NewAlertWithEvent],
     received_at_path: Sequence[str],
     dedup_seconds: int = 0,
+    *,
+    quiet: bool = False,
 ) -> InsertedMany:
     """:func:`insert_with_event` for several alerts in one statement (one round trip, and
     outside a transaction one commit). Returns one result per item, in order (a new alert's
     with its outbox event), and the unpublished events that were committed before it.
+    ``quiet``: the caller hands the events to the relay in-process, so the outbox's ``NOTIFY``
+    is skipped (migration ``0009_outbox_quiet``).
 
     Each alert is inserted with its outbox event unless it repeats an earlier one: a stored
     ``(strategy_id, webhook_id)``, or (no webhook id, ``dedup_seconds > 0``) an identical body
@@ -406,7 +414,11 @@ async def insert_many_with_events(
             column.append(value)
     try:
         rows = await conn.fetch(
-            _INSERT_MANY_WITH_EVENTS, *columns, list(received_at_path), float(dedup_seconds)
+            _INSERT_MANY_WITH_EVENTS,
+            *columns,
+            list(received_at_path),
+            float(dedup_seconds),
+            "on" if quiet else "off",
         )
     except asyncpg.ForeignKeyViolationError:
         raise NotFound("strategy") from None
