@@ -20,6 +20,18 @@ client process:
   starting the POST to the subscriber receiving the publication (through PostgreSQL commit,
   the transactional outbox, the relay and the hub), and the time to the 2xx.
 
+With ``--rounds R`` the latency phase runs R times; with ``--naive`` each round also runs it
+against :mod:`bench.raw_webhooks` (the naive pipeline: signature check, one autocommitted
+``INSERT`` of alert + outbox row, ``PUBLISH``, ``send_str``) on the same PostgreSQL and Redis,
+interleaved, so that the project's latency has a same-run floor. ``--count 0`` skips the burst
+phases, ``--warmup S`` sends S seconds at the rate before the first round (not counted). Each
+project round also reads the server's own histograms before and after (``/metrics``) and reports
+their p50/p99 for the webhook's HTTP request, its wait for a group-commit slot and its group's
+commit (``server_ms``)::
+
+    .venv/bin/python -m bench.webhooks --count 0 --rate 500 --seconds 10 --rounds 3 --warmup 2 \
+        --naive --redis redis://127.0.0.1:6379/0
+
 Every 2xx means the alert was committed; each phase also checks that every acknowledged alert
 reached the subscriber exactly once and that the database holds exactly that many alerts.
 Writes ``bench/results/webhooks-<UTC date-time>.json`` and prints it.
@@ -33,6 +45,7 @@ import contextlib
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import time
@@ -45,7 +58,7 @@ import aiohttp
 import asyncpg
 import orjson
 
-from bench.common import DATABASE_URL, ROOT, free_port, save_json, wait_ready
+from bench.common import DATABASE_URL, REDIS_URL, ROOT, free_port, save_json, wait_ready
 from server.settings import load_settings
 from services.alerts.signatures import sign
 from storage import users
@@ -241,6 +254,7 @@ async def steady(
     make: Any,
     rate: float,
     seconds: float,
+    prefix: str = "latency",
 ) -> dict[str, Any]:
     """Webhooks at a fixed rate; webhook-to-subscriber and ack latency."""
     total = int(rate * seconds)
@@ -262,7 +276,7 @@ async def steady(
         delay = origin + n / rate - time.perf_counter()
         if delay > 0:
             await asyncio.sleep(delay)
-        tasks.append(asyncio.create_task(one(f"latency:{n}")))
+        tasks.append(asyncio.create_task(one(f"{prefix}:{n}")))
     await asyncio.gather(*tasks)
     await subscriber.wait_for(set(sent))
     latencies = [subscriber.arrivals[k] - t for k, t in sent.items() if k in subscriber.arrivals]
@@ -282,10 +296,97 @@ async def steady(
     }
 
 
+#: the server-side parts of the acknowledgement, from the server's own histograms
+STAGES = {
+    "http_request": ("arena_http_request_seconds", {"route": "/webhooks/alerts/{strategy_id}"}),
+    "commit_wait": ("arena_alert_commit_wait_seconds", {}),
+    "commit": ("arena_alert_commit_seconds", {}),
+}
+
+
+async def histograms(session: aiohttp.ClientSession, base: str) -> dict[str, dict[float, float]]:
+    """The cumulative bucket counts of :data:`STAGES` on the server's ``/metrics``."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    async with session.get(f"{base}/metrics") as resp:
+        text = await resp.text()
+    found: dict[str, dict[float, float]] = {stage: {} for stage in STAGES}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            for stage, (name, labels) in STAGES.items():
+                if sample.name == f"{name}_bucket" and all(
+                    sample.labels.get(k) == v for k, v in labels.items()
+                ):
+                    le = float(sample.labels["le"])
+                    found[stage][le] = found[stage].get(le, 0.0) + sample.value
+    return found
+
+
+def bucket_quantiles(before: dict[float, float], after: dict[float, float]) -> dict[str, Any]:
+    """p50/p99 in ms of what was observed between two scrapes, interpolated inside buckets
+    (as PromQL's ``histogram_quantile``), with the count."""
+    bounds = sorted(after)
+    counts = [after[b] - before.get(b, 0.0) for b in bounds]
+    total = counts[-1] if counts else 0.0
+
+    def at(q: float) -> float | None:
+        if not total:
+            return None
+        rank, lower, below = q * total, 0.0, 0.0
+        for bound, count in zip(bounds, counts, strict=True):
+            if count >= rank:
+                if bound == float("inf"):
+                    return round(lower * 1000, 2)
+                share = (rank - below) / (count - below) if count > below else 1.0
+                return round((lower + (bound - lower) * share) * 1000, 2)
+            lower, below = bound, count
+        return None
+
+    return {"p50": at(0.5), "p99": at(0.99), "count": int(total)}
+
+
+@contextlib.asynccontextmanager
+async def naive_server(database_url: str, redis_url: str) -> AsyncIterator[tuple[str, Any]]:
+    """:mod:`bench.raw_webhooks` on a free port: its base URL and its strategy."""
+    from services.alerts.signatures import new_signing_secret
+
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    strategy_id = uuid.uuid4()
+    strategy = {
+        "id": str(strategy_id),
+        "channel": f"alerts:{strategy_id}",
+        "secrets": {"signing_secret": new_signing_secret()},
+    }
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "bench.raw_webhooks",
+            "--port",
+            str(port),
+            "--database",
+            database_url,
+            "--redis",
+            redis_url,
+            "--secret",
+            strategy["secrets"]["signing_secret"],
+        ],
+        cwd=ROOT,
+    )
+    try:
+        await wait_ready(base, process)
+        yield base, strategy
+    finally:
+        process.terminate()
+        process.wait(15)
+
+
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    async with bench_database(args.database) as database_url:
+    async with contextlib.AsyncExitStack() as stack:
+        database_url = await stack.enter_async_context(bench_database(args.database))
         env = server_env(database_url, port, args.redis)
         server_root = Path(args.server_root).resolve() if args.server_root else ROOT
         if args.server_root:
@@ -293,56 +394,95 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         process = subprocess.Popen(
             [sys.executable, "-m", "server.cli", "serve"], env=env, cwd=server_root
         )
-        try:
-            await wait_ready(base, process)
-            token = await user_token(database_url, env)
-            connector = aiohttp.TCPConnector(limit=args.concurrency + 8)
-            async with aiohttp.ClientSession(connector=connector) as session:
-                async with session.post(
-                    f"{base}/api/v1/strategies",
-                    json={"name": "bench"},
-                    headers={"Authorization": f"Bearer {token}"},
-                ) as resp:
-                    strategy = await resp.json()
-                    assert resp.status == 201, strategy
-                subscriber = Subscriber()
-                await subscriber.start(session, f"{base}/ws", token, strategy["channel"])
-                results: dict[str, Any] = {}
-                results["signed"] = await burst(
+        stack.callback(process.wait, 15)
+        stack.callback(process.terminate)
+        await wait_ready(base, process)
+        token = await user_token(database_url, env)
+        connector = aiohttp.TCPConnector(limit=args.concurrency + 8)
+        session = await stack.enter_async_context(aiohttp.ClientSession(connector=connector))
+        async with session.post(
+            f"{base}/api/v1/strategies",
+            json={"name": "bench"},
+            headers={"Authorization": f"Bearer {token}"},
+        ) as resp:
+            strategy = await resp.json()
+            assert resp.status == 201, strategy
+        subscriber = Subscriber()
+        await subscriber.start(session, f"{base}/ws", token, strategy["channel"])
+        results: dict[str, Any] = {}
+        if args.count > 0:
+            results["signed"] = await burst(
+                session,
+                subscriber,
+                lambda k: signed_request(base, strategy, k),
+                args.count,
+                args.concurrency,
+                "signed",
+                process.pid,
+            )
+            results["tradingview"] = await burst(
+                session,
+                subscriber,
+                lambda k: tv_request(base, strategy, k),
+                args.count,
+                args.concurrency,
+                "tv",
+                process.pid,
+            )
+        targets: dict[str, tuple[str, Any, Subscriber]] = {"arena": (base, strategy, subscriber)}
+        if args.naive:
+            naive_db = await stack.enter_async_context(bench_database(args.database))
+            naive_base, naive_strategy = await stack.enter_async_context(
+                naive_server(naive_db, args.redis or REDIS_URL)
+            )
+            naive_subscriber = Subscriber()
+            await naive_subscriber.start(
+                session, f"{naive_base}/ws", "any", naive_strategy["channel"]
+            )
+            targets["naive"] = (naive_base, naive_strategy, naive_subscriber)
+        rounds: list[dict[str, Any]] = []
+        for number in range(args.rounds):
+            for target, (target_base, target_strategy, target_subscriber) in targets.items():
+
+                def make(k: str, b: str = target_base, s: Any = target_strategy) -> Any:
+                    return signed_request(b, s, k)
+
+                if number == 0 and args.warmup > 0:  # connections, caches, the JIT-less warm-up
+                    await steady(session, target_subscriber, make, args.rate, args.warmup, "warmup")
+                before = await histograms(session, base) if target == "arena" else {}
+                measured = await steady(
                     session,
-                    subscriber,
-                    lambda k: signed_request(base, strategy, k),
-                    args.count,
-                    args.concurrency,
-                    "signed",
-                    process.pid,
-                )
-                results["tradingview"] = await burst(
-                    session,
-                    subscriber,
-                    lambda k: tv_request(base, strategy, k),
-                    args.count,
-                    args.concurrency,
-                    "tv",
-                    process.pid,
-                )
-                results["latency"] = await steady(
-                    session,
-                    subscriber,
-                    lambda k: signed_request(base, strategy, k),
+                    target_subscriber,
+                    make,
                     args.rate,
                     args.seconds,
+                    f"latency{number}",
                 )
-                results["duplicate_publications"] = subscriber.duplicates
-            conn = await asyncpg.connect(database_url)
-            try:
-                results["alerts_in_database"] = await conn.fetchval("SELECT count(*) FROM alerts")
-            finally:
-                await conn.close()
-            return results
+                measured["target"] = target
+                measured["round"] = number + 1
+                if target == "arena":
+                    after = await histograms(session, base)
+                    measured["server_ms"] = {
+                        stage: bucket_quantiles(before[stage], after[stage]) for stage in STAGES
+                    }
+                rounds.append(measured)
+        results["latency"] = rounds[0]
+        if args.rounds > 1 or args.naive:
+            results["latency_rounds"] = rounds
+            results["latency_p99_median_ms"] = {
+                target: statistics.median(
+                    r["webhook_to_subscriber_ms"]["p99"] for r in rounds if r["target"] == target
+                )
+                for target in targets
+            }
+        results["duplicate_publications"] = subscriber.duplicates
+        conn = await asyncpg.connect(database_url)
+        try:
+            results["alerts_in_database"] = await conn.fetchval("SELECT count(*) FROM alerts")
         finally:
-            process.terminate()
-            process.wait(15)
+            await conn.close()
+        return results
+    raise AssertionError("unreachable")
 
 
 def main() -> None:
@@ -352,6 +492,17 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=100.0, help="latency phase webhooks/s")
     parser.add_argument("--seconds", type=float, default=10.0, help="latency phase length")
     parser.add_argument("--redis", default=None, help="a Redis URL: use the Redis broker")
+    parser.add_argument(
+        "--rounds", type=int, default=1, help="latency phases (per target, interleaved)"
+    )
+    parser.add_argument(
+        "--warmup", type=float, default=0.0, help="seconds at --rate before the first round"
+    )
+    parser.add_argument(
+        "--naive",
+        action="store_true",
+        help="also measure bench.raw_webhooks (the naive pipeline) in the same rounds",
+    )
     parser.add_argument(
         "--server-root",
         default=None,
@@ -370,6 +521,9 @@ def main() -> None:
         "concurrency": args.concurrency,
         "rate": args.rate,
         "seconds": args.seconds,
+        "rounds": args.rounds,
+        "warmup": args.warmup,
+        "naive": args.naive,
         "broker": "redis" if args.redis else "memory",
         "server_root": args.server_root,
         "cpus": os.cpu_count(),

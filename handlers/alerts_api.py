@@ -16,7 +16,7 @@ from handlers import keys
 from handlers.auth_context import require_principal
 from handlers.errors import json_response
 from handlers.openapi import describe
-from handlers.paging import decode_cursor, path_uuid, split_page
+from handlers.paging import decode_cursor, page_body, path_uuid, split_page
 from handlers.validation import parse_body, query_params
 from services.alerts import alerts as service
 from services.alerts.alerts import (
@@ -44,10 +44,13 @@ async def list_alerts(request: web.Request) -> web.Response:
     query = query_params(request, ListQuery)
     after = decode_cursor(query.cursor)
     rows = await service.list_alerts(request.app[keys.pool], principal, query, after)
-    page, next_cursor = split_page(rows, query.limit, lambda row: (row.received_at, row.id))
-    return json_response(
-        {"items": [alert_json(a, raw_limit=0) for a in page], "next_cursor": next_cursor}
+    body = page_body(
+        rows,
+        query.limit,
+        lambda row: (row.received_at, row.id),
+        lambda row: alert_json(row, raw_limit=0),  # the list leaves raw bodies out
     )
+    return json_response(body)
 
 
 @describe(

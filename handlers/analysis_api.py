@@ -20,7 +20,7 @@ from handlers import keys
 from handlers.auth_context import require_principal
 from handlers.errors import json_response
 from handlers.openapi import describe
-from handlers.paging import decode_cursor, path_uuid, split_page
+from handlers.paging import decode_cursor, page_body, path_uuid
 from handlers.validation import parse_body, query_params
 from services.analysis.models import (
     AnalysisList,
@@ -99,8 +99,9 @@ async def list_all_analyses(request: web.Request) -> web.Response:
         after=decode_cursor(query.cursor),
         limit=query.limit + 1,
     )
-    page, cursor = split_page(rows, query.limit, lambda item: (item.created_at, item.id))
-    return json_response({"items": [item.to_json() for item in page], "next_cursor": cursor})
+    return json_response(
+        page_body(rows, query.limit, lambda item: (item.created_at, item.id), AnalysisOut.to_json)
+    )
 
 
 @describe(

@@ -5,9 +5,11 @@ Shared by the handler modules whose resources carry a ``version`` (requests, pro
 
 from __future__ import annotations
 
+from typing import Any
+
 from aiohttp import web
 
-from handlers.errors import ApiError
+from handlers.errors import ApiError, json_response
 
 IF_MATCH = 'Only act if the resource still has this version (ETag, e.g. "3")'
 
@@ -37,3 +39,14 @@ def expected_version(request: web.Request, body_version: int | None) -> int | No
 def etag(version: int) -> dict[str, str]:
     """The ``ETag`` header for a resource at ``version``."""
     return {"ETag": f'"{version}"'}
+
+
+def versioned_response(
+    body: Any, version: int, *, status: int = 200, location: str | None = None
+) -> web.Response:
+    """The JSON ``body`` of a resource at ``version``, with its ``ETag``; a new resource
+    (``status=201``) also names its URL in ``Location``."""
+    headers = etag(version)
+    if location is not None:
+        headers["Location"] = location
+    return json_response(body, status=status, headers=headers)

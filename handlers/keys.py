@@ -50,9 +50,10 @@ redis: web.AppKey[Redis | RedisCluster] = web.AppKey("redis")
 #: encrypts the strategies' webhook signing secrets (key derived from SERVICE_SECRET)
 secret_box = web.AppKey("webhook_secret_box", SecretBox)
 rate_limiter = web.AppKey("rate_limiter", RateLimiter)
-#: the per-user command limit of real-time sessions: ``rate_limiter``, or with Redis and
-#: RATE_LIMIT_SYNC_SECONDS > 0 a local-first one synced with Redis in the background
-user_command_limiter = web.AppKey("user_command_limiter", RateLimiter)
+#: the limit of the hot paths (real-time sessions' per-user commands, webhooks per client IP):
+#: ``rate_limiter``, or with Redis and RATE_LIMIT_SYNC_SECONDS > 0 a local-first one synced with
+#: Redis in the background
+local_first_limiter = web.AppKey("local_first_limiter", RateLimiter)
 #: signatures of signed service requests already used (Redis when REDIS_URL is set)
 replay_cache = web.AppKey("replay_cache", ReplayCache)
 #: WebSocket sockets per client address not authenticated yet (WS_MAX_UNAUTHENTICATED_PER_IP)

@@ -1,4 +1,4 @@
-"""HTTP and WebSocket metrics, created on the registry the server passes in."""
+"""HTTP, WebSocket and webhook metrics, created on the registry the server passes in."""
 
 from __future__ import annotations
 
@@ -55,6 +55,52 @@ class HttpMetrics:
                 registry=registry,
             ),
         )
+
+
+#: histogram buckets for the webhook acknowledgement's parts (milliseconds matter there)
+COMMIT_BUCKETS = (
+    0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5
+)  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class AlertCommitMetrics:
+    """Where a webhook's acknowledgement waits in the group commit
+    (:class:`services.alerts.group_commit.CommitTimings`)."""
+
+    wait: Histogram
+    commit: Histogram
+    group: Histogram
+
+    @classmethod
+    def create(cls, registry: CollectorRegistry) -> AlertCommitMetrics:
+        return cls(
+            wait=Histogram(
+                "arena_alert_commit_wait_seconds",
+                "Per alert: from reaching the group commit to its group's transaction starting",
+                registry=registry,
+                buckets=COMMIT_BUCKETS,
+            ),
+            commit=Histogram(
+                "arena_alert_commit_seconds",
+                "Per committed group: pooled connection, statement and commit (disk flush)",
+                registry=registry,
+                buckets=COMMIT_BUCKETS,
+            ),
+            group=Histogram(
+                "arena_alert_commit_group_size",
+                "Alerts per committed group transaction",
+                registry=registry,
+                buckets=(1, 2, 4, 8, 16, 32, 64),
+            ),
+        )
+
+    def waited(self, seconds: float) -> None:
+        self.wait.observe(seconds)
+
+    def committed(self, seconds: float, size: int) -> None:
+        self.commit.observe(seconds)
+        self.group.observe(size)
 
 
 class DbPoolCollector(Collector):

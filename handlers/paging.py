@@ -6,7 +6,7 @@ import base64
 import binascii
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
-from typing import TypeVar
+from typing import Any, TypeVar
 from uuid import UUID
 
 import orjson
@@ -34,6 +34,18 @@ def split_page(
     page = rows[:limit]
     cursor = encode_cursor(*position(page[-1])) if len(rows) > limit else None
     return page, cursor
+
+
+def page_body(
+    rows: Sequence[T],
+    limit: int,
+    position: Callable[[T], tuple[datetime, UUID]],
+    item_json: Callable[[T], Any],
+) -> dict[str, Any]:
+    """A list endpoint's body, ``{"items": [...], "next_cursor": ...}``, for ``rows`` fetched
+    with ``limit + 1`` (see :func:`split_page`); ``item_json`` shapes one item."""
+    page, cursor = split_page(rows, limit, position)
+    return {"items": [item_json(row) for row in page], "next_cursor": cursor}
 
 
 def encode_cursor(stamp: datetime, item_id: UUID) -> str:

@@ -9,14 +9,16 @@ Arena marketplace clients, which send ``{"status": ...}`` to the proposal's own 
 
 from __future__ import annotations
 
+from typing import Any
+
 from aiohttp import web
 
 from handlers import keys
 from handlers.auth_context import require_principal
 from handlers.errors import json_response
-from handlers.http_cache import IF_MATCH, etag, expected_version
+from handlers.http_cache import IF_MATCH, expected_version, versioned_response
 from handlers.openapi import describe
-from handlers.paging import decode_cursor, path_uuid, split_page
+from handlers.paging import decode_cursor, page_body, path_uuid
 from handlers.validation import parse_body, query_params
 from services.marketplace import proposals as service
 from services.marketplace.models import (
@@ -48,8 +50,8 @@ async def create_proposal(request: web.Request) -> web.Response:
     row = await service.create_proposal(
         request.app[keys.pool], request.app.get(keys.relay), principal, request_id, body
     )
-    headers = {**etag(row.version), "Location": f"/api/v1/proposals/{row.id}"}
-    return json_response(ProposalOut.json_of(row), status=201, headers=headers)
+    location = f"/api/v1/proposals/{row.id}"
+    return versioned_response(ProposalOut.json_of(row), row.version, status=201, location=location)
 
 
 @describe(
@@ -64,9 +66,8 @@ async def list_proposals(request: web.Request) -> web.Response:
     query = query_params(request, ProposalQuery)
     after = decode_cursor(query.cursor)
     rows = await service.list_proposals(request.app[keys.pool], principal, query, after)
-    page, cursor = split_page(rows, query.limit, lambda row: (row.created_at, row.id))
     return json_response(
-        {"items": [ProposalOut.json_of(row) for row in page], "next_cursor": cursor}
+        page_body(rows, query.limit, lambda row: (row.created_at, row.id), ProposalOut.json_of)
     )
 
 
@@ -81,7 +82,7 @@ async def get_proposal(request: web.Request) -> web.Response:
     """The proposal, with its version in the ``ETag`` header."""
     principal = require_principal(request)
     row = await service.get_proposal(request.app[keys.pool], principal, path_uuid(request))
-    return json_response(ProposalOut.json_of(row), headers=etag(row.version))
+    return versioned_response(ProposalOut.json_of(row), row.version)
 
 
 async def _change_status(request: web.Request) -> web.Response:
@@ -97,18 +98,21 @@ async def _change_status(request: web.Request) -> web.Response:
         body.status,
         version,
     )
-    return json_response(ProposalOut.json_of(row), headers=etag(row.version))
+    return versioned_response(ProposalOut.json_of(row), row.version)
 
 
-@describe(
-    summary="Shortlist, reject, accept or withdraw a proposal",
-    tags=TAGS,
-    body=ProposalStatusChange,
-    responses={200: ProposalOut},
-    errors=(403, 404, 409, 412),
-    headers={"If-Match": IF_MATCH},
-    path_formats={"id": "uuid"},
-)
+#: What the two status-change routes (the same operation at two URLs) declare alike.
+_STATUS_CHANGE: dict[str, Any] = {
+    "tags": TAGS,
+    "body": ProposalStatusChange,
+    "responses": {200: ProposalOut},
+    "errors": (403, 404, 409, 412),
+    "headers": {"If-Match": IF_MATCH},
+    "path_formats": {"id": "uuid"},
+}
+
+
+@describe(summary="Shortlist, reject, accept or withdraw a proposal", **_STATUS_CHANGE)
 async def put_status(request: web.Request) -> web.Response:
     """Illegal transitions answer 409; a stale ``If-Match``/``version`` answers 412.
 
@@ -117,15 +121,7 @@ async def put_status(request: web.Request) -> web.Response:
     return await _change_status(request)
 
 
-@describe(
-    summary="Change a proposal's status (Arena marketplace clients)",
-    tags=TAGS,
-    body=ProposalStatusChange,
-    responses={200: ProposalOut},
-    errors=(403, 404, 409, 412),
-    headers={"If-Match": IF_MATCH},
-    path_formats={"id": "uuid"},
-)
+@describe(summary="Change a proposal's status (Arena marketplace clients)", **_STATUS_CHANGE)
 async def put_proposal(request: web.Request) -> web.Response:
     """The same change as ``PUT /api/v1/proposals/{id}/status``, at the proposal's own URL:
     the body is ``{"status": ...}`` (``version`` or ``If-Match`` optional). Illegal transitions

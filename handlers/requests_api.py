@@ -11,9 +11,9 @@ from aiohttp import web
 from handlers import keys
 from handlers.auth_context import require_principal
 from handlers.errors import json_response
-from handlers.http_cache import IF_MATCH, etag, expected_version
+from handlers.http_cache import IF_MATCH, expected_version, versioned_response
 from handlers.openapi import describe
-from handlers.paging import decode_cursor, path_uuid, split_page
+from handlers.paging import decode_cursor, page_body, path_uuid
 from handlers.validation import parse_body, query_params
 from services.marketplace import requests as service
 from services.marketplace.models import (
@@ -42,8 +42,8 @@ async def create_request(request: web.Request) -> web.Response:
     row = await service.create_request(
         request.app[keys.pool], request.app.get(keys.relay), principal, body
     )
-    headers = {**etag(row.version), "Location": f"/api/v1/requests/{row.id}"}
-    return json_response(RequestOut.json_of(row), status=201, headers=headers)
+    location = f"/api/v1/requests/{row.id}"
+    return versioned_response(RequestOut.json_of(row), row.version, status=201, location=location)
 
 
 @describe(
@@ -58,9 +58,8 @@ async def list_requests(request: web.Request) -> web.Response:
     query = query_params(request, RequestQuery)
     after = decode_cursor(query.cursor)
     rows = await service.list_requests(request.app[keys.pool], principal, query, after)
-    page, cursor = split_page(rows, query.limit, lambda row: (row.created_at, row.id))
     return json_response(
-        {"items": [RequestOut.json_of(row) for row in page], "next_cursor": cursor}
+        page_body(rows, query.limit, lambda row: (row.created_at, row.id), RequestOut.json_of)
     )
 
 
@@ -75,7 +74,7 @@ async def get_request(request: web.Request) -> web.Response:
     """The request, with its version in the ``ETag`` header."""
     principal = require_principal(request)
     row = await service.get_request(request.app[keys.pool], principal, path_uuid(request))
-    return json_response(RequestOut.json_of(row), headers=etag(row.version))
+    return versioned_response(RequestOut.json_of(row), row.version)
 
 
 @describe(
@@ -96,7 +95,7 @@ async def patch_request(request: web.Request) -> web.Response:
     row = await service.update_request(
         request.app[keys.pool], request.app.get(keys.relay), principal, request_id, body, version
     )
-    return json_response(RequestOut.json_of(row), headers=etag(row.version))
+    return versioned_response(RequestOut.json_of(row), row.version)
 
 
 @describe(

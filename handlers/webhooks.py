@@ -41,7 +41,9 @@ class WebhookAck(BaseModel):
 
 async def webhook_allowed(request: web.Request) -> Decision:
     """Count this request against its client IP's webhook budget
-    (``WEBHOOK_RATE_PER_IP`` per minute, shared across instances when Redis is used).
+    (``WEBHOOK_RATE_PER_IP`` per minute, shared across instances when Redis is used; decided
+    locally and synced in the background unless ``RATE_LIMIT_SYNC_SECONDS`` is 0, so that no
+    Redis round trip stands in the acknowledgement's path).
 
     Fails open when the shared limiter is unreachable: refusing alerts because Redis is down
     would lose more than an unthrottled minute costs.
@@ -49,7 +51,7 @@ async def webhook_allowed(request: web.Request) -> Decision:
     config = request.app[keys.config]
     ip = client_ip(request, config.http.trusted_proxies)
     try:
-        return await request.app[keys.rate_limiter].hit(
+        return await request.app[keys.local_first_limiter].hit(
             f"webhook:ip:{ip}", config.webhook.rate_per_ip, 60.0
         )
     except RateLimiterUnavailable:

@@ -13,6 +13,7 @@ errors become broker results.
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import time
 from collections.abc import Sequence
@@ -86,7 +87,9 @@ class _Queued:
 
 class ScriptedBroker(Broker):
     """Publish, history and position through the Lua scripts, on a Redis or RedisCluster
-    client. Subclasses connect, subscribe and deliver.
+    client, and the bookkeeping of start, close and subscriptions. Subclasses connect
+    (:meth:`_connect`, :meth:`_disconnect`), carry live messages (:meth:`_listen`,
+    :meth:`_unlisten`) and deliver them to the handler.
 
     Concurrent publishes to one channel share round trips: the publishes of a channel made in
     one event-loop iteration (the requests that one pass of the loop handled) go out together
@@ -126,6 +129,9 @@ class ScriptedBroker(Broker):
         self._read = client.register_script(read)
         self._started = False
         self._closed = False
+        #: live (pub/sub) channel name -> channel, for the channels subscribed here
+        self._channels: dict[bytes, str] = {}
+        self._handler: BrokerEventHandler | None = None
         #: per (channel, idempotency TTL): the publishes joining this iteration's first one
         self._queued: dict[tuple[str, int], list[_Queued]] = {}
         self._flushes: set[asyncio.Task[None]] = set()
@@ -137,6 +143,60 @@ class ScriptedBroker(Broker):
     def _check(self) -> None:
         if self._closed or not self._started:
             raise BrokerError(f"{self.name} broker is not running")
+
+    # -- lifecycle and subscriptions -------------------------------------------------------
+
+    async def start(self, handler: BrokerEventHandler) -> None:
+        """Connect (:meth:`_connect`); on failure close what was opened and raise (a
+        :class:`BrokerUnavailable` when Redis does not answer now: fail fast)."""
+        self._handler = handler
+        try:
+            await self._connect()
+        except BaseException:
+            await self.close()
+            raise
+        self._started = True
+
+    async def close(self) -> None:
+        """Stop the readers and close every connection (:meth:`_disconnect`). Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        await self._disconnect()
+        self._channels.clear()
+        self._handler = None
+
+    async def subscribe(self, channel: str) -> None:
+        self._check()
+        name = self._keys.live(channel)
+        self._channels[name] = channel
+        try:
+            await self._listen(channel, name)
+        except BaseException:
+            self._channels.pop(name, None)
+            raise
+
+    async def unsubscribe(self, channel: str) -> None:
+        name = self._keys.live(channel)
+        if self._channels.pop(name, None) is not None:
+            await self._unlisten(channel, name)
+
+    @abc.abstractmethod
+    async def _connect(self) -> None:
+        """Check that Redis answers and subscribe the control channel."""
+
+    @abc.abstractmethod
+    async def _disconnect(self) -> None:
+        """Close the readers and every connection."""
+
+    @abc.abstractmethod
+    async def _listen(self, channel: str, name: bytes) -> None:
+        """Receive the live messages of ``channel`` (pub/sub channel ``name``); returns once
+        Redis confirmed the subscription."""
+
+    @abc.abstractmethod
+    async def _unlisten(self, channel: str, name: bytes) -> None:
+        """Stop receiving pub/sub channel ``name``."""
 
     async def _run(self, script: AsyncScript, keys: list[str], args: tuple[Any, ...]) -> Any:
         """Run ``script`` (a hook for brokers that limit concurrent commands)."""
@@ -425,8 +485,6 @@ class RedisBroker(ScriptedBroker):
             on_drained=self._deliver_read,
         )
         self._control = self.keys.control
-        self._channels: dict[bytes, str] = {}
-        self._handler: BrokerEventHandler | None = None
         #: publications read from pub/sub and not handed to the hub yet (:meth:`_on_message`)
         self._read_batch: list[Publication] = []
         self._hand_over_scheduled = False
@@ -438,50 +496,27 @@ class RedisBroker(ScriptedBroker):
 
     # -- lifecycle -------------------------------------------------------------------------
 
-    async def start(self, handler: BrokerEventHandler) -> None:
-        """Connect and subscribe the control channel.
-
-        Raises :class:`BrokerUnavailable` when Redis does not answer now (fail fast).
-        """
-        self._handler = handler
+    async def _connect(self) -> None:
+        """Connect and subscribe the control channel; raises :class:`BrokerUnavailable` when
+        Redis does not answer now."""
         try:
-            try:
-                await self._redis.ping()
-            except (RedisError, OSError) as exc:
-                raise BrokerUnavailable(f"cannot reach Redis: {exc}") from exc
-            await self._pubsub.start([self._control])
-        except BaseException:
-            await self.close()
-            raise
-        self._started = True
+            await self._redis.ping()
+        except (RedisError, OSError) as exc:
+            raise BrokerUnavailable(f"cannot reach Redis: {exc}") from exc
+        await self._pubsub.start([self._control])
 
-    async def close(self) -> None:
-        """Stop the reader and close every connection. Idempotent."""
-        if self._closed:
-            return
-        self._closed = True
+    async def _disconnect(self) -> None:
         await self._pubsub.close()
         await self._redis.aclose()
         await self._pool.disconnect()
-        self._channels.clear()
-        self._handler = None
 
     # -- subscriptions ---------------------------------------------------------------------
 
-    async def subscribe(self, channel: str) -> None:
-        self._check()
-        name = self.keys.live(channel)
-        self._channels[name] = channel
-        try:
-            await self._pubsub.subscribe(name)
-        except BaseException:
-            self._channels.pop(name, None)
-            raise
+    async def _listen(self, channel: str, name: bytes) -> None:
+        await self._pubsub.subscribe(name)
 
-    async def unsubscribe(self, channel: str) -> None:
-        name = self.keys.live(channel)
-        if self._channels.pop(name, None) is not None:
-            await self._pubsub.unsubscribe(name)
+    async def _unlisten(self, channel: str, name: bytes) -> None:
+        await self._pubsub.unsubscribe(name)
 
     def _on_message(self, name: bytes, data: bytes) -> None:
         """A pub/sub message. Publications are collected and handed to the hub together once

@@ -41,7 +41,7 @@ from redis.crc import key_slot
 from redis.exceptions import ClusterError, RedisClusterException, RedisError, TryAgainError
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from pubsub.broker import BrokerError, BrokerEventHandler, BrokerUnavailable
+from pubsub.broker import BrokerError, BrokerUnavailable
 from pubsub.redis_broker import ScriptedBroker
 from pubsub.redis_keys import PartitionedKeySpace, Partitioning, parse_wire
 from pubsub.redis_pubsub import SHARDED, PubSubConnection, ReconnectPolicy, Relocated
@@ -413,8 +413,6 @@ class RedisClusterBroker(ScriptedBroker):
             keepalive_timeout=keepalive_timeout,
             label="control",
         )
-        self._channels: dict[bytes, str] = {}
-        self._handler: BrokerEventHandler | None = None
 
     @property
     def subscriber(self) -> ShardedSubscriber:
@@ -428,34 +426,20 @@ class RedisClusterBroker(ScriptedBroker):
 
     # -- lifecycle -------------------------------------------------------------------------
 
-    async def start(self, handler: BrokerEventHandler) -> None:
-        """Discover the cluster and subscribe the control channel.
-
-        Raises :class:`BrokerUnavailable` when no seed node answers (fail fast).
-        """
-        self._handler = handler
+    async def _connect(self) -> None:
+        """Discover the cluster and subscribe the control channel; raises
+        :class:`BrokerUnavailable` when no seed node answers."""
         try:
-            try:
-                await self._cluster.initialize()
-            except self.errors as exc:
-                raise BrokerUnavailable(f"cannot reach the Redis Cluster: {exc}") from exc
-            self._subscriber.start()
-            await self._control_link.start([self._control])
-        except BaseException:
-            await self.close()
-            raise
-        self._started = True
+            await self._cluster.initialize()
+        except self.errors as exc:
+            raise BrokerUnavailable(f"cannot reach the Redis Cluster: {exc}") from exc
+        self._subscriber.start()
+        await self._control_link.start([self._control])
 
-    async def close(self) -> None:
-        """Stop the readers and close every connection. Idempotent."""
-        if self._closed:
-            return
-        self._closed = True
+    async def _disconnect(self) -> None:
         await self._subscriber.close()
         await self._control_link.close()
         await self._cluster.aclose()
-        self._channels.clear()
-        self._handler = None
 
     def _control_connection(self) -> AbstractConnection:
         """A connection to any node (a replica will do): PUBLISH reaches all of them. Each
@@ -467,20 +451,11 @@ class RedisClusterBroker(ScriptedBroker):
 
     # -- subscriptions ---------------------------------------------------------------------
 
-    async def subscribe(self, channel: str) -> None:
-        self._check()
-        name = self.keys.live(channel)
-        self._channels[name] = channel
-        try:
-            await self._subscriber.subscribe(self.keys.partitions.index(channel), name)
-        except BaseException:
-            self._channels.pop(name, None)
-            raise
+    async def _listen(self, channel: str, name: bytes) -> None:
+        await self._subscriber.subscribe(self.keys.partitions.index(channel), name)
 
-    async def unsubscribe(self, channel: str) -> None:
-        name = self.keys.live(channel)
-        if self._channels.pop(name, None) is not None:
-            await self._subscriber.unsubscribe(self.keys.partitions.index(channel), name)
+    async def _unlisten(self, channel: str, name: bytes) -> None:
+        await self._subscriber.unsubscribe(self.keys.partitions.index(channel), name)
 
     def _on_message(self, name: bytes, data: bytes) -> None:
         channel = self._channels.get(name)

@@ -13,6 +13,7 @@ from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.cluster import RedisCluster
 
 from handlers import keys
+from handlers.metrics import AlertCommitMetrics
 from handlers.realtime.service import realtime_service
 from handlers.realtime.transport import Flusher
 from pubsub.broker import Broker
@@ -180,7 +181,9 @@ async def outbox_relay(app: web.Application) -> AsyncIterator[None]:
     webhooks that wakes it."""
     relay = OutboxRelay(app[keys.pool], app[keys.hub])
     app[keys.relay] = relay
-    group = GroupCommit(app[keys.pool], relay)
+    group = GroupCommit(
+        app[keys.pool], relay, timings=AlertCommitMetrics.create(app[keys.registry])
+    )
     app[keys.group_commit] = group
     task = asyncio.create_task(relay.run(), name="outbox-relay")
     try:
@@ -206,7 +209,7 @@ async def redis_client(app: web.Application) -> AsyncIterator[None]:
     process memory."""
     settings = app[settings_key]
     if not settings.redis_url:
-        app[keys.rate_limiter] = app[keys.user_command_limiter] = MemoryRateLimiter()
+        app[keys.rate_limiter] = app[keys.local_first_limiter] = MemoryRateLimiter()
         app[keys.replay_cache] = MemoryReplayCache()
         yield
         return
@@ -224,13 +227,13 @@ async def redis_client(app: web.Application) -> AsyncIterator[None]:
     app[keys.replay_cache] = RedisReplayCache(client, settings.redis_prefix)
     sync: asyncio.Task[None] | None = None
     if settings.rate_limit_sync_seconds > 0:
-        # The per-user command limit decides locally and syncs with Redis in the background
-        # (docs/security.md); login and webhook limits stay exact.
+        # The per-user command and per-IP webhook limits decide locally and sync with Redis in
+        # the background (docs/security.md); login, verify and invite limits stay exact.
         synced = SyncedRateLimiter(client, settings.redis_prefix, settings.rate_limit_sync_seconds)
-        app[keys.user_command_limiter] = synced
+        app[keys.local_first_limiter] = synced
         sync = asyncio.create_task(synced.run(), name="rate-limit-sync")
     else:
-        app[keys.user_command_limiter] = app[keys.rate_limiter]
+        app[keys.local_first_limiter] = app[keys.rate_limiter]
     try:
         yield
     finally:

@@ -10,6 +10,7 @@ outbox event in the same commit.
 from __future__ import annotations
 
 import hashlib
+import operator
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -21,6 +22,37 @@ import asyncpg
 
 from storage.errors import NotFound
 from storage.outbox import OutboxEvent
+from storage.query import Params, fetch_by_id, keyset_page
+
+#: The columns of ``alerts`` that a :class:`NewAlert` fills, with their SQL types: the one list
+#: every insert below is written from, in the order of :meth:`NewAlert.values` (the statements'
+#: parameters follow it).
+_NEW_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("strategy_id", "uuid"),
+    ("source", "text"),
+    ("webhook_id", "text"),
+    ("ticker", "text"),
+    ("action", "text"),
+    ("quantity", "numeric"),
+    ("price", "numeric"),
+    ("alert_time", "timestamptz"),
+    ("message", "text"),
+    ("raw_body", "text"),
+    ("content_type", "text"),
+    ("body_sha256", "bytea"),
+)
+_NEW_NAMES = ", ".join(name for name, _ in _NEW_COLUMNS)
+_new_values = operator.attrgetter(*(name for name, _ in _NEW_COLUMNS))
+
+
+def _placeholders(first: int, array: bool = False) -> str:
+    """``$first::uuid, $<first + 1>::text, ...``: typed parameters for :data:`_NEW_COLUMNS`
+    (arrays of those types with ``array``)."""
+    suffix = "[]" if array else ""
+    return ", ".join(
+        f"${number}::{sql_type}{suffix}"
+        for number, (_, sql_type) in enumerate(_NEW_COLUMNS, start=first)
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +71,11 @@ class NewAlert:
     price: Decimal | None = None
     alert_time: datetime | None = None
     message: str | None = None
+
+    def values(self) -> tuple[Any, ...]:
+        """The values of :data:`_NEW_COLUMNS`, in that order."""
+        values: tuple[Any, ...] = _new_values(self)
+        return values
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,24 +171,12 @@ async def insert(conn: asyncpg.Connection, new: NewAlert, dedup_seconds: int = 0
     try:
         row = await conn.fetchrow(
             f"""
-            INSERT INTO alerts (strategy_id, source, webhook_id, ticker, action, quantity, price,
-                                alert_time, message, raw_body, content_type, body_sha256)
-            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+            INSERT INTO alerts ({_NEW_NAMES})
+            VALUES ({_placeholders(1)})
             ON CONFLICT (strategy_id, webhook_id) DO NOTHING
             RETURNING {_COLUMNS}
             """,
-            new.strategy_id,
-            new.source,
-            new.webhook_id,
-            new.ticker,
-            new.action,
-            new.quantity,
-            new.price,
-            new.alert_time,
-            new.message,
-            new.raw_body,
-            new.content_type,
-            new.body_sha256,
+            *new.values(),
         )
     except asyncpg.ForeignKeyViolationError:
         raise NotFound("strategy") from None
@@ -165,23 +190,23 @@ async def insert(conn: asyncpg.Connection, new: NewAlert, dedup_seconds: int = 0
     return InsertResult(_alert(original) if original else None, True)
 
 
-# The single statement behind :func:`insert_with_event`. ``dup`` finds an identical body inside
-# the de-duplication window (only when $13 > 0; the caller holds the advisory lock already),
-# ``ins`` inserts unless ``dup`` found one or the webhook id exists, ``ev`` writes the outbox
-# event only for a row ``ins`` inserted, with the database's ``received_at`` put into the
-# payload in ``datetime.isoformat()`` form (what the Python side writes). The last branch
-# returns the original of a replayed webhook id.
+# The single statement behind :func:`insert_with_event`. Its parameters: $1 the alert's id,
+# $2 to $13 the :data:`_NEW_COLUMNS` (so $2 is strategy_id, $4 webhook_id, $13 body_sha256),
+# $14 the de-duplication window, $15 to $17 the event's channels, payload and received_at path.
+# ``dup`` finds an identical body inside the de-duplication window (only when $14 > 0; the
+# caller holds the advisory lock already), ``ins`` inserts unless ``dup`` found one or the
+# webhook id exists, ``ev`` writes the outbox event only for a row ``ins`` inserted, with the
+# database's ``received_at`` put into the payload in ``datetime.isoformat()`` form (what the
+# Python side writes). The last branch returns the original of a replayed webhook id.
 _INSERT_WITH_EVENT = f"""
 WITH dup AS (
     SELECT {_COLUMNS} FROM alerts
-    WHERE $13::float8 > 0 AND strategy_id = $2::uuid AND body_sha256 = $12::bytea
-      AND received_at > clock_timestamp() - make_interval(secs => $13::float8)
+    WHERE $14::float8 > 0 AND strategy_id = $2::uuid AND body_sha256 = $13::bytea
+      AND received_at > clock_timestamp() - make_interval(secs => $14::float8)
     ORDER BY received_at DESC LIMIT 1
 ), ins AS (
-    INSERT INTO alerts (id, strategy_id, source, webhook_id, ticker, action, quantity, price,
-                        alert_time, message, raw_body, content_type, body_sha256)
-    SELECT $1::uuid, $2::uuid, $3::text, $4::text, $5::text, $6::text, $7::numeric,
-           $8::numeric, $9::timestamptz, $10::text, $11::text, $14::text, $12::bytea
+    INSERT INTO alerts (id, {_NEW_NAMES})
+    SELECT $1::uuid, {_placeholders(2)}
     WHERE NOT EXISTS (SELECT 1 FROM dup)
     ON CONFLICT (strategy_id, webhook_id) DO NOTHING
     RETURNING {_COLUMNS}
@@ -227,19 +252,8 @@ async def insert_with_event(
     """
     args = (
         alert_id,
-        new.strategy_id,
-        new.source,
-        new.webhook_id,
-        new.ticker,
-        new.action,
-        new.quantity,
-        new.price,
-        new.alert_time,
-        new.message,
-        new.raw_body,
-        new.body_sha256,
+        *new.values(),
         float(dedup_seconds) if new.webhook_id is None else 0.0,
-        new.content_type,
         list(channels),
         payload,
         list(received_at_path),
@@ -292,9 +306,12 @@ class InsertedMany:
     pending: list[int] | None
 
 
-# The statement behind :func:`insert_many_with_events`: ``input`` unnests the arrays (in the
-# callers' order), ``dup`` finds for each row without a webhook id the newest identical body
-# inside the de-duplication window (only when $17 > 0; the caller holds the advisory locks),
+# The statement behind :func:`insert_many_with_events`. Its parameters: arrays of the alerts'
+# ids ($1), of the :data:`_NEW_COLUMNS` ($2 to $13), of the events' channels and payloads ($14,
+# $15); $16 the received_at path, $17 the de-duplication window, $18 'on' for a quiet commit
+# (no NOTIFY). ``input`` unnests the arrays (in the callers' order), ``dup`` finds for each row
+# without a webhook id the newest identical body inside the de-duplication window (only when
+# $17 > 0; the caller holds the advisory locks),
 # ``ins`` inserts the others in order unless the webhook id is stored already, ``ev`` writes
 # one outbox event per inserted row in the same order (so the feed publishes them in order).
 # ``pending`` lists the unpublished outbox events the statement's snapshot sees (not its own:
@@ -306,12 +323,11 @@ class InsertedMany:
 # concurrent transaction while this one waited for it is missing: the caller reads it again).
 _INSERT_MANY_WITH_EVENTS = f"""
 WITH input AS (
-    SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[],
-                         $7::numeric[], $8::numeric[], $9::timestamptz[], $10::text[],
-                         $11::text[], $12::text[], $13::bytea[], $14::text[], $15::jsonb[])
-        WITH ORDINALITY AS i(id, strategy_id, source, webhook_id, ticker, action, quantity,
-                             price, alert_time, message, raw_body, content_type, body_sha256,
-                             channel, payload, ord)
+    SELECT * FROM unnest($1::uuid[], {_placeholders(2, array=True)}, $14::text[], $15::jsonb[])
+        WITH ORDINALITY AS i(id, {_NEW_NAMES}, channel, payload, ord)
+    -- 'on': the caller hands the events to the relay itself; the outbox trigger skips its
+    -- NOTIFY (for this transaction only; evaluated here, as every group reads its input)
+    WHERE set_config('arena.outbox_quiet', $18::text, true) IS NOT NULL
 ), dup AS (
     SELECT DISTINCT ON (input.ord) input.ord, {_aliased("a")}
     FROM input JOIN alerts a
@@ -320,10 +336,8 @@ WITH input AS (
      AND a.received_at > clock_timestamp() - make_interval(secs => $17::float8)
     ORDER BY input.ord, a.received_at DESC
 ), ins AS (
-    INSERT INTO alerts (id, strategy_id, source, webhook_id, ticker, action, quantity, price,
-                        alert_time, message, raw_body, content_type, body_sha256)
-    SELECT id, strategy_id, source, webhook_id, ticker, action, quantity, price, alert_time,
-           message, raw_body, content_type, body_sha256
+    INSERT INTO alerts (id, {_NEW_NAMES})
+    SELECT id, {_NEW_NAMES}
     FROM input WHERE NOT EXISTS (SELECT 1 FROM dup WHERE dup.ord = input.ord)
     ORDER BY ord
     ON CONFLICT (strategy_id, webhook_id) DO NOTHING
@@ -362,10 +376,14 @@ async def insert_many_with_events(
     items: Sequence[NewAlertWithEvent],
     received_at_path: Sequence[str],
     dedup_seconds: int = 0,
+    *,
+    quiet: bool = False,
 ) -> InsertedMany:
     """:func:`insert_with_event` for several alerts in one statement (one round trip, and
     outside a transaction one commit). Returns one result per item, in order (a new alert's
     with its outbox event), and the unpublished events that were committed before it.
+    ``quiet``: the caller hands the events to the relay in-process, so the outbox's ``NOTIFY``
+    is skipped (migration ``0009_outbox_quiet``).
 
     Each alert is inserted with its outbox event unless it repeats an earlier one: a stored
     ``(strategy_id, webhook_id)``, or (no webhook id, ``dedup_seconds > 0``) an identical body
@@ -387,35 +405,20 @@ async def insert_many_with_events(
             keys[key] = index
             sent.append(index)
         first.append(keys[key])
-    columns: list[list[Any]] = [[] for _ in range(15)]
+    # One array per parameter $1 to $15 (see _INSERT_MANY_WITH_EVENTS).
+    columns: list[list[Any]] = [[] for _ in range(len(_NEW_COLUMNS) + 3)]
     for index in sent:
         item = items[index]
-        new = item.new
-        for column, value in zip(
-            columns,
-            (
-                item.alert_id,
-                new.strategy_id,
-                new.source,
-                new.webhook_id,
-                new.ticker,
-                new.action,
-                new.quantity,
-                new.price,
-                new.alert_time,
-                new.message,
-                new.raw_body,
-                new.content_type,
-                new.body_sha256,
-                item.channel,
-                item.payload,
-            ),
-            strict=True,
-        ):
+        values = (item.alert_id, *item.new.values(), item.channel, item.payload)
+        for column, value in zip(columns, values, strict=True):
             column.append(value)
     try:
         rows = await conn.fetch(
-            _INSERT_MANY_WITH_EVENTS, *columns, list(received_at_path), float(dedup_seconds)
+            _INSERT_MANY_WITH_EVENTS,
+            *columns,
+            list(received_at_path),
+            float(dedup_seconds),
+            "on" if quiet else "off",
         )
     except asyncpg.ForeignKeyViolationError:
         raise NotFound("strategy") from None
@@ -489,20 +492,13 @@ def lock_dedup_statement(strategy_id: UUID, body_sha256: bytes) -> str:
 
 async def get(conn: asyncpg.Connection, alert_id: UUID | str) -> Alert:
     """The alert; raises :class:`NotFound`."""
-    row = await conn.fetchrow(f"SELECT {_COLUMNS} FROM alerts WHERE id = $1::uuid", str(alert_id))
-    if row is None:
-        raise NotFound("alert")
-    return _alert(row)
+    return _alert(await fetch_by_id(conn, f"SELECT {_COLUMNS} FROM alerts", alert_id, "alert"))
 
 
 async def get_for_update(conn: asyncpg.Connection, alert_id: UUID | str) -> Alert:
     """The alert, locked until the end of the caller's transaction; raises :class:`NotFound`."""
-    row = await conn.fetchrow(
-        f"SELECT {_COLUMNS} FROM alerts WHERE id = $1::uuid FOR UPDATE", str(alert_id)
-    )
-    if row is None:
-        raise NotFound("alert")
-    return _alert(row)
+    select = f"SELECT {_COLUMNS} FROM alerts"
+    return _alert(await fetch_by_id(conn, select, alert_id, "alert", for_update=True))
 
 
 async def update(conn: asyncpg.Connection, alert_id: UUID | str, changes: dict[str, Any]) -> Alert:
@@ -538,14 +534,9 @@ def _filters(
     action: str | None,
     since: datetime | None,
     until: datetime | None,
-) -> tuple[list[str], list[Any]]:
+) -> tuple[list[str], Params]:
     clauses: list[str] = []
-    args: list[Any] = []
-
-    def arg(value: Any) -> str:
-        args.append(value)
-        return f"${len(args)}"
-
+    arg = Params()
     if viewer is not None:
         ref = arg(str(viewer))
         clauses.append(
@@ -562,7 +553,7 @@ def _filters(
         clauses.append(f"a.received_at >= {arg(since)}")
     if until is not None:
         clauses.append(f"a.received_at < {arg(until)}")
-    return clauses, args
+    return clauses, arg
 
 
 async def list_alerts(
@@ -582,18 +573,10 @@ async def list_alerts(
     ``after`` is the (received_at, id) of the last alert of the previous page (keyset paging:
     stable while new alerts arrive).
     """
-    clauses, args = _filters(viewer, strategy_id, ticker, action, since, until)
-    if after is not None:
-        args.extend(after)
-        clauses.append(f"(a.received_at, a.id) < (${len(args) - 1}, ${len(args)})")
-    where = " AND ".join(clauses) or "true"
-    args.append(limit)
-    rows = await conn.fetch(
-        f"SELECT {_COLUMNS} FROM alerts a WHERE {where} "
-        f"ORDER BY a.received_at DESC, a.id DESC LIMIT ${len(args)}",
-        *args,
-    )
-    return [_alert(row) for row in rows]
+    clauses, arg = _filters(viewer, strategy_id, ticker, action, since, until)
+    select = f"SELECT {_COLUMNS} FROM alerts a"
+    sql = keyset_page(select, "a", clauses, arg, after, limit, stamp="received_at")
+    return [_alert(row) for row in await conn.fetch(sql, *arg.values)]
 
 
 async def stats(
@@ -610,9 +593,8 @@ async def stats(
     """Per-bucket alert count and buy/sell volume (sum of ``quantity``) over
     ``[since, until)``; buckets are aligned to the Unix epoch and empty ones are included, so
     the series plots directly. ``action`` keeps only buy (or sell) alerts."""
-    clauses, args = _filters(viewer, strategy_id, ticker, action, since, until)
-    args.extend([float(bucket_seconds), since, until])
-    width, lo, hi = (f"${len(args) - 2}", f"${len(args) - 1}", f"${len(args)}")
+    clauses, arg = _filters(viewer, strategy_id, ticker, action, since, until)
+    width, lo, hi = arg(float(bucket_seconds)), arg(since), arg(until)
     interval = f"make_interval(secs => {width})"
     rows = await conn.fetch(
         f"""
@@ -631,7 +613,7 @@ async def stats(
         WHERE s.t < {hi}
         ORDER BY s.t
         """,
-        *args,
+        *arg.values,
     )
     return [Bucket(row["t"], row["count"], row["buy"], row["sell"]) for row in rows]
 
@@ -648,16 +630,11 @@ async def series(
 ) -> list[SeriesPoint]:
     """Alerts of one ticker of one strategy that carry a price, oldest first (a chart's
     order), from ``after`` (the (received_at, id) of the previous page's last point) on."""
-    clauses, args = _filters(None, strategy_id, ticker, None, since, until)
+    clauses, arg = _filters(None, strategy_id, ticker, None, since, until)
     clauses.append("a.price IS NOT NULL")
-    if after is not None:
-        args.extend(after)
-        clauses.append(f"(a.received_at, a.id) > (${len(args) - 1}, ${len(args)})")
-    args.append(limit)
-    rows = await conn.fetch(
-        f"SELECT a.id, a.received_at, a.price, a.action FROM alerts a "
-        f"WHERE {' AND '.join(clauses)} "
-        f"ORDER BY a.received_at, a.id LIMIT ${len(args)}",
-        *args,
+    select = "SELECT a.id, a.received_at, a.price, a.action FROM alerts a"
+    sql = keyset_page(
+        select, "a", clauses, arg, after, limit, stamp="received_at", oldest_first=True
     )
+    rows = await conn.fetch(sql, *arg.values)
     return [SeriesPoint(row["id"], row["received_at"], row["price"], row["action"]) for row in rows]

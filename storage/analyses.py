@@ -16,6 +16,7 @@ from uuid import UUID
 import asyncpg
 
 from storage.errors import Conflict, NotFound
+from storage.query import Params, keyset_page
 
 KINDS = ("compare_proposals", "summarize_request", "question")
 ACTIVE = ("queued", "running")
@@ -311,12 +312,7 @@ async def list_analyses(
     they own (whoever started them), which are exactly those they may read.
     """
     where: list[str] = []
-    args: list[Any] = []
-
-    def arg(value: Any) -> str:
-        args.append(value)
-        return f"${len(args)}"
-
+    arg = Params()
     if viewer_id is not None:
         # Placeholders only: every value goes in ``args``.
         owned = f"SELECT r.id FROM requests r WHERE r.owner_id = {arg(viewer_id)}"  # noqa: S608
@@ -327,14 +323,10 @@ async def list_analyses(
         where.append(f"a.status = {arg(status)}")
     if request_id is not None:
         where.append(f"a.request_id = {arg(request_id)}")
-    if after is not None:
-        where.append(f"(a.created_at, a.id) < ({arg(after[0])}, {arg(after[1])}::uuid)")
     columns = ", ".join(f"a.{name.strip()}" for name in _COLUMNS.split(","))
-    sql = f"SELECT {columns} FROM analyses a"  # noqa: S608
-    if where:
-        sql += " WHERE " + " AND ".join(where)
-    sql += f" ORDER BY a.created_at DESC, a.id DESC LIMIT {arg(limit)}"
-    rows = await conn.fetch(sql, *args)
+    select = f"SELECT {columns} FROM analyses a"  # noqa: S608
+    sql = keyset_page(select, "a", where, arg, after, limit)
+    rows = await conn.fetch(sql, *arg.values)
     return [_analysis(row) for row in rows]
 
 

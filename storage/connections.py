@@ -36,6 +36,24 @@ class ArenaConnection(asyncpg.Connection):  # type: ignore[misc]
         self.session_state = True
         await super().add_listener(channel, callback)
 
+    async def remove_listener(self, channel: str, callback: Any) -> None:
+        """``UNLISTEN``; on a connection that is closed already, finish closing it instead.
+
+        asyncpg's ``remove_listener`` does nothing on a closed connection, and the callback
+        stays registered. A connection can be closed and not cleaned up yet: when a query
+        finds the protocol broken (the server's ``FATAL`` for a terminated backend, or a
+        dropped database, read before the connection's end), asyncpg aborts it without its
+        cleanup. Releasing it with a callback left makes the pool warn *before* it releases
+        the connection, and where warnings are errors (``-W error``, our tests) that warning
+        escapes ``Pool.release`` and the connection stays acquired for good: ``Pool.close``
+        then waits for it forever. :meth:`terminate` does the cleanup now (callbacks dropped,
+        the connection given back to its pool), so the release has nothing left to do.
+        """
+        if self.is_closed():
+            self.terminate()
+            return
+        await super().remove_listener(channel, callback)
+
 
 def mark_session_state(conn: asyncpg.Connection) -> None:
     """Have the pool run the full reset query when ``conn`` is released: call it before taking

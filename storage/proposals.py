@@ -20,6 +20,7 @@ from uuid import UUID
 import asyncpg
 
 from storage.errors import Conflict, NotFound, StaleVersion
+from storage.query import Params, fetch_by_id, keyset_page
 
 TRANSITIONS: dict[str, frozenset[str]] = {
     "submitted": frozenset({"shortlisted", "rejected", "accepted", "withdrawn"}),
@@ -102,14 +103,10 @@ async def get(
     conn: asyncpg.Connection, proposal_id: UUID | str, *, for_update: bool = False
 ) -> Proposal:
     """The proposal with ``proposal_id`` (row-locked with ``for_update``); raises NotFound."""
-    lock = " FOR UPDATE" if for_update else ""
-    row = await conn.fetchrow(
-        f"SELECT {_COLUMNS} FROM proposals WHERE id = $1::uuid{lock}",  # noqa: S608
-        str(proposal_id),
+    select = f"SELECT {_COLUMNS} FROM proposals"  # noqa: S608
+    return _proposal(
+        await fetch_by_id(conn, select, proposal_id, "proposal", for_update=for_update)
     )
-    if row is None:
-        raise NotFound("proposal")
-    return _proposal(row)
 
 
 async def has_proposal(
@@ -150,12 +147,7 @@ async def list_proposals(
     or that answer the viewer's own requests.
     """
     where: list[str] = []
-    args: list[Any] = []
-
-    def arg(value: Any) -> str:
-        args.append(value)
-        return f"${len(args)}"
-
+    arg = Params()
     if viewer_id is not None:
         viewer = arg(str(viewer_id))
         where.append(
@@ -168,13 +160,9 @@ async def list_proposals(
         where.append(f"p.request_id = {arg(str(request_id))}::uuid")
     if status is not None:
         where.append(f"p.status = {arg(status)}")
-    if after is not None:
-        where.append(f"(p.created_at, p.id) < ({arg(after[0])}, {arg(after[1])}::uuid)")
-    sql = f"SELECT {_COLUMNS} FROM proposals p"  # noqa: S608
-    if where:
-        sql += " WHERE " + " AND ".join(where)
-    sql += f" ORDER BY p.created_at DESC, p.id DESC LIMIT {arg(limit)}"
-    return [_proposal(row) for row in await conn.fetch(sql, *args)]
+    select = f"SELECT {_COLUMNS} FROM proposals p"  # noqa: S608
+    sql = keyset_page(select, "p", where, arg, after, limit)
+    return [_proposal(row) for row in await conn.fetch(sql, *arg.values)]
 
 
 async def set_status(

@@ -16,6 +16,7 @@ from uuid import UUID
 import asyncpg
 
 from storage.errors import Conflict, NotFound, StaleVersion
+from storage.query import Params, fetch_by_id, keyset_page
 
 _COLUMNS = (
     "id, owner_id, title, description, requirements, budget, currency, deadline, status, "
@@ -88,14 +89,8 @@ async def get(
     conn: asyncpg.Connection, request_id: UUID | str, *, for_update: bool = False
 ) -> SoftwareRequest:
     """The request with ``request_id`` (row-locked with ``for_update``); raises NotFound."""
-    lock = " FOR UPDATE" if for_update else ""
-    row = await conn.fetchrow(
-        f"SELECT {_COLUMNS} FROM requests WHERE id = $1::uuid{lock}",  # noqa: S608
-        str(request_id),
-    )
-    if row is None:
-        raise NotFound("request")
-    return _request(row)
+    select = f"SELECT {_COLUMNS} FROM requests"  # noqa: S608
+    return _request(await fetch_by_id(conn, select, request_id, "request", for_update=for_update))
 
 
 async def list_requests(
@@ -115,12 +110,7 @@ async def list_requests(
     and with ``include_open`` (vendors) every open request.
     """
     where: list[str] = []
-    args: list[Any] = []
-
-    def arg(value: Any) -> str:
-        args.append(value)
-        return f"${len(args)}"
-
+    arg = Params()
     if viewer_id is not None:
         viewer = arg(str(viewer_id))
         visible = [
@@ -137,13 +127,9 @@ async def list_requests(
         where.append(f"r.status = {arg(status)}")
     if owner_id is not None:
         where.append(f"r.owner_id = {arg(str(owner_id))}::uuid")
-    if after is not None:
-        where.append(f"(r.created_at, r.id) < ({arg(after[0])}, {arg(after[1])}::uuid)")
-    sql = f"SELECT {_COLUMNS} FROM requests r"  # noqa: S608
-    if where:
-        sql += " WHERE " + " AND ".join(where)
-    sql += f" ORDER BY r.created_at DESC, r.id DESC LIMIT {arg(limit)}"
-    return [_request(row) for row in await conn.fetch(sql, *args)]
+    select = f"SELECT {_COLUMNS} FROM requests r"  # noqa: S608
+    sql = keyset_page(select, "r", where, arg, after, limit)
+    return [_request(row) for row in await conn.fetch(sql, *arg.values)]
 
 
 async def update(

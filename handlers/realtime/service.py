@@ -80,7 +80,7 @@ def realtime_service(app: web.Application) -> RealtimeService:
         verify_token=verify,
         can_subscribe=can_subscribe,
         can_publish=can_publish,
-        user_limiter=_SharedLimiter(app.get(keys.user_command_limiter) or app[keys.rate_limiter]),
+        user_limiter=_SharedLimiter(app.get(keys.local_first_limiter) or app[keys.rate_limiter]),
         limits=SessionLimits(
             auth_timeout=config.auth_timeout,
             heartbeat=config.heartbeat,

@@ -27,6 +27,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
+from typing import Protocol
 
 import asyncpg
 
@@ -38,7 +40,20 @@ from storage.errors import UNAVAILABLE
 log = logging.getLogger(__name__)
 
 
-_Waiter = tuple[alerts.NewAlert, "asyncio.Future[alerts.InsertResult]"]
+#: an alert, its caller's future and when it arrived (``time.perf_counter()``)
+_Waiter = tuple[alerts.NewAlert, "asyncio.Future[alerts.InsertResult]", float]
+
+
+class CommitTimings(Protocol):
+    """Where a webhook's acknowledgement waits (the server passes Prometheus histograms)."""
+
+    def waited(self, seconds: float) -> None:
+        """One alert waited ``seconds`` from arriving to its group's transaction starting
+        (for a free transaction slot, or for the group before it to be taken)."""
+
+    def committed(self, seconds: float, size: int) -> None:
+        """One group of ``size`` alerts took ``seconds``: a pooled connection, the statement
+        and the commit (the flush to disk)."""
 
 
 class GroupCommit:
@@ -52,9 +67,11 @@ class GroupCommit:
         *,
         max_batch: int = 64,
         max_flushes: int = 4,
+        timings: CommitTimings | None = None,
     ) -> None:
         self._pool = pool
         self._relay = relay
+        self._timings = timings
         self._max_batch = max_batch
         self._max_flushes = max_flushes
         #: waiting alerts by de-duplication window (0: by webhook id only); a group holds
@@ -73,7 +90,7 @@ class GroupCommit:
         raises (``NotFound``, an ``UNAVAILABLE`` error...)."""
         future: asyncio.Future[alerts.InsertResult] = asyncio.get_running_loop().create_future()
         window = dedup_seconds if new.webhook_id is None and dedup_seconds > 0 else 0
-        self._queues.setdefault(window, []).append((new, future))
+        self._queues.setdefault(window, []).append((new, future, time.perf_counter()))
         if len(self._flushes) < self._max_flushes:
             task = asyncio.create_task(self._flush(), name="alerts-group-commit")
             self._flushes.add(task)
@@ -94,7 +111,7 @@ class GroupCommit:
             try:
                 await self._commit(batch, window)
             except BaseException as exc:
-                for _, future in batch:
+                for _, future, _ in batch:
                     if not future.done():
                         future.set_exception(exc)
                 if isinstance(exc, asyncio.CancelledError):
@@ -102,11 +119,18 @@ class GroupCommit:
 
     async def _commit(self, batch: list[_Waiter], window: int) -> None:
         outcomes: list[alerts.InsertResult | BaseException]
-        news = [new for new, _ in batch]
+        news = [new for new, _, _ in batch]
         pending: list[int] | None = None
+        started = time.perf_counter()
+        if self._timings is not None:
+            for _, _, arrived in batch:
+                self._timings.waited(started - arrived)
+        # While the relay of this process leads, it publishes the events as soon as they are
+        # committed (below), so the commit sends no NOTIFY: see storage migration 0009.
+        quiet = self._relay.leading
         async with self._pool.acquire() as conn:
             try:
-                inserted = await _insert_group(conn, news, window)
+                inserted = await _insert_group(conn, news, window, quiet)
                 outcomes = list(inserted.results)
                 pending = inserted.pending
             except UNAVAILABLE:
@@ -125,16 +149,19 @@ class GroupCommit:
                     except Exception as exc:
                         outcomes.append(exc)
         self.transactions += 1
+        if self._timings is not None:
+            self._timings.committed(time.perf_counter() - started, len(batch))
         # Committed: hand the new events to the relay to publish at once (before answering,
         # so that a webhook sent after this answer is published after these); if it cannot
         # take them (or they were committed one by one), wake it to fetch them.
         events = [o.event for o in outcomes if isinstance(o, alerts.InsertResult) and o.event]
         if events:
             if not self._relay.hand_off(events, pending):
-                self._relay.kick()
+                # A quiet commit whose relay stopped leading meanwhile: tell the new leader.
+                self._relay.kick(notify=quiet and not self._relay.leading)
         elif any(isinstance(o, alerts.InsertResult) and not o.duplicate for o in outcomes):
             self._relay.kick()
-        for (_, future), outcome in zip(batch, outcomes, strict=True):
+        for (_, future, _), outcome in zip(batch, outcomes, strict=True):
             if future.done():  # the request was cancelled meanwhile; its alert is stored
                 continue
             if isinstance(outcome, BaseException):
@@ -149,17 +176,17 @@ class GroupCommit:
 
 
 async def _insert_group(
-    conn: asyncpg.Connection, news: list[alerts.NewAlert], window: int
+    conn: asyncpg.Connection, news: list[alerts.NewAlert], window: int, quiet: bool
 ) -> alerts.InsertedMany:
     """One statement for the group (committed on its own); with body de-duplication, in a
     transaction that first takes the bodies' locks in key order (``BEGIN`` and the locks in
     one round trip, then the statement, then ``COMMIT``)."""
     locks = alerts.lock_dedup_many_statement(news) if window > 0 else ""
     if not locks:
-        return await insert_many_with_created_events(conn, news, window)
+        return await insert_many_with_created_events(conn, news, window, quiet=quiet)
     await conn.execute("BEGIN; " + locks)
     try:
-        results = await insert_many_with_created_events(conn, news, window)
+        results = await insert_many_with_created_events(conn, news, window, quiet=quiet)
     except BaseException:
         with contextlib.suppress(Exception):
             await conn.execute("ROLLBACK")

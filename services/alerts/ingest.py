@@ -175,13 +175,18 @@ async def insert_with_created_event(
 
 
 async def insert_many_with_created_events(
-    conn: asyncpg.Connection, news: list[alerts.NewAlert], dedup_seconds: int = 0
+    conn: asyncpg.Connection,
+    news: list[alerts.NewAlert],
+    dedup_seconds: int = 0,
+    *,
+    quiet: bool = False,
 ) -> alerts.InsertedMany:
     """:func:`insert_with_created_event` for several alerts, in one statement (see
     :func:`storage.alerts.insert_many_with_events`: all or nothing; a webhook id, or with
     ``dedup_seconds > 0`` a body, repeated in ``news`` is stored once, for its first alert).
     Body de-duplication needs the caller's transaction to hold the locks of
-    :func:`storage.alerts.lock_dedup_many_statement` first."""
+    :func:`storage.alerts.lock_dedup_many_statement` first. ``quiet``: no ``NOTIFY`` (the
+    caller hands the events to the relay itself)."""
     items = []
     for new in news:
         alert_id = uuid4()
@@ -190,7 +195,9 @@ async def insert_many_with_created_events(
                 new, alert_id, names.alerts(new.strategy_id), _event_template(alert_id, new)
             )
         )
-    return await alerts.insert_many_with_events(conn, items, _RECEIVED_AT_PATH, dedup_seconds)
+    return await alerts.insert_many_with_events(
+        conn, items, _RECEIVED_AT_PATH, dedup_seconds, quiet=quiet
+    )
 
 
 async def store(

@@ -99,31 +99,36 @@ class MemoryRateLimiter:
             self._tats.clear()  # under a flood of distinct keys, forgetting beats growing
 
 
-# KEYS[1]: the key; ARGV: limit, period (ms), n. Counts up to n events arriving at once, in
-# order, until one is refused (the ones after it are refused too: nothing frees in between).
-# Returns {allowed_count, retry_after_ms of the first refused}.
+# KEYS[1]: the key; ARGV: limit, period (ms), pushed, asked. ``pushed`` events were already
+# allowed by an instance on its own (SyncedRateLimiter's local-first hits; 0 for
+# RedisRateLimiter): they are counted unconditionally. Then up to ``asked`` events arriving at
+# once are counted in order until one is refused (the ones after it are refused too: nothing
+# frees in between). Returns {allowed of asked, retry_after_ms of the first refused (0 when
+# none is), backlog_ms = TAT - now as a string}.
 _GCRA_LUA = """
 local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
 local limit = tonumber(ARGV[1])
 local period = tonumber(ARGV[2])
-local n = tonumber(ARGV[3] or '1')
+local pushed = tonumber(ARGV[3])
+local asked = tonumber(ARGV[4])
 local interval = period / limit
 local tat = tonumber(redis.call('GET', KEYS[1]) or now)
 if tat < now then tat = now end
+tat = tat + pushed * interval
 local allowed = 0
 local wait = 0
-while allowed < n do
+while allowed < asked do
   wait = tat - now - (period - interval)
   if wait > 0.001 then break end
   tat = tat + interval
   allowed = allowed + 1
 end
-if allowed > 0 then
+if pushed + allowed > 0 then
   redis.call('SET', KEYS[1], tostring(tat), 'PX', math.max(1, math.ceil(tat - now)))
 end
-if allowed == n then return {allowed, 0} end
-return {allowed, math.ceil(wait)}
+if allowed == asked then wait = 0 end
+return {allowed, math.ceil(wait), tostring(tat - now)}
 """
 
 
@@ -186,9 +191,9 @@ class RedisRateLimiter:
         key, limit, period = batch_key
         waiters = batch.waiters
         try:
-            allowed, retry_ms = await self._script(
+            allowed, retry_ms, _ = await self._script(
                 keys=[self._prefix + key],
-                args=[limit, max(1, round(period * 1000)), len(waiters)],
+                args=[limit, max(1, round(period * 1000)), 0, len(waiters)],
             )
         except (RedisError, RedisClusterException, OSError) as exc:
             for waiter in waiters:
@@ -210,37 +215,6 @@ class RedisRateLimiter:
             await self._client.delete(self._prefix + key)
         except (RedisError, RedisClusterException, OSError) as exc:
             raise RateLimiterUnavailable(str(exc)) from exc
-
-
-# KEYS[1]: the key; ARGV: limit, period (ms), pushed, asked. ``pushed`` events were already
-# allowed by an instance on its own (local-first): they are counted unconditionally. Then up
-# to ``asked`` events are counted in order until one is refused, as in _GCRA_LUA. Returns
-# {allowed of asked, retry_after_ms of the first refused, backlog_ms = TAT - now as a string}.
-_SYNC_LUA = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
-local limit = tonumber(ARGV[1])
-local period = tonumber(ARGV[2])
-local pushed = tonumber(ARGV[3])
-local asked = tonumber(ARGV[4])
-local interval = period / limit
-local tat = tonumber(redis.call('GET', KEYS[1]) or now)
-if tat < now then tat = now end
-tat = tat + pushed * interval
-local allowed = 0
-local wait = 0
-while allowed < asked do
-  wait = tat - now - (period - interval)
-  if wait > 0.001 then break end
-  tat = tat + interval
-  allowed = allowed + 1
-end
-if pushed + allowed > 0 then
-  redis.call('SET', KEYS[1], tostring(tat), 'PX', math.max(1, math.ceil(tat - now)))
-end
-if allowed == asked then wait = 0 end
-return {allowed, math.ceil(wait), tostring(tat - now)}
-"""
 
 
 class _Local:
@@ -312,7 +286,7 @@ class SyncedRateLimiter:
             raise ValueError("sync_seconds must be > 0 (use RedisRateLimiter for exact limits)")
         self._client = client
         self._prefix = f"{prefix}:rl:"
-        self._script = client.register_script(_SYNC_LUA)
+        self._script = client.register_script(_GCRA_LUA)
         self.sync_seconds = sync_seconds
         self._max_keys = max_keys
         self._states: dict[tuple[str, int, float], _Local] = {}

@@ -15,8 +15,11 @@ Its row stays in the ``outbox`` table (marked published) and can be re-published
 **Hand-off.** A writer that has just committed events (the webhook group commit) can give
 them to the relay of its own process with :meth:`OutboxRelay.hand_off`: if this relay is the
 leader, it publishes them at once (one ``publish_many`` per channel, the same idempotency keys)
-without waiting for the ``NOTIFY`` and the fetch, and its next round marks them published
-(with its fetch, in one statement). The
+without waiting for the ``NOTIFY`` and the fetch, and a round soon after marks them
+published (with its fetch, in one statement; ``MARK_DELAY`` after the first unmarked one, so one
+``UPDATE`` marks many). The writer's commit sends no ``NOTIFY`` while this relay leads (it is
+``quiet``: storage migration ``0009``), so PostgreSQL does not serialise those commits on its
+notification lock and the relay is not woken for a round per commit. The
 outbox stays the durable record: an event handed off but not published (a crash, a broker
 outage, a lost leadership) is still unpublished in the table, and a round publishes it (a
 repeat of one that did go out is dropped by its idempotency key).
@@ -31,7 +34,9 @@ a time (one lock). So an event committed
 before another one was written still goes out before it; events of concurrent transactions go
 out in the order they reach the relay (as before: in id order only among what one fetch saw).
 A relay that is not the leader refuses every hand-off (the caller kicks it; the leader's
-round publishes the events after its ``NOTIFY``).
+round publishes the events after its ``NOTIFY``; a quiet commit whose relay lost the lead
+meanwhile sends that ``NOTIFY`` itself, and a leader that crashed leaves its events to the next
+one's first round).
 """
 
 from __future__ import annotations
@@ -57,6 +62,10 @@ log = logging.getLogger(__name__)
 _KNOWN_LIMIT = 8192
 #: How many rounds a hand-off waits for an earlier event before it leaves its events to them.
 _HAND_OFF_ROUNDS = 3
+#: Seconds after a hand-off before the relay marks its events published, and how many unmarked
+#: events wake it at once: marking is one UPDATE (a commit) for what piled up meanwhile.
+MARK_DELAY = 0.1
+MARK_BATCH = 256
 
 
 class OutboxRelay:
@@ -96,6 +105,10 @@ class OutboxRelay:
         self._unmarked: set[int] = set()
         #: ids this relay published lately (insertion order; the oldest are forgotten)
         self._known: dict[int, None] = {}
+        #: NOTIFYs on their way (see :meth:`kick`)
+        self._notifying: set[asyncio.Task[None]] = set()
+        #: wakes the relay to mark what hand-offs published (see :meth:`_mark_soon`)
+        self._mark_timer: asyncio.TimerHandle | None = None
         #: hand-offs not published yet, in the order they came, and the task publishing them
         self._queue: collections.deque[_HandOff] = collections.deque()
         self._drainer: asyncio.Task[None] | None = None
@@ -113,9 +126,21 @@ class OutboxRelay:
         """Whether this relay is the leader (publishes; takes hand-offs)."""
         return self._leading
 
-    def kick(self) -> None:
-        """Wake the relay now (called after a commit that wrote events)."""
+    def kick(self, *, notify: bool = False) -> None:
+        """Wake the relay now (called after a commit that wrote events); with ``notify``, also
+        send the outbox's ``NOTIFY`` (in the background) for the leader in another process: the
+        commit skipped it (``quiet``) while this relay led, and it no longer does."""
         self._wakeup.set()
+        if notify:
+            task = asyncio.create_task(self._notify(), name="outbox-notify")
+            self._notifying.add(task)
+            task.add_done_callback(self._notifying.discard)
+
+    async def _notify(self) -> None:
+        try:
+            await self._pool.execute("SELECT pg_notify($1, '')", outbox.NOTIFY_CHANNEL)
+        except Exception:  # the leader's next poll finds the events all the same
+            log.warning("outbox NOTIFY failed; the leader polls", exc_info=True)
 
     def hand_off(self, events: list[outbox.OutboxEvent], pending: list[int] | None) -> bool:
         """Publish ``events`` (just committed, in id order) at once; ``pending``: the events
@@ -150,11 +175,11 @@ class OutboxRelay:
                     ahead.update(e.id for e in entry.events)
                 if taken:
                     todo = [e for t in taken for e in t.events if e.id not in self._known]
+                    out = False
                     try:
-                        if todo:
-                            await self._publish_now(todo)
+                        out = not todo or await self._publish_now(todo)
                     finally:
-                        self._leave(len(taken))
+                        self._leave(len(taken), all_out=out)
                     continue
                 # An event committed before the first hand-off's is not out yet (it failed,
                 # or came another way): wait for a round to publish it (a round's lanes stop
@@ -166,17 +191,35 @@ class OutboxRelay:
             self._wakeup.set()
             await progress.wait()
 
-    def _leave(self, count: int) -> None:
-        """Drop the first ``count`` hand-offs (done, or left to the rounds) and wake the relay
-        (it marks what went out and publishes what did not)."""
+    def _leave(self, count: int, *, all_out: bool = False) -> None:
+        """Drop the first ``count`` hand-offs (done, or left to the rounds) and wake the relay:
+        at once if some of their events did not go out (its round publishes them), else soon
+        (:meth:`_mark_soon`) to mark what went out."""
         for _ in range(count):
             entry = self._queue.popleft()
             self._handed.difference_update(e.id for e in entry.events)
+        if all_out:
+            self._mark_soon()
+        else:
+            self._wakeup.set()
+
+    def _mark_soon(self) -> None:
+        """Wake the relay to mark hand-offs' events published after :data:`MARK_DELAY`, or at
+        once when :data:`MARK_BATCH` wait: one ``UPDATE`` (one commit) for many webhooks, not
+        one each. Until marked, an event is only at risk of being published again after a
+        crash, which its idempotency key drops."""
+        if len(self._unmarked) >= MARK_BATCH:
+            self._wakeup.set()
+        elif self._mark_timer is None:
+            self._mark_timer = asyncio.get_running_loop().call_later(MARK_DELAY, self._marking)
+
+    def _marking(self) -> None:
+        self._mark_timer = None
         self._wakeup.set()
 
-    async def _publish_now(self, todo: list[outbox.OutboxEvent]) -> None:
+    async def _publish_now(self, todo: list[outbox.OutboxEvent]) -> bool:
         """One ``publish_many`` per channel; what goes out is marked by the next round, what
-        does not is left to it."""
+        does not is left to it. Returns whether everything went out."""
         lanes: dict[str, list[outbox.OutboxEvent]] = {}
         for event in todo:
             for channel in event.channels:
@@ -208,6 +251,7 @@ class OutboxRelay:
         self._unmarked.update(published)
         self.handed_off += len(published)
         self._progressed()
+        return not failed
 
     def _progressed(self) -> None:
         """Wake the hand-offs waiting for an earlier event to go out."""
@@ -246,22 +290,36 @@ class OutboxRelay:
                                     "SELECT pg_advisory_unlock($1)", outbox.RELAY_LOCK_ID
                                 )
             except asyncio.CancelledError:
-                if self._drainer is not None:
-                    self._drainer.cancel()
-                log.info(
-                    "outbox relay stopped",
-                    extra={
-                        "published": self.published,
-                        "handed_off": self.handed_off,
-                        "hand_offs_refused": self.refused,
-                    },
-                )
+                self._stopped()
                 raise
             except Exception:
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    # Stopping, and the way out failed (giving back the connection, say): the
+                    # cancellation became this error. Still stop, or shutdown waits forever.
+                    log.warning("outbox relay failed while stopping", exc_info=True)
+                    self._stopped()
+                    raise asyncio.CancelledError from None
                 log.warning("outbox relay failed; retrying", exc_info=True)
             # A standby (or failed) relay only retries leadership; kicks are for the leader, and
             # waiting on them here would spin once one arrives.
             await asyncio.sleep(self._poll_interval)
+
+    def _stopped(self) -> None:
+        if self._drainer is not None:
+            self._drainer.cancel()
+        if self._mark_timer is not None:
+            self._mark_timer.cancel()
+        for task in self._notifying:
+            task.cancel()
+        log.info(
+            "outbox relay stopped",
+            extra={
+                "published": self.published,
+                "handed_off": self.handed_off,
+                "hand_offs_refused": self.refused,
+            },
+        )
 
     async def _lead(self, conn: asyncpg.Connection) -> None:
         await conn.add_listener(outbox.NOTIFY_CHANNEL, self._on_notify)
@@ -280,6 +338,8 @@ class OutboxRelay:
             # Unmarked hand-offs stay unpublished in the table: the next leader publishes
             # them again (their idempotency keys drop the repeats).
             self._unmarked.clear()
+            # On a connection the server ended, this drops the callback too (and gives the
+            # connection back to the pool): see ArenaConnection.remove_listener.
             with contextlib.suppress(Exception):
                 await conn.remove_listener(outbox.NOTIFY_CHANNEL, self._on_notify)
 

@@ -8,12 +8,14 @@ import asyncio
 import contextlib
 import uuid
 from collections.abc import AsyncIterator
+from functools import partial
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import orjson
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from handlers import keys
 from server.app import create_app
@@ -72,6 +74,61 @@ async def test_concurrent_webhooks_share_transactions_and_each_is_published_once
         frame = await receive(ws)
         seen.append(frame["data"]["alert"]["message"])
     assert sorted(seen, key=int) == [str(n) for n in range(40)]
+
+
+async def _samples(client: Any) -> dict[tuple[str, str], float]:
+    """/metrics as {(sample name, its ``le`` label or ""): value}."""
+    text = await (await client.get("/metrics")).text()
+    return {
+        (sample.name, sample.labels.get("le", "")): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+async def test_the_acknowledgements_wait_and_commit_times_are_on_metrics(client: Any) -> None:
+    _, token = await make_user(client)
+    strategy = await create_strategy(client, token)
+    group = client.server.app[keys.group_commit]
+    before, transactions = await _samples(client), group.transactions
+    held = 0.3
+    async with client.server.app[keys.pool].acquire() as locker, locker.transaction():
+        await locker.execute("SELECT 1 FROM strategies WHERE id = $1 FOR UPDATE", strategy["id"])
+
+        async def transactions_waiting(count: int) -> bool:
+            await locker.execute("SELECT pg_stat_clear_snapshot()")
+            waiting: int = await locker.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                "AND datname = current_database()"
+            )
+            return waiting == count
+
+        # one at a time, so that each of the 4 transaction slots holds one of them, waiting for
+        # the lock
+        posts = []
+        for n in range(4):
+            posts.append(asyncio.create_task(post_signed(client, strategy, {"message": str(n)})))
+            await eventually(partial(transactions_waiting, n + 1), what="a transaction waiting")
+        posts += [
+            asyncio.create_task(post_signed(client, strategy, {"message": str(n)}))
+            for n in range(4, 20)
+        ]
+        await eventually(lambda: group.waiting == 20, what="20 webhooks waiting to commit")
+        await asyncio.sleep(held)  # the 16 later ones wait at least this long for a slot
+    assert [response.status for response in await asyncio.gather(*posts)] == [201] * 20
+    after = await _samples(client)
+
+    def grew(name: str, le: str = "") -> float:
+        return after[name, le] - before.get((name, le), 0.0)
+
+    # every alert's wait was measured; only the 4 that found a free slot waited less than the
+    # time the others queued behind the held lock
+    assert grew("arena_alert_commit_wait_seconds_count") == 20
+    assert grew("arena_alert_commit_wait_seconds_bucket", "0.25") <= 4
+    # one observation per committed group, and the groups hold the 20 alerts
+    assert grew("arena_alert_commit_seconds_count") == group.transactions - transactions
+    assert grew("arena_alert_commit_group_size_sum") == 20
+    assert grew("arena_alert_commit_seconds_sum") >= held  # the first groups waited for the lock
 
 
 async def test_a_database_failure_fails_every_waiting_webhook_and_publishes_nothing(

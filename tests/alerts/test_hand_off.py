@@ -15,6 +15,8 @@ import pytest
 from handlers import keys
 from pubsub.broker import BrokerUnavailable
 from server.app import create_app
+from services.alerts import group_commit
+from services.outbox import relay as relay_module
 from storage import outbox
 from tests.alerts.util import auth, create_strategy, post_signed
 from tests.helpers import connect, eventually, make_user, receive, request
@@ -126,6 +128,95 @@ async def _marked(client: Any, alert_id: str) -> bool:
     return (await _stored_event(client, alert_id))[2]
 
 
+async def test_handed_off_commits_send_no_notify_and_one_update_marks_them(
+    any_client: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While the app's relay leads, a webhook's commit does not NOTIFY (PostgreSQL would
+    serialise those commits, and the relay would run a round per webhook); the events are
+    marked published later, many by one UPDATE. Other outbox writers still NOTIFY."""
+    client = any_client
+    _, strategy, ws = await _feed(client)
+    app = client.server.app
+    relay = app[keys.relay]
+    monkeypatch.setattr(relay_module, "MARK_DELAY", 60.0)
+    relay._poll_interval = 60.0  # no poll round during the test: only a kick marks
+    rounds = relay._rounds
+    relay.kick()
+    await eventually(lambda: relay._rounds > rounds, what="a round, then a 60 s wait")
+    notifications: list[str] = []
+
+    def notified(*args: Any) -> None:
+        notifications.append(args[-1])
+
+    async with app[keys.pool].acquire() as listener:
+        await listener.add_listener(outbox.NOTIFY_CHANNEL, notified)
+        try:
+            ids = []
+            for n in range(20):
+                ids.append(await _post(client, strategy, str(n)))
+                assert await _messages(ws, 1) == [str(n)]  # published at once, by the hand-off
+            assert relay._rounds == rounds + 1  # and no round ran to mark it
+            marked = [(await _stored_event(client, alert_id))[2] for alert_id in ids]
+            assert marked == [False] * 20
+            # A round marks all 20 in one UPDATE: one transaction, one now().
+            relay.kick()
+            async with app[keys.pool].acquire() as conn:
+                await eventually(_all_marked(conn, f"alerts:{strategy['id']}"), what="marked")
+                assert (
+                    await conn.fetchval(
+                        "SELECT count(DISTINCT published_at) FROM outbox WHERE $1 = ANY(channels)",
+                        f"alerts:{strategy['id']}",
+                    )
+                    == 1
+                )
+                assert notifications == []
+                # Any other outbox write still wakes the relays of every instance.
+                await conn.execute(
+                    "INSERT INTO outbox (channels, payload) VALUES ($1, $2)",
+                    [f"alerts:{strategy['id']}"],
+                    {"alert": {"id": "other", "message": "other writer"}},
+                )
+                await eventually(lambda: notifications == [""], what="the other writer's NOTIFY")
+        finally:
+            await listener.remove_listener(outbox.NOTIFY_CHANNEL, notified)
+    relay.kick()
+    assert await _messages(ws, 1) == ["other writer"]
+
+
+async def test_a_quiet_commit_whose_relay_stopped_leading_notifies_the_next_leader(
+    client: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, strategy, ws = await _feed(client)
+    app = client.server.app
+    relay = app[keys.relay]
+    insert_group = group_commit._insert_group
+
+    async def lead_lost_meanwhile(*args: Any) -> Any:
+        assert args[-1] is True  # quiet: this relay led when the statement started
+        result = await insert_group(*args)
+        relay._leading = False  # and no longer does when the commit is done
+        return result
+
+    monkeypatch.setattr(group_commit, "_insert_group", lead_lost_meanwhile)
+    notifications: list[str] = []
+
+    def notified(*args: Any) -> None:
+        notifications.append(args[-1])
+
+    async with app[keys.pool].acquire() as listener:
+        await listener.add_listener(outbox.NOTIFY_CHANNEL, notified)
+        try:
+            await _post(client, strategy, "0")
+            # the commit sent none; the group commit tells the leader, wherever it is
+            await eventually(lambda: notifications == [""], what="a NOTIFY for the leader")
+        finally:
+            await listener.remove_listener(outbox.NOTIFY_CHANNEL, notified)
+    monkeypatch.undo()
+    relay._leading = True  # (still this relay) its round publishes the event
+    relay.kick()
+    assert await _messages(ws, 1) == ["0"]
+
+
 async def test_a_crash_between_commit_and_hand_off_loses_nothing(
     any_client: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -231,7 +322,8 @@ async def test_two_instances_publish_each_webhook_once_when_the_leader_changes(
     async with leader_client.server.app[keys.pool].acquire() as conn:
         await conn.execute(
             "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' "
-            "AND objid = $1",
+            "AND objid = $1 AND database = "
+            "(SELECT oid FROM pg_database WHERE datname = current_database())",
             outbox.RELAY_LOCK_ID & 0xFFFFFFFF,
         )
     assert await _messages(ws, 20) == [str(n) for n in range(20)]

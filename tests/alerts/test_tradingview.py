@@ -13,6 +13,7 @@ import pytest
 from redis.asyncio import Redis
 
 from handlers import keys
+from server import lifecycle
 from server.app import create_app
 from services.auth.ratelimit import RedisRateLimiter
 from storage import alerts
@@ -243,6 +244,54 @@ async def test_rate_limit_is_shared_by_instances_through_redis(
         await other.aclose()
     statuses = [(await client.post(tv_path(strategy), data=f"alert {n}")).status for n in range(3)]
     assert statuses == [201, 201, 429]
+
+
+async def test_webhooks_within_the_instance_share_wait_for_no_redis_round_trip(
+    aiohttp_client: Any, make_settings: Any, redis_url: str, redis_prefix: str
+) -> None:
+    # 600/min with a 60 s sync: this instance may allow 600 hits before Redis counts them, and
+    # the first sync is a minute away, so a webhook acknowledged now did not ask Redis.
+    env = {
+        "REDIS_URL": redis_url,
+        "REDIS_PREFIX": redis_prefix,
+        "WEBHOOK_RATE_PER_IP": "600",
+        "RATE_LIMIT_SYNC_SECONDS": "60",
+    }
+    client = await aiohttp_client(create_app(make_settings(**env)))
+    _, token = await make_user(client)
+    strategy = await create_strategy(client, token)
+    statuses = [(await client.post(tv_path(strategy), data=f"alert {n}")).status for n in range(3)]
+    assert statuses == [201, 201, 201]
+    assert await count_rows(client, "alerts", strategy["id"]) == 3
+    redis = Redis.from_url(redis_url)
+    try:
+        assert await redis.exists(f"{redis_prefix}:rl:webhook:ip:127.0.0.1") == 0
+    finally:
+        await redis.aclose()
+
+
+async def test_webhooks_are_accepted_when_the_limiter_redis_is_down(
+    aiohttp_client: Any, make_settings: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    app = create_app(make_settings(WEBHOOK_RATE_PER_IP="600"))
+    down = Redis.from_url("redis://127.0.0.1:1/0", socket_connect_timeout=0.5)
+
+    async def limiter_on_down_redis(app: Any) -> AsyncIterator[None]:
+        app[keys.local_first_limiter] = RedisRateLimiter(down, "x")
+        yield
+
+    app.cleanup_ctx.insert(app.cleanup_ctx.index(lifecycle.redis_client) + 1, limiter_on_down_redis)
+    try:
+        client = await aiohttp_client(app)
+        _, token = await make_user(client)
+        strategy = await create_strategy(client, token)
+        with caplog.at_level(logging.WARNING, logger="handlers.webhooks"):
+            response = await client.post(tv_path(strategy), data="alert while Redis is down")
+        assert response.status == 201, await response.text()
+        assert await count_rows(client, "alerts", strategy["id"]) == 1
+        assert "rate limiter unavailable; webhook not throttled" in caplog.text
+    finally:
+        await down.aclose()
 
 
 async def test_alert_for_a_strategy_deleted_meanwhile_is_not_found(client: Any) -> None:

@@ -70,27 +70,58 @@ def auth(token: str) -> dict[str, str]:
 
 
 class TcpProxy:
-    """A loopback TCP proxy to PostgreSQL that a test can cut, like a database outage."""
+    """A loopback TCP proxy to PostgreSQL that a test can cut, like a database outage.
+
+    It can also hold back the end of a connection: when PostgreSQL terminates a backend
+    (``pg_terminate_backend``, ``DROP DATABASE ... WITH (FORCE)``) it sends a ``FATAL`` error,
+    then closes the socket, and a client on a loaded machine may read the error, run a task
+    or two, and only then see the end. :meth:`hold_end` widens that gap at will."""
 
     def __init__(self, host: str, port: int) -> None:
         self._target = (host, port)
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
         self.port = 0
+        #: upstream ports whose end is held (when it comes), and those whose end came
+        self._hold: set[int] = set()
+        self._ended: set[int] = set()
+        self._held: list[asyncio.StreamWriter] = []
+        #: set once the server ended a connection whose end is held
+        self.end_held = asyncio.Event()
+        #: set once the client of that connection sent something more, or closed it
+        self.client_moved = asyncio.Event()
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
         self.port = self._server.sockets[0].getsockname()[1]
 
-    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _pipe(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        port: int,
+        *,
+        from_server: bool,
+    ) -> None:
         try:
             while data := await reader.read(65536):
+                self._moved(port, from_server)
                 writer.write(data)
                 await writer.drain()
         except (ConnectionError, OSError):
             pass
         finally:
-            writer.close()
+            self._moved(port, from_server)
+            if from_server and port in self._hold:
+                self._ended.add(port)
+                self._held.append(writer)
+                self.end_held.set()
+            else:
+                writer.close()
+
+    def _moved(self, port: int, from_server: bool) -> None:
+        if not from_server and port in self._ended:
+            self.client_moved.set()
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -99,7 +130,24 @@ class TcpProxy:
             writer.close()
             return
         self._writers |= {writer, up_writer}
-        await asyncio.gather(self._pipe(reader, up_writer), self._pipe(up_reader, writer))
+        # PostgreSQL reports this port as the backend's ``client_port``.
+        port: int = up_writer.get_extra_info("sockname")[1]
+        await asyncio.gather(
+            self._pipe(reader, up_writer, port, from_server=False),
+            self._pipe(up_reader, writer, port, from_server=True),
+        )
+
+    def hold_end(self, client_port: int) -> None:
+        """When the server ends the connection of the backend whose ``client_port`` (in
+        ``pg_stat_activity``) is ``client_port``, forward what it sent before but keep the
+        client's side open (until :meth:`release_ends` or :meth:`cut`)."""
+        self._hold.add(client_port)
+
+    def release_ends(self) -> None:
+        """Close the client side of the connections whose end was held."""
+        held, self._held = self._held, []
+        for writer in held:
+            writer.close()
 
     async def cut(self) -> None:
         """Refuse new connections and drop the open ones."""

@@ -156,7 +156,7 @@ def _limiter_on(redis: Redis, prefix: str) -> Any:
 
     async def install(app: Any) -> AsyncIterator[None]:
         limiter = SyncedRateLimiter(redis, prefix, 0.1)
-        app[keys.user_command_limiter] = limiter
+        app[keys.local_first_limiter] = limiter
         async with running(limiter):
             yield
 
@@ -194,13 +194,13 @@ async def test_the_setting_chooses_the_limiter_and_the_sync_task_stops_on_shutdo
             )
         )
     )
-    assert isinstance(exact.server.app[keys.user_command_limiter], RedisRateLimiter)
+    assert isinstance(exact.server.app[keys.local_first_limiter], RedisRateLimiter)
     await exact.close()
 
     synced = await aiohttp_client(
         create_app(make_settings(REDIS_URL=redis_url, REDIS_PREFIX=redis_prefix))
     )
-    limiter = synced.server.app[keys.user_command_limiter]
+    limiter = synced.server.app[keys.local_first_limiter]
     assert isinstance(limiter, SyncedRateLimiter)
     assert limiter.sync_seconds == 0.1
     # login limits stay exact

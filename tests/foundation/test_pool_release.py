@@ -3,14 +3,23 @@ connections that hold session state (session advisory locks, LISTEN)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
 
+from handlers import keys
+from server.app import create_app
+from server.settings import Settings
+from storage import outbox
 from storage.connections import mark_session_state
 from storage.db import create_pool
+from tests.alerts.util import TcpProxy
+from tests.helpers import DEADLINE, eventually
 
 LOCK_ID = 0x7E57_0001
 
@@ -112,3 +121,80 @@ async def test_shutdown_does_not_wait_forever_for_a_connection_never_released(
     with pytest.raises(asyncpg.InterfaceError):  # terminated under its holder
         await leaked.fetchval("SELECT 1")
     assert "database connections still in use at shutdown; terminated" in caplog.text
+
+
+async def _relay_backend(admin: asyncpg.Connection) -> tuple[int, int] | None:
+    """(pid, client_port) of the backend holding the outbox relay's leader lock in the
+    database ``admin`` is connected to (other tests' relays hold it in theirs)."""
+    row = await admin.fetchrow(
+        "SELECT a.pid, a.client_port FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
+        "WHERE l.locktype = 'advisory' AND l.objid = $1 AND l.granted "
+        "AND a.datname = current_database()",
+        outbox.RELAY_LOCK_ID & 0xFFFFFFFF,
+    )
+    return None if row is None else (row["pid"], row["client_port"])
+
+
+def _in_use(pool: asyncpg.Pool) -> int:
+    """Connections acquired from ``pool`` and not released (closed ones included)."""
+    return sum(not holder.is_idle() for holder in pool._holders)
+
+
+@pytest.fixture
+async def pg_proxy(database_url: str) -> AsyncIterator[tuple[TcpProxy, str]]:
+    """A proxy in front of this test's database and the database's URL through it (ask for
+    it before ``aiohttp_client``: the app then closes before the proxy is cut)."""
+    target = urlsplit(database_url)
+    proxy = TcpProxy(target.hostname or "127.0.0.1", target.port or 5432)
+    await proxy.start()
+    try:
+        yield proxy, urlunsplit(target._replace(netloc=f"{target.username}@127.0.0.1:{proxy.port}"))
+    finally:
+        await proxy.cut()
+
+
+async def test_the_relays_connection_goes_back_to_the_pool_when_its_backend_is_terminated(
+    pg_proxy: tuple[TcpProxy, str],
+    aiohttp_client: Any,
+    make_settings: Callable[..., Settings],
+    database_url: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The outbox relay's connection (LISTEN, leader lock) is given back to the pool when
+    PostgreSQL terminates its backend (``pg_terminate_backend``, ``DROP DATABASE ... WITH
+    (FORCE)``), also when the relay queries after the server's ``FATAL`` arrived and before
+    the end of the connection did: asyncpg then aborts the connection without its cleanup,
+    the relay's listener stayed on it, and the pool's warning about it escaped
+    ``Pool.release`` (warnings are errors here) before the connection was released, so it
+    stayed in use for good and shutdown waited for it (a CI run hung in test_ops on it)."""
+    proxy, proxied_url = pg_proxy
+    app = create_app(make_settings(DATABASE_URL=proxied_url))
+    client = await aiohttp_client(app)
+    relay, pool = app[keys.relay], app[keys.pool]
+    admin = await asyncpg.connect(database_url)
+    try:
+        await eventually(lambda: relay.leading, what="the relay leading")
+        leader = await _relay_backend(admin)
+        assert leader is not None
+        pid, port = leader
+        proxy.hold_end(port)
+        await admin.execute("SELECT pg_terminate_backend($1)", pid)
+        await asyncio.wait_for(proxy.end_held.wait(), DEADLINE)
+        # The app reads the FATAL the proxy forwarded (not the end) at its next turns.
+        await asyncio.sleep(0.05)
+        relay.kick()  # its round runs on the broken connection
+        await asyncio.wait_for(proxy.client_moved.wait(), DEADLINE)
+        proxy.release_ends()
+
+        async def leads_again() -> bool:
+            backend = await _relay_backend(admin)
+            return backend is not None and backend[0] != pid
+
+        await eventually(leads_again, what="the relay leading on a new connection")
+    finally:
+        await admin.close()
+    await eventually(lambda: relay.leading, what="the relay leading again")
+    assert _in_use(pool) == 1  # the relay's new connection; the old one went back
+    with caplog.at_level(logging.WARNING, logger="arena.storage"):
+        await client.close()
+    assert "database connections still in use at shutdown" not in caplog.text

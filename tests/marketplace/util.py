@@ -47,6 +47,8 @@ async def post_proposal(
     )
     assert response.status == 201, await response.text()
     data: dict[str, Any] = await response.json()
+    assert response.headers["Location"] == f"/api/v1/proposals/{data['id']}"
+    assert response.headers["ETag"] == f'"{data["version"]}"'
     return data
 
 

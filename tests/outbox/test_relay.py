@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import AsyncIterator
 from typing import Any
 
+import asyncpg
 import pytest
 
 from handlers import keys
 from services.outbox.relay import OutboxRelay
 from storage import outbox
-from tests.helpers import eventually
+from storage.db import create_pool
+from tests.helpers import DEADLINE, eventually
 
 
 class Plain:
@@ -346,3 +349,39 @@ async def test_a_round_after_hand_offs_marks_and_fetches_in_one_round_trip(clien
 
 async def _pending(conn: Any) -> bool:
     return await outbox.pending_count(conn) == 0
+
+
+class ReleaseFails:
+    """A real pool whose connections go back to it, after which giving one back raises (as
+    asyncpg's ``Pool.release`` raises when the pool's warning about a connection is an
+    error)."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+
+    @contextlib.asynccontextmanager
+    async def acquire(self) -> AsyncIterator[Any]:
+        try:
+            async with self.pool.acquire() as conn:
+                yield conn
+        finally:
+            raise RuntimeError("giving the connection back failed")
+
+
+async def test_a_relay_stops_when_cancelled_even_if_giving_its_connection_back_fails(
+    database_url: str,
+) -> None:
+    """Shutdown cancels the relay: if giving its connection back then fails, the error
+    replaces the cancellation, and a relay that took it for an ordinary failure would retry
+    forever (and shutdown would wait for it forever)."""
+    pool = await create_pool(database_url, min_size=1, max_size=2)
+    relay = OutboxRelay(ReleaseFails(pool), None, poll_interval=3600)  # type: ignore[arg-type]
+    task = asyncio.create_task(relay.run())
+    try:
+        await eventually(lambda: relay.leading, what="the relay leading")
+        task.cancel()
+        await asyncio.wait([task], timeout=DEADLINE)
+        assert task.cancelled()
+    finally:
+        await _stop(task)
+        await pool.close()

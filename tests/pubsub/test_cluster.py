@@ -178,8 +178,8 @@ async def test_the_per_user_command_limit_syncs_through_the_cluster(
     """Each node's per-user command limiter is the local-first one; on a cluster its script
     runs too, and what one node allowed is counted for the other."""
     node_a, node_b = nodes
-    limiter_a = node_a.server.app[keys.user_command_limiter]
-    limiter_b = node_b.server.app[keys.user_command_limiter]
+    limiter_a = node_a.server.app[keys.local_first_limiter]
+    limiter_b = node_b.server.app[keys.local_first_limiter]
     assert isinstance(limiter_a, SyncedRateLimiter)
     assert isinstance(limiter_b, SyncedRateLimiter)
     # 1/s, burst 10; share ceil(1 x 0.1) = 1: the second hit on a node asks Redis
