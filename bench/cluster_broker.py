@@ -72,6 +72,9 @@ class Counter:
     def on_publication(self, publication: Publication) -> None:
         self.count += 1
 
+    def on_publications(self, publications: list[Publication]) -> None:
+        self.count += len(publications)
+
     def on_control(self, data: bytes) -> None:
         pass
 

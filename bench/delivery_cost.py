@@ -3,11 +3,15 @@
 Drives the real delivery code (``ChannelStream._dispatch`` → ``Connection.deliver`` →
 ``Flusher`` → transport) for ``--subscribers`` connections on one channel whose transports only
 count what they are given, so what is measured is the interpreter's work per delivery, none of
-the kernel's. Two regimes, as in ``handlers/realtime/transport.py``:
+the kernel's. Three regimes, as in ``handlers/realtime/transport.py``:
 
 * ``light``: one publication per loop iteration (each connection's frame is written at once);
-* ``burst``: ``--burst`` publications per loop iteration (frames queued, one write per
-  connection per iteration).
+* ``burst``: ``--burst`` publications per loop iteration, handed to the stream one by one (frames
+  queued, one write per connection per iteration: the load regime of session 5's code, and of
+  publications that do not arrive together);
+* ``batch``: ``--burst`` publications per loop iteration handed over together
+  (``ChannelStream.on_publications``, as a Redis read or a busy loop pass of the memory broker
+  brings them): one joined write per connection per iteration.
 
 Run under callgrind twice, with ``--publications P`` and ``2P``; the difference divided by
 ``P * subscribers`` is the instructions per delivery, start-up excluded (load-independent,
@@ -129,11 +133,17 @@ class NoHistory:
 
 
 async def run(
-    subscribers: int, publications: int, burst: int, transport_kind: str
+    subscribers: int, publications: int, burst: int, transport_kind: str, together: bool = False
 ) -> tuple[int, int]:
     # As handlers/realtime/websocket.py makes it (getattr: the same file measures older code).
     fanout = getattr(Connection, "deliver_all", None)
-    encoder = wire(arena.CODEC, websocket_text_frame, *([fanout] if fanout else []))
+    fanout_many = getattr(Connection, "deliver_many", None)
+    encoder = wire(
+        arena.CODEC,
+        websocket_text_frame,
+        *([fanout] if fanout else []),
+        *([fanout_many] if fanout_many else []),
+    )
     stream = ChannelStream(
         "bench:delivery",
         NamespaceOptions(),
@@ -163,10 +173,17 @@ async def run(
         group[conn] = None
     stream.offset, stream.epoch = 0, "e"
     offset = 0
+    many = getattr(stream, "on_publications", None) if together else None
     while offset < publications:
+        pubs = []
         for _ in range(min(burst, publications - offset)):
             offset += 1
-            stream.on_publication(Publication("bench:delivery", offset, "e", PAYLOAD, time.time()))
+            pubs.append(Publication("bench:delivery", offset, "e", PAYLOAD, time.time()))
+        if many is not None and len(pubs) > 1:
+            many(pubs)
+        else:
+            for pub in pubs:
+                stream.on_publication(pub)
         await asyncio.sleep(0)
     for _ in range(3):
         await asyncio.sleep(0)
@@ -200,8 +217,10 @@ def _instructions(args: list[str]) -> int:
 
 
 def count(subscribers: int, publications: int, burst: int, transport: str) -> None:
-    for regime, size in (("light", 1), ("burst", burst)):
+    for regime, size in (("light", 1), ("burst", burst), ("batch", burst)):
         base = ["--subscribers", str(subscribers), "--burst", str(size), "--transport", transport]
+        if regime == "batch":
+            base.append("--together")
         one = _instructions([*base, "--publications", str(publications)])
         two = _instructions([*base, "--publications", str(2 * publications)])
         per = (two - one) / (publications * subscribers)
@@ -217,8 +236,12 @@ def _run(args: argparse.Namespace) -> tuple[int, int]:
     if args.transport == "sockets":
         import uvloop
 
-        return uvloop.run(run(args.subscribers, args.publications, args.burst, "sockets"))
-    return asyncio.run(run(args.subscribers, args.publications, args.burst, args.transport))
+        return uvloop.run(
+            run(args.subscribers, args.publications, args.burst, "sockets", args.together)
+        )
+    return asyncio.run(
+        run(args.subscribers, args.publications, args.burst, args.transport, args.together)
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -226,6 +249,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--subscribers", type=int, default=1000)
     parser.add_argument("--publications", type=int, default=20)
     parser.add_argument("--burst", type=int, default=4, help="publications per loop iteration")
+    parser.add_argument(
+        "--together",
+        action="store_true",
+        help="hand each iteration's publications over together (on_publications)",
+    )
     parser.add_argument("--count", action="store_true", help="instructions per delivery")
     parser.add_argument(
         "--transport",

@@ -7,6 +7,7 @@ once per round in turn, and reports every run and the p99 ratio to the raw serve
 
     .venv/bin/python -m bench.latency                     # 3 rounds, 30 s phases: ~10 minutes
     .venv/bin/python -m bench.latency --repeats 1 --seconds 5 --sizes 1000   # a quick look
+    .venv/bin/python -m bench.latency --base /tmp/base   # adds <target>@base: that checkout
 
 Writes ``bench/results/latency-<UTC date-time>.json`` and prints a table.
 """
@@ -48,10 +49,26 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 ),
                 "raw-aiohttp": fanout.raw_target(workdir),
             }
+            names = list(args.targets)
+            if args.base is not None:
+                # "<target>@base": the same target running the --base checkout's code
+                names = []
+                for name in args.targets:
+                    names.append(name)
+                    if name.startswith("arena-"):
+                        redis_url = args.redis_url if "redis" in name else None
+                        targets[f"{name}@base"] = fanout.project_target(
+                            f"{name}@base",
+                            database_url,
+                            redis_url,
+                            workdir,
+                            checkout=args.base.resolve(),
+                        )
+                        names.append(f"{name}@base")
             for round_ in range(args.repeats):
                 for n in args.sizes:
                     rate = fanout.FIXED_RATES.get(n, 10.0)
-                    for name in args.targets:
+                    for name in names:
                         server = targets[name].start(args.heartbeat)
                         try:
                             fanout.connect_case(server, workers, [["alerts:bench"]] * n)
@@ -158,6 +175,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--redis-url", default=REDIS_URL)
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--base",
+        type=Path,
+        default=None,
+        help="another checkout (same venv): adds <target>@base for each arena target",
+    )
     args = parser.parse_args(argv)
     results = run(args)
     args.out.mkdir(parents=True, exist_ok=True)

@@ -35,6 +35,10 @@ class Counter:
         if self.count == self.target:
             self.done.set()
 
+    def on_publications(self, publications: list[Publication]) -> None:
+        for publication in publications:
+            self.on_publication(publication)
+
     def on_control(self, data: bytes) -> None:
         pass
 

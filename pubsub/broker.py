@@ -85,6 +85,12 @@ class BrokerEventHandler(Protocol):
         """A publication arrived on a channel this process subscribed to. Per channel, calls
         arrive in offset order unless the broker lost messages (the hub checks offsets)."""
 
+    def on_publications(self, publications: list[Publication]) -> None:
+        """Several publications, possibly of several channels, that arrived together (one
+        socket read), in the order received: the same as one :meth:`on_publication` call each,
+        in that order, except that consecutive publications of a channel may be fanned out in
+        one pass (one write per subscriber)."""
+
     def on_control(self, data: bytes) -> None:
         """A control message published by some node with :meth:`Broker.publish_control`."""
 
@@ -95,6 +101,14 @@ class BrokerEventHandler(Protocol):
     def on_resubscribed(self, channels: list[str]) -> None:
         """The upstream subscriptions of ``channels`` (only these) were lost and are back, on
         the same or another Redis node; refill them from history."""
+
+
+def hand_over(handler: BrokerEventHandler, publications: list[Publication]) -> None:
+    """Give ``handler`` publications that arrived together: one, or several at once."""
+    if len(publications) == 1:
+        handler.on_publication(publications[0])
+    elif publications:
+        handler.on_publications(publications)
 
 
 class Broker(abc.ABC):

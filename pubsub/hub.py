@@ -15,6 +15,10 @@ connections, in practice). Its guarantees, per channel:
   per wire protocol and transport framing); each publication is encoded once per encoder in use
   on the channel and the same bytes go to every subscriber of that group. With a single protocol
   this is one encode per publication, as before.
+* **Publications that arrive together go out together**: the broker may hand over several at
+  once (:meth:`Hub.on_publications`: one Redis read, a busy loop pass of the memory broker);
+  each channel's run is checked publication by publication as above and fanned out in one pass
+  (an encoder's ``fanout_many``: one write per subscriber), in the order of arrival.
 """
 
 from __future__ import annotations
@@ -441,6 +445,28 @@ class Hub:
         stream = self._channels.get(publication.channel)
         if stream is not None:
             stream.on_publication(publication)
+
+    def on_publications(self, publications: list[Publication]) -> None:
+        """Publications that arrived together (one socket read of the Redis broker), in the
+        order received. Each run of consecutive publications of one channel goes to its stream
+        at once (:meth:`~pubsub.stream.ChannelStream.on_publications`: one fan-out pass, so
+        one write per subscriber); runs are handed over in order, so what a subscriber of
+        several channels receives keeps the order of arrival."""
+        channels = self._channels
+        count = len(publications)
+        start = 0
+        while start < count:
+            name = publications[start].channel
+            end = start + 1
+            while end < count and publications[end].channel == name:
+                end += 1
+            stream = channels.get(name)
+            if stream is not None:
+                if end - start == 1:
+                    stream.on_publication(publications[start])
+                else:
+                    stream.on_publications(publications[start:end])
+            start = end
 
     def on_control(self, data: bytes) -> None:
         """Decode a control message once and route it by its ``op`` (one discriminator)."""

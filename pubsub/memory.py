@@ -6,6 +6,7 @@ Used when ``REDIS_URL`` is not set. Offsets and epochs behave exactly as in the 
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 import time
 from collections import deque
@@ -19,6 +20,7 @@ from pubsub.broker import (
     Publication,
     PublishResult,
     StreamPosition,
+    hand_over,
 )
 from pubsub.namespaces import NamespaceOptions
 
@@ -38,17 +40,37 @@ class _Stream:
 
 
 class MemoryBroker(Broker):
-    """Single-process broker. Delivery happens synchronously inside :meth:`publish`."""
+    """Single-process broker. A publication is delivered inside :meth:`publish`, except with
+    ``collect_under_load`` (the server's broker) when the event loop is busy publishing.
+
+    With ``collect_under_load``, when the previous pass of the event loop published more than
+    one publication, the publications of a pass are collected and handed to the hub together at
+    its end (:meth:`BrokerEventHandler.on_publications`), as the Redis broker hands over what
+    one read brought: each channel's run then reaches its subscribers in one fan-out pass, one
+    write each, and the publishers are answered before it. Those writes would have happened at
+    the same moment anyway: under load the transport queues frames and writes them once per
+    pass. A pass with a single publication goes back to delivering inside :meth:`publish`. A
+    control message hands over what was collected before it. Without the option (tests of the
+    hub's semantics) delivery is always synchronous.
+    """
 
     name = "memory"
     instant_reads = True
 
-    def __init__(self) -> None:
+    def __init__(self, *, collect_under_load: bool = False) -> None:
+        self._collect = collect_under_load
         self._streams: dict[str, _Stream] = {}
         self._subscribed: set[str] = set()
         self._idempotency: dict[tuple[str, str], tuple[float, PublishResult]] = {}
         self._handler: BrokerEventHandler | None = None
         self._closed = False
+        #: publications of this pass, delivered at its end (under load)
+        self._collected: list[Publication] = []
+        #: publications delivered or collected in this pass
+        self._in_pass = 0
+        #: the previous pass published several: collect this pass's
+        self._together = False
+        self._pass_end: asyncio.Handle | None = None
 
     async def start(self, handler: BrokerEventHandler) -> None:
         self._handler = handler
@@ -58,6 +80,10 @@ class MemoryBroker(Broker):
         self._closed = True
         self._handler = None
         self._subscribed.clear()
+        self._collected = []
+        if self._pass_end is not None:
+            self._pass_end.cancel()
+            self._pass_end = None
 
     def _check(self) -> BrokerEventHandler:
         if self._closed or self._handler is None:
@@ -119,8 +145,33 @@ class MemoryBroker(Broker):
         if idempotency_key is not None:
             self._idempotency[(channel, idempotency_key)] = (now + idempotency_ttl, result)
         if channel in self._subscribed:
-            handler.on_publication(pub)
+            self._deliver(handler, pub)
         return result
+
+    def _deliver(self, handler: BrokerEventHandler, pub: Publication) -> None:
+        """Deliver ``pub`` now at light load, at the end of this pass under load."""
+        if not self._collect:
+            handler.on_publication(pub)
+            return
+        self._in_pass += 1
+        if self._pass_end is None:
+            self._pass_end = asyncio.get_running_loop().call_soon(self._end_pass)
+        if self._together:
+            self._collected.append(pub)
+        else:
+            handler.on_publication(pub)
+
+    def _end_pass(self) -> None:
+        self._pass_end = None
+        self._together = self._in_pass > 1
+        self._in_pass = 0
+        self._hand_over()
+
+    def _hand_over(self) -> None:
+        """Give the hub the publications collected in this pass, in the order published."""
+        collected, self._collected = self._collected, []
+        if self._handler is not None:
+            hand_over(self._handler, collected)
 
     def _sweep_idempotency(self, now: float) -> None:
         # Insertion order is expiry order when every key uses the same TTL, so stop early.
@@ -157,7 +208,9 @@ class MemoryBroker(Broker):
         return StreamPosition(stream.offset, stream.epoch)
 
     async def publish_control(self, data: bytes) -> None:
-        self._check().on_control(data)
+        handler = self._check()
+        self._hand_over()  # after the publications made before it
+        handler.on_control(data)
 
     async def ping(self) -> None:
         self._check()

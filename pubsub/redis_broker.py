@@ -37,6 +37,7 @@ from pubsub.broker import (
     Publication,
     PublishResult,
     StreamPosition,
+    hand_over,
 )
 from pubsub.memory import new_epoch
 from pubsub.namespaces import NamespaceOptions
@@ -67,7 +68,7 @@ class ChannelKeys(Protocol):
 class _Queued:
     """A publish waiting for its channel's call in flight (see :meth:`ScriptedBroker.publish`)."""
 
-    __slots__ = ("data", "future", "key", "options")
+    __slots__ = ("answered", "data", "future", "key", "options")
 
     def __init__(
         self,
@@ -80,6 +81,8 @@ class _Queued:
         self.key = key
         self.options = options
         self.future = future
+        #: the batch set the future's outcome (counted in ``ScriptedBroker.answered``)
+        self.answered = False
 
 
 class ScriptedBroker(Broker):
@@ -95,6 +98,11 @@ class ScriptedBroker(Broker):
     join; alone, it is sent as a single publish. Batches are not serialised: several may be in
     flight, as single publishes were. Under load the Redis command path (redis-py, the round
     trip, Redis's script call) is paid once per batch instead of once per publication.
+
+    :attr:`waiting` counts the publish calls of this process that have not returned yet (their
+    callers wait for an acknowledgement) and :attr:`answered` those among them whose batch is
+    done but which have not resumed yet; the pub/sub reader uses them to let those callers
+    answer before it fans out the echo (see :meth:`RedisBroker._deliver_read`).
     """
 
     #: errors of the client library that a command may raise
@@ -127,6 +135,10 @@ class ScriptedBroker(Broker):
         #: per (channel, idempotency TTL): the publishes joining this iteration's first one
         self._queued: dict[tuple[str, int], list[_Queued]] = {}
         self._flushes: set[asyncio.Task[None]] = set()
+        #: publish and publish_many calls in progress (callers waiting for their result)
+        self.waiting = 0
+        #: batched publishes whose result is set but whose caller has not resumed yet
+        self.answered = 0
 
     def _check(self) -> None:
         if self._closed or not self._started:
@@ -209,33 +221,61 @@ class ScriptedBroker(Broker):
         of its callers with the batch's error (a prefix of it may have been published, as a
         single publish that timed out may have been)."""
         self._check()
-        batch_key = (channel, idempotency_ttl)
-        queue = self._queued.get(batch_key)
-        if queue is not None:
-            future: asyncio.Future[PublishResult] = asyncio.get_running_loop().create_future()
-            queue.append(_Queued(data, idempotency_key, options, future))
-            return await future
-        # The first publish of the channel in this iteration: let the others made in it join.
-        queue = self._queued[batch_key] = []
+        self.waiting += 1
         try:
-            await asyncio.sleep(0)
-        except BaseException:
+            batch_key = (channel, idempotency_ttl)
+            queue = self._queued.get(batch_key)
+            if queue is not None:
+                future: asyncio.Future[PublishResult] = asyncio.get_running_loop().create_future()
+                joined = _Queued(data, idempotency_key, options, future)
+                queue.append(joined)
+                return await self._answer_of(joined)
+            # The first publish of the channel in this iteration: let the others made in it join.
+            queue = self._queued[batch_key] = []
+            try:
+                await asyncio.sleep(0)
+            except BaseException:
+                del self._queued[batch_key]
+                if queue:
+                    self._spawn_batch(batch_key, queue)
+                raise
             del self._queued[batch_key]
-            if queue:
-                self._spawn_batch(batch_key, queue)
-            raise
-        del self._queued[batch_key]
-        if not queue:
-            return await self._publish_one(
-                channel,
-                data,
-                options,
-                idempotency_key=idempotency_key,
-                idempotency_ttl=idempotency_ttl,
+            if not queue:
+                return await self._publish_one(
+                    channel,
+                    data,
+                    options,
+                    idempotency_key=idempotency_key,
+                    idempotency_ttl=idempotency_ttl,
+                )
+            mine = _Queued(
+                data, idempotency_key, options, asyncio.get_running_loop().create_future()
             )
-        mine = _Queued(data, idempotency_key, options, asyncio.get_running_loop().create_future())
-        self._spawn_batch(batch_key, [mine, *queue])
-        return await mine.future
+            self._spawn_batch(batch_key, [mine, *queue])
+            return await self._answer_of(mine)
+        finally:
+            self.waiting -= 1
+
+    async def _answer_of(self, queued: _Queued) -> PublishResult:
+        try:
+            return await queued.future
+        finally:
+            if queued.answered:
+                self.answered -= 1
+
+    def _answer(
+        self, queued: _Queued, result: PublishResult | None, error: BaseException | None = None
+    ) -> None:
+        """Set the outcome of ``queued`` unless its caller went away (cancelled)."""
+        if queued.future.done():
+            return
+        if error is not None:
+            queued.future.set_exception(error)
+        else:
+            assert result is not None
+            queued.future.set_result(result)
+        queued.answered = True
+        self.answered += 1
 
     def _spawn_batch(self, batch_key: tuple[str, int], queue: list[_Queued]) -> None:
         task = asyncio.get_running_loop().create_task(self._send_batch(batch_key, queue))
@@ -262,20 +302,17 @@ class ScriptedBroker(Broker):
                     )
                 except BrokerError as exc:
                     for q in batch + queue:
-                        if not q.future.done():
-                            error = type(exc)(*exc.args)
-                            error.__cause__ = exc.__cause__
-                            q.future.set_exception(error)
+                        error = type(exc)(*exc.args)
+                        error.__cause__ = exc.__cause__
+                        self._answer(q, None, error)
                     return
                 for q, result in zip(batch, results, strict=True):
-                    if not q.future.done():
-                        q.future.set_result(result)
+                    self._answer(q, result)
                 batch = []
         finally:
             # Cancelled (the broker is closing) or an unexpected error: nobody may wait forever.
             for q in batch + queue:
-                if not q.future.done():
-                    q.future.set_exception(BrokerError("redis publish was interrupted"))
+                self._answer(q, None, BrokerError("redis publish was interrupted"))
 
     async def _publish_one(
         self,
@@ -333,10 +370,13 @@ class ScriptedBroker(Broker):
             if key is not None:
                 script_keys.append(keys.idempotency(channel, key))
             args += (data, b"1" if key is not None else b"0")
+        self.waiting += 1
         try:
             reply = await self._run(self._publish_many, script_keys, tuple(args))
         except self.errors as exc:
             raise self._failure("redis publish", exc) from exc
+        finally:
+            self.waiting -= 1
         return [
             PublishResult(int(reply[i]), reply[i + 1].decode(), duplicate=bool(reply[i + 2]))
             for i in range(0, len(reply), 3)
@@ -442,8 +482,12 @@ class RedisBroker(ScriptedBroker):
             subscribe_timeout=subscribe_timeout,
             keepalive=keepalive,
             keepalive_timeout=keepalive_timeout,
+            on_drained=self._deliver_read,
         )
         self._control = self.keys.control
+        #: publications read from pub/sub and not handed to the hub yet (:meth:`_on_message`)
+        self._read_batch: list[Publication] = []
+        self._hand_over_scheduled = False
 
     @property
     def pubsub(self) -> PubSubConnection:
@@ -475,16 +519,58 @@ class RedisBroker(ScriptedBroker):
         await self._pubsub.unsubscribe(name)
 
     def _on_message(self, name: bytes, data: bytes) -> None:
+        """A pub/sub message. Publications are collected and handed to the hub together once
+        the reader has taken everything one socket read brought (:meth:`_deliver_read`), so a
+        channel's subscribers get them in one fan-out pass; anything else first hands over
+        what was collected, so the hub sees every callback in the order Redis sent them."""
         handler = self._handler
         if handler is None:
             return
         channel = self._channels.get(name)
         if channel is not None:
-            handler.on_publication(parse_wire(channel, data))
+            self._read_batch.append(parse_wire(channel, data))
         elif name == self._control:
+            self._hand_over()
             handler.on_control(data)
 
+    def _deliver_read(self) -> None:
+        """The reader took everything one socket read brought and is about to wait for more:
+        hand the publications collected to the hub, at once when nobody in this process waits
+        for a publish, else once the publishers answered in the meantime have resumed.
+
+        The pub/sub echo of a publication arrives with the script's reply. Fanning it out
+        first would hold the publishers' replies behind a pass over every subscriber
+        (milliseconds with thousands of them); answering them first costs the subscribers
+        only those replies' writes, and under load keeps the publishers in step, so that their
+        next publications arrive together and share one pass (one write per subscriber)
+        instead of trickling in, one pass each. The hand-over waits one pass of the event loop
+        (the callers resumed by a reply read before the echo run in it), and one more if a
+        reply was read in that pass, never longer. Traffic from other nodes, with nobody
+        waiting here, is handed over at once."""
+        if not self._read_batch or self._hand_over_scheduled:
+            return
+        if self.waiting:
+            self._hand_over_scheduled = True
+            asyncio.get_running_loop().call_soon(self._hand_over_later, 1)
+        else:
+            self._hand_over()
+
+    def _hand_over_later(self, again: int) -> None:
+        if again and self.answered:
+            # Replies read in this pass: their callers resume in the next one, let them first.
+            asyncio.get_running_loop().call_soon(self._hand_over_later, again - 1)
+        else:
+            self._hand_over()
+
+    def _hand_over(self) -> None:
+        """Give the hub every publication collected so far, in the order read."""
+        self._hand_over_scheduled = False
+        batch, self._read_batch = self._read_batch, []
+        if self._handler is not None:
+            hand_over(self._handler, batch)
+
     def _on_reconnected(self) -> None:
+        self._hand_over()
         if self._handler is not None:
             self._handler.on_reconnected()
 

@@ -17,6 +17,13 @@ Failure policy:
 * Sharded flavor only: Redis ends a shard subscription by itself (an ``sunsubscribe`` push)
   when the channel's slot moves to another node; that and error replies (``MOVED``) are
   reported to the owner (``on_dropped``, ``on_error``), which resubscribes where the slot went.
+
+Batches: the reader hands over, one ``on_message`` call each, every message that one socket read
+brought (redis-py parses them from its buffer without waiting), then calls the optional
+``on_drained`` hook just before it waits for the network again. An owner can thus collect the
+publications of one read and deliver them together (one fan-out pass, one write per subscriber)
+without holding any of them longer than the read that brought them: the hook runs exactly when
+the next read would suspend, never later.
 """
 
 from __future__ import annotations
@@ -28,9 +35,9 @@ import math
 import random
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Generator, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import RedisError, ResponseError
@@ -41,6 +48,46 @@ log = logging.getLogger(__name__)
 
 _BARRIER = b"arena-resubscribed"
 _KEEPALIVE = b"arena-keepalive"
+
+T = TypeVar("T")
+
+
+class _Resumed(Awaitable[T]):
+    """Awaits the rest of ``coro``, whose first step (``coro.send(None)``) yielded ``yielded``:
+    what the task would have got from ``await coro``. The reader starts each read itself to
+    learn whether it was answered from the buffer (the step returns) or waits for the network
+    (the step yields), and finishes a waiting one with this.
+
+    It drives ``coro`` as ``await`` would: what it yields goes to the task, what the task sends
+    or throws back (a wake-up, a cancellation) goes to ``coro``.
+    """
+
+    __slots__ = ("_coro", "_yielded")
+
+    def __init__(self, coro: Coroutine[Any, Any, T], yielded: Any) -> None:
+        self._coro = coro
+        self._yielded = yielded
+
+    def __await__(self) -> Generator[Any, Any, T]:
+        coro, yielded = self._coro, self._yielded
+        while True:
+            try:
+                sent = yield yielded
+            except GeneratorExit:
+                coro.close()
+                raise
+            except BaseException as exc:  # thrown in by the task (a cancellation)
+                try:
+                    yielded = coro.throw(exc)
+                except StopIteration as done:
+                    result: T = done.value
+                    return result
+            else:
+                try:
+                    yielded = coro.send(sent)
+                except StopIteration as done:
+                    result = done.value
+                    return result
 
 
 class Relocated(BrokerError):
@@ -157,8 +204,10 @@ class PubSubConnection:
     ``on_reconnected()`` is called after a lost connection is back and resubscribed. Both run
     on the reader task and must not block; their exceptions are logged and swallowed.
 
-    Optional hooks (used by the cluster broker, same rules): ``on_lost()`` when the connection
-    drops, ``on_dropped(name)`` when Redis ended a wanted subscription by itself,
+    Optional hooks (same rules): ``on_drained()`` after the messages of one socket read were
+    handed over, just before the reader waits for more (see the module docstring; also called
+    when the connection is lost); and, used by the cluster broker, ``on_lost()`` when the
+    connection drops, ``on_dropped(name)`` when Redis ended a wanted subscription by itself,
     ``on_error(message)`` for an error reply. ``batches`` splits a resubscribe into commands
     (SSUBSCRIBE takes channels of one slot only).
     """
@@ -179,11 +228,13 @@ class PubSubConnection:
         on_lost: Callable[[], None] | None = None,
         on_dropped: Callable[[bytes], None] | None = None,
         on_error: Callable[[str], None] | None = None,
+        on_drained: Callable[[], None] | None = None,
         label: str = "redis",
     ) -> None:
         self._make_connection = make_connection
         self._on_message = on_message
         self._on_reconnected = on_reconnected
+        self._on_drained = on_drained
         self._flavor = flavor
         self._batches = batches
         self._on_lost = on_lost
@@ -389,13 +440,39 @@ class PubSubConnection:
                 self._call(self._on_lost)
 
     async def _read(self, conn: AbstractConnection) -> None:
+        try:
+            await self._read_messages(conn)
+        finally:
+            # The connection is gone or the reader stops: hand over what was read before.
+            if self._on_drained is not None:
+                self._call(self._on_drained)
+
+    def _drained(self) -> None:
+        assert self._on_drained is not None
+        self._call(self._on_drained)
+
+    async def _read_messages(self, conn: AbstractConnection) -> None:
         read = conn.read_response
         on_message = self._on_message
         message, confirm, ended = self._flavor.message, self._flavor.confirm, self._flavor.ended
         received = self._liveness.received
+        drained = None if self._on_drained is None else self._drained
         while True:
             try:
-                response = await read(timeout=math.inf)
+                if drained is None:
+                    response = await read(timeout=math.inf)
+                else:
+                    # Start the read here: its first step returns when redis-py had the reply
+                    # buffered, and yields when it waits for the network, which is when what
+                    # was read so far is handed over (``on_drained``).
+                    pending = read(timeout=math.inf)
+                    try:
+                        waiting_on = pending.send(None)
+                    except StopIteration as done:
+                        response = done.value
+                    else:
+                        drained()
+                        response = await _Resumed(pending, waiting_on)
             except ResponseError as exc:
                 log.warning(
                     "redis pub/sub error reply", extra={"error": str(exc), "redis": self._label}

@@ -93,7 +93,7 @@ def make_broker(settings: Settings) -> Broker:
             keepalive=settings.redis_keepalive_interval,
             keepalive_timeout=settings.redis_keepalive_timeout,
         )
-    return MemoryBroker()
+    return MemoryBroker(collect_under_load=True)
 
 
 def _presence_store(settings: Settings) -> tuple[PresenceStore, Redis | RedisCluster | None]:

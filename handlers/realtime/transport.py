@@ -20,7 +20,10 @@ Frames are never reordered: a frame is written at once only when nothing is queu
 
 The hub hands a publication to all of a channel's connections with one call,
 :meth:`Connection.deliver_all` (the wires' ``fanout``), which does what ``deliver`` does for each
-with the flusher's state read once and no method call per connection.
+with the flusher's state read once and no method call per connection. Publications that arrived
+together (a Redis read, a busy loop pass of the memory broker) come as one call of
+:meth:`Connection.deliver_many` (the wires' ``fanout_many``): their frames joined once, one
+write (or one queue entry) per connection, so to the flusher they are one frame.
 
 A client that stops reading makes its transport's buffer grow. When queue plus transport buffer
 exceed ``max_queue_bytes`` (or the queue exceeds ``max_queue_messages``) the connection is closed
@@ -194,17 +197,17 @@ class Connection:
         only in loop callbacks) and the direct write needs no method call per connection. A
         connection with another flusher, a queue, or a direct write in this iteration already
         goes through :meth:`deliver`."""
-        flusher: Flusher | None = None
-        tick = -1
+        first = next(iter(conns), None)
+        if first is None:
+            return
+        flusher = first._flusher
+        if not flusher.direct:
+            Connection._queue_all(conns, flusher, frame)
+            return
+        tick = flusher.tick
+        if not flusher.ticking:
+            flusher.start_tick()
         for conn in conns:
-            if flusher is None:
-                flusher = conn._flusher
-                if not flusher.direct:
-                    Connection._queue_all(conns, flusher, frame)
-                    return
-                tick = flusher.tick
-                if not flusher.ticking:
-                    flusher.start_tick()
             if conn._queue or conn._tick == tick or conn.closed or conn._flusher is not flusher:
                 conn.deliver(frame)
                 continue
@@ -220,6 +223,14 @@ class Connection:
                 continue
             if backlog > conn.max_bytes:
                 conn.close(Disconnect.SLOW_CONSUMER, "slow consumer")
+
+    @staticmethod
+    def deliver_many(conns: Collection[Connection], frames: list[bytes]) -> None:
+        """:meth:`deliver_all` of each of ``frames`` in turn (``Wire.fanout_many``), with the
+        frames joined once into one buffer: each connection gets them in one write (or one
+        queue entry) where one call per frame would write the first and queue the others.
+        WebSocket frames are self-delimiting, so the bytes the client reads are the same."""
+        Connection.deliver_all(conns, frames[0] if len(frames) == 1 else b"".join(frames))
 
     @staticmethod
     def _queue_all(conns: Collection[Connection], flusher: Flusher, frame: bytes) -> None:

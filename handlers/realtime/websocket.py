@@ -34,9 +34,13 @@ from services.realtime.session import Session
 from services.realtime.wire import Wire, wire
 
 #: our JSON protocol in WebSocket text frames
-ARENA_WEBSOCKET: Wire = wire(arena.CODEC, websocket_text_frame, Connection.deliver_all)
+ARENA_WEBSOCKET: Wire = wire(
+    arena.CODEC, websocket_text_frame, Connection.deliver_all, Connection.deliver_many
+)
 #: Centrifugo's client protocol v2 (JSON) in WebSocket text frames
-CENTRIFUGE_WEBSOCKET: Wire = wire(centrifuge.CODEC, websocket_text_frame, Connection.deliver_all)
+CENTRIFUGE_WEBSOCKET: Wire = wire(
+    centrifuge.CODEC, websocket_text_frame, Connection.deliver_all, Connection.deliver_many
+)
 
 log = logging.getLogger(__name__)
 

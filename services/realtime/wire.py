@@ -20,6 +20,8 @@ from services.realtime.errors import CommandError
 Framing = Callable[[bytes], bytes]
 #: hands one frame to each subscriber of a collection, in order (see :attr:`Wire.fanout`)
 Fanout = Callable[[Collection[Any], bytes], None]
+#: hands several frames to each subscriber of a collection, in order (:attr:`Wire.fanout_many`)
+FanoutMany = Callable[[Collection[Any], list[bytes]], None]
 
 
 def deliver_each(subscribers: Collection[Any], frame: bytes) -> None:
@@ -33,15 +35,26 @@ class Wire:
 
     ``fanout(subscribers, frame)`` is how the hub hands one publication's frame to a channel's
     subscribers of this wire; it must behave exactly like ``deliver(frame)`` on each in order.
-    The transport that owns the subscribers may supply a faster loop than :func:`deliver_each`.
+    The transport that owns the subscribers may supply a faster loop than :func:`deliver_each`,
+    and ``fanout_many(subscribers, frames)`` for publications that arrived together: the same
+    bytes as ``fanout`` of each frame in turn, which a transport whose frames can be
+    concatenated (WebSocket frames) writes with one call per subscriber. Without it (None) the
+    hub calls ``fanout`` once per frame.
     """
 
-    __slots__ = ("codec", "fanout", "frame")
+    __slots__ = ("codec", "fanout", "fanout_many", "frame")
 
-    def __init__(self, codec: Codec, frame: Framing, fanout: Fanout = deliver_each) -> None:
+    def __init__(
+        self,
+        codec: Codec,
+        frame: Framing,
+        fanout: Fanout = deliver_each,
+        fanout_many: FanoutMany | None = None,
+    ) -> None:
         self.codec = codec
         self.frame = frame
         self.fanout = fanout
+        self.fanout_many = fanout_many
 
     def __repr__(self) -> str:
         return f"Wire({self.codec.name}, {getattr(self.frame, '__name__', self.frame)})"
@@ -67,6 +80,12 @@ class Wire:
 
 
 @functools.cache
-def wire(codec: Codec, frame: Framing, fanout: Fanout = deliver_each) -> Wire:
-    """The process-wide Wire of ``codec`` over ``frame`` (delivered with ``fanout``)."""
-    return Wire(codec, frame, fanout)
+def wire(
+    codec: Codec,
+    frame: Framing,
+    fanout: Fanout = deliver_each,
+    fanout_many: FanoutMany | None = None,
+) -> Wire:
+    """The process-wide Wire of ``codec`` over ``frame`` (delivered with ``fanout`` and
+    ``fanout_many``)."""
+    return Wire(codec, frame, fanout, fanout_many)

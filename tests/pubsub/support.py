@@ -38,6 +38,9 @@ class Recorder:
     def on_publication(self, publication: Publication) -> None:
         self.publications.append(publication)
 
+    def on_publications(self, publications: list[Publication]) -> None:
+        self.publications.extend(publications)
+
     def on_control(self, data: bytes) -> None:
         self.controls.append(data)
 

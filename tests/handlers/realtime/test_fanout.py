@@ -133,3 +133,50 @@ async def test_a_slow_consumer_is_closed_when_its_queue_overflows_under_load() -
     close = websocket_close_frame(CLOSE_SLOW_CONSUMER, "slow consumer")
     assert transports[0].written == [close]  # the queue is dropped, the close code goes out
     assert transports[1].written == [b"p0;p1;p2;"]
+
+
+def _text_frames(data: bytes) -> list[bytes]:
+    """The payloads of the unmasked WebSocket text frames in ``data`` (what a client reads)."""
+    payloads = []
+    while data:
+        assert data[0] == 0x81, data[:2]
+        size, start = data[1], 2
+        if size == 126:
+            size, start = int.from_bytes(data[2:4], "big"), 4
+        elif size == 127:
+            size, start = int.from_bytes(data[2:10], "big"), 10
+        payloads.append(data[start : start + size])
+        data = data[start + size :]
+    return payloads
+
+
+async def test_deliver_many_writes_what_deliver_all_of_each_frame_writes_in_one_write() -> None:
+    frames = [b"f1;", b"f2;", b"f3;"]
+    for direct in (True, False):
+        one_by_one, batched = Flusher(), Flusher()
+        one_by_one.direct = batched.direct = direct
+        a, a_transports = _connections(3, one_by_one)
+        b, b_transports = _connections(3, batched)
+        a[2].closed = b[2].closed = True  # a closed connection gets nothing either way
+        for frame in frames:
+            Connection.deliver_all(dict.fromkeys(a), frame)
+        Connection.deliver_many(dict.fromkeys(b), frames)
+        await _next_iterations()
+        for ta, tb in zip(a_transports, b_transports, strict=True):
+            assert b"".join(tb.written) == b"".join(ta.written)
+        assert [t.written for t in b_transports] == [[b"f1;f2;f3;"], [b"f1;f2;f3;"], []]
+        # A batch is one write per connection: the flusher sees light load (and leaves or
+        # stays out of the coalescing regime), where one frame per call made it coalesce.
+        assert batched.direct
+        assert not one_by_one.direct
+
+
+async def test_a_queued_connection_gets_the_batch_after_what_it_had_queued() -> None:
+    flusher = Flusher()
+    conns, transports = _connections(2, flusher)
+    Connection.deliver_all(dict.fromkeys(conns), b"p1;")  # written at once
+    conns[1].send(b"reply;")  # queued behind the direct write of this iteration
+    Connection.deliver_many(dict.fromkeys(conns), [b"p2;", b"p3;"])
+    await _next_iterations()
+    assert transports[0].written == [b"p1;", b"p2;p3;"]
+    assert transports[1].written == [b"p1;", b"reply;p2;p3;"]
