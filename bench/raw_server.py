@@ -149,13 +149,12 @@ def main() -> None:
         import uvloop
 
         uvloop.install()
-    web.run_app(
-        create_app(args.heartbeat),
-        host=args.host,
-        port=args.port,
-        access_log=None,
-        print=lambda _: None,
-    )
+    serve(create_app(args.heartbeat), args.host, args.port)
+
+
+def serve(app: web.Application, host: str, port: int) -> None:
+    """Run ``app`` until SIGINT/SIGTERM, without access log or banner."""
+    web.run_app(app, host=host, port=port, access_log=None, print=lambda _: None)
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ import orjson
 from aiohttp import web
 from redis.asyncio import Redis
 
-from bench.raw_server import EPOCH, create_app, subs_key
+from bench.raw_server import EPOCH, create_app, serve, subs_key
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS raw_alerts (
@@ -164,13 +164,7 @@ def main() -> None:
     import uvloop
 
     uvloop.install()
-    web.run_app(
-        create_webhook_app(args.database, args.redis, args.secret),
-        host=args.host,
-        port=args.port,
-        access_log=None,
-        print=lambda _: None,
-    )
+    serve(create_webhook_app(args.database, args.redis, args.secret), args.host, args.port)
 
 
 if __name__ == "__main__":

@@ -58,6 +58,23 @@ async def relay_fetches_held(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[N
         gate.set()
 
 
+@contextlib.asynccontextmanager
+async def outbox_notifications(app: Any) -> AsyncIterator[list[str]]:
+    """The payloads of the outbox's NOTIFYs while the block runs (a pooled connection that
+    listens, given back without its listener)."""
+    notifications: list[str] = []
+
+    def notified(*args: Any) -> None:
+        notifications.append(args[-1])
+
+    async with app[keys.pool].acquire() as listener:
+        await listener.add_listener(outbox.NOTIFY_CHANNEL, notified)
+        try:
+            yield notifications
+        finally:
+            await listener.remove_listener(outbox.NOTIFY_CHANNEL, notified)
+
+
 async def _feed(client: Any) -> tuple[str, dict[str, Any], Any]:
     _, token = await make_user(client)
     strategy = await create_strategy(client, token)
@@ -143,42 +160,33 @@ async def test_handed_off_commits_send_no_notify_and_one_update_marks_them(
     rounds = relay._rounds
     relay.kick()
     await eventually(lambda: relay._rounds > rounds, what="a round, then a 60 s wait")
-    notifications: list[str] = []
-
-    def notified(*args: Any) -> None:
-        notifications.append(args[-1])
-
-    async with app[keys.pool].acquire() as listener:
-        await listener.add_listener(outbox.NOTIFY_CHANNEL, notified)
-        try:
-            ids = []
-            for n in range(20):
-                ids.append(await _post(client, strategy, str(n)))
-                assert await _messages(ws, 1) == [str(n)]  # published at once, by the hand-off
-            assert relay._rounds == rounds + 1  # and no round ran to mark it
-            marked = [(await _stored_event(client, alert_id))[2] for alert_id in ids]
-            assert marked == [False] * 20
-            # A round marks all 20 in one UPDATE: one transaction, one now().
-            relay.kick()
-            async with app[keys.pool].acquire() as conn:
-                await eventually(_all_marked(conn, f"alerts:{strategy['id']}"), what="marked")
-                assert (
-                    await conn.fetchval(
-                        "SELECT count(DISTINCT published_at) FROM outbox WHERE $1 = ANY(channels)",
-                        f"alerts:{strategy['id']}",
-                    )
-                    == 1
+    async with outbox_notifications(app) as notifications:
+        ids = []
+        for n in range(20):
+            ids.append(await _post(client, strategy, str(n)))
+            assert await _messages(ws, 1) == [str(n)]  # published at once, by the hand-off
+        assert relay._rounds == rounds + 1  # and no round ran to mark it
+        marked = [(await _stored_event(client, alert_id))[2] for alert_id in ids]
+        assert marked == [False] * 20
+        # A round marks all 20 in one UPDATE: one transaction, one now().
+        relay.kick()
+        async with app[keys.pool].acquire() as conn:
+            await eventually(_all_marked(conn, f"alerts:{strategy['id']}"), what="marked")
+            assert (
+                await conn.fetchval(
+                    "SELECT count(DISTINCT published_at) FROM outbox WHERE $1 = ANY(channels)",
+                    f"alerts:{strategy['id']}",
                 )
-                assert notifications == []
-                # Any other outbox write still wakes the relays of every instance.
-                await conn.execute(
-                    "INSERT INTO outbox (channels, payload) VALUES ($1, $2)",
-                    [f"alerts:{strategy['id']}"],
-                    {"alert": {"id": "other", "message": "other writer"}},
-                )
-                await eventually(lambda: notifications == [""], what="the other writer's NOTIFY")
-        finally:
-            await listener.remove_listener(outbox.NOTIFY_CHANNEL, notified)
+                == 1
+            )
+            assert notifications == []
+            # Any other outbox write still wakes the relays of every instance.
+            await conn.execute(
+                "INSERT INTO outbox (channels, payload) VALUES ($1, $2)",
+                [f"alerts:{strategy['id']}"],
+                {"alert": {"id": "other", "message": "other writer"}},
+            )
+            await eventually(lambda: notifications == [""], what="the other writer's NOTIFY")
     relay.kick()
     assert await _messages(ws, 1) == ["other writer"]
 
@@ -198,19 +206,10 @@ async def test_a_quiet_commit_whose_relay_stopped_leading_notifies_the_next_lead
         return result
 
     monkeypatch.setattr(group_commit, "_insert_group", lead_lost_meanwhile)
-    notifications: list[str] = []
-
-    def notified(*args: Any) -> None:
-        notifications.append(args[-1])
-
-    async with app[keys.pool].acquire() as listener:
-        await listener.add_listener(outbox.NOTIFY_CHANNEL, notified)
-        try:
-            await _post(client, strategy, "0")
-            # the commit sent none; the group commit tells the leader, wherever it is
-            await eventually(lambda: notifications == [""], what="a NOTIFY for the leader")
-        finally:
-            await listener.remove_listener(outbox.NOTIFY_CHANNEL, notified)
+    async with outbox_notifications(app) as notifications:
+        await _post(client, strategy, "0")
+        # the commit sent none; the group commit tells the leader, wherever it is
+        await eventually(lambda: notifications == [""], what="a NOTIFY for the leader")
     monkeypatch.undo()
     relay._leading = True  # (still this relay) its round publishes the event
     relay.kick()
