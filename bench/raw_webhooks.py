@@ -2,14 +2,15 @@
 webhook → subscriber latency with, on the same machine in the same run.
 
 What a straightforward aiohttp + asyncpg + redis-py service does for a signed webhook, and
-nothing more: check the Standard Webhooks signature (HMAC-SHA256, the strategy's secret given on
-the command line), store the alert and its outbox row in **one** autocommitted statement (one
-round trip, ``synchronous_commit`` as configured, so a 2xx is durable as in the project), answer
-``201``, then ``PUBLISH`` the publication on Redis. A listener on the same Redis connection pool
-sends every message to the channel's WebSocket subscribers with ``await ws.send_str`` one by one
-(the WebSocket side is :mod:`bench.raw_server`'s: ``authenticate`` accepts any token,
-``subscribe`` replies with the project's shape). No rate limit, no de-duplication beyond a
-unique webhook id, no group commit, no recovery, no relay: the minimum the same guarantees take.
+nothing more: check the Standard Webhooks signature (the project's own
+:mod:`services.alerts.signatures`, with the strategy's secret given on the command line), store
+the alert and its outbox row in **one** autocommitted statement (one round trip,
+``synchronous_commit`` as configured, so a 2xx is durable as in the project), answer ``201``,
+then ``PUBLISH`` the publication on Redis. A listener on the same Redis connection pool sends
+every message to the channel's WebSocket subscribers with ``await ws.send_str`` one by one (the
+WebSocket side is :mod:`bench.raw_server`'s: ``authenticate`` accepts any token, ``subscribe``
+replies with the project's shape). No rate limit, no de-duplication beyond a unique webhook id,
+no group commit, no recovery, no relay: the minimum the same guarantees take.
 
 Run: ``python -m bench.raw_webhooks --port 9002 --database postgresql://... --redis
 redis://... --secret whsec_...`` (uvloop on). It creates its two tables if they are missing.
@@ -19,10 +20,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import contextlib
-import hashlib
-import hmac
+import time
 import uuid
 from collections.abc import AsyncIterator
 
@@ -32,6 +31,7 @@ from aiohttp import web
 from redis.asyncio import Redis
 
 from bench.raw_server import EPOCH, create_app, serve, subs_key
+from services.alerts import signatures
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS raw_alerts (
@@ -62,32 +62,24 @@ INSERT INTO raw_outbox (alert_id, channel, payload) SELECT id, $6, $7::jsonb FRO
 
 pool_key = web.AppKey("pool", asyncpg.Pool)
 redis_key = web.AppKey("redis", Redis)
-secret_key = web.AppKey("secret", bytes)
+key_key = web.AppKey("signing_key", bytes)
 offsets_key = web.AppKey("raw_offsets", dict[str, int])
-
-
-def _signature_ok(key: bytes, msg_id: str, timestamp: str, body: bytes, header: str) -> bool:
-    mac = hmac.new(key, f"{msg_id}.{timestamp}.".encode() + body, hashlib.sha256).digest()
-    expected = base64.b64encode(mac).decode()
-    return any(
-        part.startswith("v1,") and hmac.compare_digest(part[3:], expected)
-        for part in header.split()
-    )
 
 
 async def webhook(request: web.Request) -> web.Response:
     """Verify, store alert + outbox row in one statement, answer, then publish on Redis."""
     strategy_id = uuid.UUID(request.match_info["strategy_id"])
     body = await request.read()
-    msg_id = request.headers.get("webhook-id", "")
-    if not _signature_ok(
-        request.app[secret_key],
-        msg_id,
-        request.headers.get("webhook-timestamp", ""),
-        body,
-        request.headers.get("webhook-signature", ""),
-    ):
-        return web.json_response({"error": "bad signature"}, status=401)
+    try:  # the project's Standard Webhooks check: the same work per webhook
+        headers = signatures.parse_headers(
+            request.headers.get("webhook-id"),
+            request.headers.get("webhook-timestamp"),
+            request.headers.get("webhook-signature"),
+        )
+        signatures.verify(headers, body, [request.app[key_key]], now=time.time(), tolerance=300)
+    except signatures.SignatureError as exc:
+        return web.json_response({"error": str(exc)}, status=401)
+    msg_id = headers.msg_id
     alert_id = uuid.uuid4()
     channel = f"alerts:{strategy_id}"
     data = {"alert": {"id": str(alert_id), **orjson.loads(body)}}
@@ -124,7 +116,7 @@ async def _listen(app: web.Application) -> None:
 
 def create_webhook_app(database: str, redis_url: str, secret: str) -> web.Application:
     app = create_app()
-    app[secret_key] = base64.b64decode(secret.removeprefix("whsec_"))
+    app[key_key] = signatures.secret_key(secret)
     app[offsets_key] = {}
 
     async def resources(app: web.Application) -> AsyncIterator[None]:
